@@ -1,0 +1,42 @@
+# Everything the project needs is installed by these targets: nothing by hand.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install run test lint format bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: migrate, load demo data, serve on http://$(HOST):$(PORT) (SQLite, embedded worker)
+run: install
+	$(VENV)/bin/batchops migrate
+	$(VENV)/bin/batchops demo --admin admin
+	@echo "admin token: $$($(VENV)/bin/batchops token admin)"
+	BATCHOPS_BOOTSTRAP_ADMIN=admin $(VENV)/bin/batchops serve --host $(HOST) --port $(PORT)
+
+## make test: every test; PostgreSQL/Redis/RabbitMQ tests run where reachable (required when CI=true)
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy src
+
+format: install
+	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests bench
+
+## make bench: benchmarks over real HTTP against servers started by the bench itself
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache batchops.db*

@@ -1,0 +1,3 @@
+"""batchops: batch operations for multi-tenant platforms."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,91 @@
+"""``create_app()``: routers, error handlers, lifespan (worker, bootstrap admin)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from batchops import __version__
+from batchops.assembly import build_runtime
+from batchops.core.errors import ErrorResponseDoc, error_body, install_error_handlers
+from batchops.core.logging import configure_logging
+from batchops.core.runtime import Runtime
+from batchops.identity.api import router as identity_router
+from batchops.identity.service import IdentityService
+from batchops.notifications.api import router as notifications_router
+from batchops.scheduler.api import router as scheduler_router
+from batchops.settings import Settings, get_settings
+
+log = structlog.get_logger(__name__)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponseDoc, "description": name}
+    for code, name in [
+        (400, "Bad request or validation failure"),
+        (401, "Missing or invalid credentials"),
+        (403, "Forbidden"),
+        (404, "Not found"),
+        (409, "Conflict"),
+        (429, "Too many requests"),
+        (503, "Service unavailable"),
+    ]
+}
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    rt = runtime or build_runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await rt.start()
+        if settings.bootstrap_admin:
+            identity: IdentityService = rt.services["identity"]
+            await identity.ensure_admin(settings.bootstrap_admin)
+        stop = asyncio.Event()
+        worker_task = asyncio.create_task(rt.worker.run_forever(stop)) if settings.embedded_worker else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker_task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker_task
+            await rt.stop()
+
+    app = FastAPIOffline(
+        title="batchops",
+        version=__version__,
+        description="Batch operations: device scheduler, billing, canteen orders, AI video generation.",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.runtime = rt
+    install_error_handlers(app)
+    for router in (identity_router, notifications_router, scheduler_router):
+        app.include_router(router)
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> JSONResponse:
+        try:
+            await asyncio.wait_for(rt.db.ping(), timeout=5)
+        except Exception as exc:
+            log.warning("health_db_unreachable", error=str(exc))
+            return JSONResponse(error_body("ServiceUnavailableException", "Database unreachable"), status_code=503)
+        return JSONResponse({"success": True, "data": {"status": "ok", "database": "ok"}, "message": "OK"})
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

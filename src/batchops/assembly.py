@@ -1,0 +1,34 @@
+"""Puts the domains together on one runtime: services, outbox handlers, periodic
+jobs. Used by the HTTP app, the standalone worker and the CLI alike, so every
+process is wired the same way."""
+
+from __future__ import annotations
+
+from batchops.core.runtime import Runtime, create_runtime
+from batchops.core.worker import PeriodicJob
+from batchops.identity.service import IdentityService
+from batchops.notifications.service import NotificationService
+from batchops.scheduler.service import SchedulerService
+from batchops.settings import Settings
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    rt = create_runtime(settings)
+    notifications = NotificationService(rt.db, rt.push)
+    scheduler = SchedulerService(rt, notifications)
+    rt.services.update(
+        identity=IdentityService(rt.db),
+        notifications=notifications,
+        scheduler=scheduler,
+    )
+    rt.worker.add_job(PeriodicJob("scheduler.expire", settings.sweep_interval_seconds, scheduler.expire_due))
+    return rt
+
+
+def import_all_models() -> None:
+    """Make every table known to ``Base.metadata`` (Alembic, tests)."""
+    import batchops.core.audit
+    import batchops.core.outbox
+    import batchops.identity.models
+    import batchops.notifications.models
+    import batchops.scheduler.models  # noqa: F401

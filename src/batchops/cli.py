@@ -1,0 +1,94 @@
+"""The ``batchops`` command: serve, worker, migrate, token, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from batchops import migrate as migrations
+from batchops.assembly import build_runtime
+from batchops.core.auth import create_token
+from batchops.core.logging import configure_logging
+from batchops.settings import Settings, get_settings
+
+app = typer.Typer(help="batchops: batch operations for multi-tenant platforms.", no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="run the worker loop in-process")] = True,
+) -> None:
+    """Apply migrations, then serve the HTTP API (with an embedded worker by default)."""
+    import uvicorn
+
+    from batchops.app import create_app
+
+    settings = get_settings().model_copy(update={"embedded_worker": worker})
+    configure_logging(settings.log_level, settings.log_json)
+    migrations.upgrade(settings.database_url)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker process: outbox delivery and periodic jobs, until SIGTERM / Ctrl-C."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> None:
+    rt = build_runtime(settings)
+    await rt.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await rt.worker.run_forever(stop)
+    finally:
+        await rt.stop()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database to the newest schema."""
+    settings = get_settings()
+    migrations.upgrade(settings.database_url)
+    console.print(f"[green]migrated[/green] {settings.database_url}")
+
+
+@app.command()
+def token(
+    user_id: Annotated[str, typer.Argument(help="the user the token speaks for (claim sub)")],
+    hours: Annotated[int, typer.Option(help="lifetime in hours")] = 0,
+) -> None:
+    """Print a bearer JWT for USER_ID."""
+    settings = get_settings()
+    ttl = timedelta(hours=hours or settings.jwt_ttl_hours)
+    typer.echo(create_token(user_id, settings.jwt_secret, ttl))
+
+
+@app.command()
+def demo(admin: Annotated[str, typer.Option(help="admin user id to create")] = "admin") -> None:
+    """Load 100 devices and the users of seed 000's scenarios (idempotent)."""
+    from batchops.demo import load_demo
+
+    settings = get_settings()
+    configure_logging("WARNING", settings.log_json)
+    migrations.upgrade(settings.database_url)
+    summary = asyncio.run(load_demo(settings, admin))
+    for line in summary:
+        console.print(line)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

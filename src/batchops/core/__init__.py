@@ -1,0 +1,1 @@
+"""Mechanisms shared by every domain. Nothing in here imports a domain."""

@@ -1,0 +1,47 @@
+"""Bearer JWT (HS256) and the service token of /api/internal/*.
+
+Only the token lives here; who the caller is (role, status, department) is read
+from the users table on each request by ``batchops.identity``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import timedelta
+
+import jwt
+from fastapi import Request
+
+from batchops.core.db import utcnow
+from batchops.core.errors import UnauthorizedError
+
+
+def create_token(user_id: str, secret: str, ttl: timedelta = timedelta(hours=24)) -> str:
+    now = utcnow()
+    return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl}, secret, algorithm="HS256")
+
+
+def decode_token(token: str, secret: str) -> str:
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["sub"]})
+    except jwt.ExpiredSignatureError as exc:
+        raise UnauthorizedError("Token expired") from exc
+    except jwt.PyJWTError as exc:
+        raise UnauthorizedError("Invalid token") from exc
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise UnauthorizedError("Invalid token")
+    return sub
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def check_service_token(given: str | None, expected: str) -> None:
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise UnauthorizedError("Missing or invalid service token")

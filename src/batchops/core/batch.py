@@ -1,0 +1,229 @@
+"""The one batch runner every batch endpoint goes through.
+
+A batch is done in three steps inside ONE transaction:
+
+1. ``prepare(session)`` loads everything the items need in a constant number
+   of queries (and takes the locks) and returns a *work* object;
+2. ``work.handle(item)`` decides each item in memory and raises an
+   :class:`~batchops.core.errors.AppError` to fail it. A handler must check
+   before it stages anything, so a failed item leaves no trace;
+3. ``work.flush(results)`` writes every successful item in bulk.
+
+That keeps a batch at a constant number of statements plus one commit. Handlers
+that must write as they go can ask for ``savepoints=True``: each item then runs
+in its own SAVEPOINT and a failure rolls back only that item.
+
+Modes (``BatchMode``):
+
+* ``continue_on_error`` (default): failed items are reported, the rest go on;
+* ``continue_on_error=False``: stop at the first failure; earlier items commit,
+  later ones are reported as ``SkippedException``;
+* ``atomic``: all or nothing; the failing item carries its error, every other
+  one is reported as ``RolledBackException`` and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from batchops.core.audit import AuditLog
+from batchops.core.db import Database, on_commit
+from batchops.core.errors import AppError
+from batchops.core.metrics import batch_metrics
+from batchops.core.push import PushHub
+
+log = structlog.get_logger(__name__)
+
+I = TypeVar("I")  # noqa: E741 - item
+R = TypeVar("R")  # result
+R_co = TypeVar("R_co", covariant=True)
+I_contra = TypeVar("I_contra", contravariant=True)
+
+SKIPPED = ("SkippedException", "Not attempted: an earlier item failed")
+ROLLED_BACK = ("RolledBackException", "Rolled back: another item of this all-or-nothing batch failed")
+
+
+@dataclass(frozen=True)
+class BatchMode:
+    continue_on_error: bool = True
+    atomic: bool = False
+
+
+class BatchWork(Protocol[I_contra, R]):
+    async def handle(self, item: I_contra) -> R: ...
+
+    async def flush(self, results: list[R]) -> None: ...
+
+
+@dataclass
+class ItemFailure(Generic[I]):
+    index: int
+    item: I
+    error: str
+    reason: str
+
+
+@dataclass
+class BatchResult(Generic[I, R]):
+    total_count: int
+    successes: list[tuple[I, R]] = field(default_factory=list)
+    failures: list[ItemFailure[I]] = field(default_factory=list)
+    committed: bool = True
+    execution_time_ms: int = 0
+
+    @property
+    def success_count(self) -> int:
+        return len(self.successes)
+
+    @property
+    def failed_count(self) -> int:
+        return len(self.failures)
+
+    @property
+    def results(self) -> list[R]:
+        return [r for _, r in self.successes]
+
+
+class _Discard(Exception):
+    """Raised inside the transaction to roll an atomic batch back."""
+
+
+@dataclass
+class BatchRunner:
+    db: Database
+    push: PushHub | None = None
+
+    async def run(
+        self,
+        *,
+        domain: str,
+        operation: str,
+        actor_id: str | None,
+        items: Sequence[I],
+        prepare: Callable[[AsyncSession], Awaitable[BatchWork[I, R]]],
+        mode: BatchMode = BatchMode(),
+        savepoints: bool = False,
+        audit_detail: dict[str, Any] | None = None,
+    ) -> BatchResult[I, R]:
+        started = time.perf_counter()
+        log.info("batch_started", domain=domain, operation=operation, size=len(items), actor=actor_id)
+        result: BatchResult[I, R] = BatchResult(total_count=len(items))
+        try:
+            async with self.db.transaction() as session:
+                work = await prepare(session)
+                await self._handle_all(session, work, items, mode, savepoints, result)
+                if not result.committed:
+                    raise _Discard
+                await work.flush(result.results)
+                result.execution_time_ms = _elapsed_ms(started)
+                session.add(self._audit(domain, operation, actor_id, result, audit_detail))
+                if self.push is not None and actor_id is not None:
+                    on_commit(session, self._progress_push(actor_id, domain, operation, result))
+        except _Discard:
+            result.execution_time_ms = _elapsed_ms(started)
+            async with self.db.transaction() as session:
+                session.add(self._audit(domain, operation, actor_id, result, audit_detail))
+        batch_metrics(domain).observe(
+            operation,
+            succeeded=result.success_count,
+            failed=result.failed_count,
+            seconds=time.perf_counter() - started,
+        )
+        log.info(
+            "batch_completed",
+            domain=domain,
+            operation=operation,
+            succeeded=result.success_count,
+            failed=result.failed_count,
+            committed=result.committed,
+            ms=result.execution_time_ms,
+        )
+        return result
+
+    async def _handle_all(
+        self,
+        session: AsyncSession,
+        work: BatchWork[I, R],
+        items: Sequence[I],
+        mode: BatchMode,
+        savepoints: bool,
+        result: BatchResult[I, R],
+    ) -> None:
+        for index, item in enumerate(items):
+            try:
+                if savepoints:
+                    async with session.begin_nested():
+                        value = await work.handle(item)
+                else:
+                    value = await work.handle(item)
+            except AppError as exc:
+                result.failures.append(ItemFailure(index, item, exc.name, exc.message))
+                if mode.atomic:
+                    self._roll_back_others(items, index, result)
+                    return
+                if not mode.continue_on_error:
+                    name, reason = SKIPPED
+                    result.failures.extend(ItemFailure(i, items[i], name, reason) for i in range(index + 1, len(items)))
+                    return
+                continue
+            result.successes.append((item, value))
+
+    @staticmethod
+    def _roll_back_others(items: Sequence[I], failed_index: int, result: BatchResult[I, R]) -> None:
+        name, reason = ROLLED_BACK
+        own = result.failures[-1]
+        others = [ItemFailure(i, items[i], name, reason) for i in range(len(items)) if i != failed_index]
+        result.failures = sorted([own, *others], key=lambda f: f.index)
+        result.successes = []
+        result.committed = False
+
+    @staticmethod
+    def _audit(
+        domain: str,
+        operation: str,
+        actor_id: str | None,
+        result: BatchResult[Any, Any],
+        detail: dict[str, Any] | None,
+    ) -> AuditLog:
+        return AuditLog(
+            actor_id=actor_id,
+            domain=domain,
+            operation=operation,
+            total_count=result.total_count,
+            success_count=result.success_count,
+            failed_count=result.failed_count,
+            committed=result.committed,
+            execution_time_ms=result.execution_time_ms,
+            detail=detail or {},
+        )
+
+    def _progress_push(
+        self, actor_id: str, domain: str, operation: str, result: BatchResult[Any, Any]
+    ) -> Callable[[], Awaitable[None]]:
+        """Seed 000 §5: the caller's WebSocket learns how the batch went."""
+        message = {
+            "type": "batch.progress",
+            "operation": f"{domain}.{operation}",
+            "progress": 100,
+            "completed": result.total_count,
+            "total": result.total_count,
+            "succeeded": result.success_count,
+            "failed": result.failed_count,
+        }
+        hub = self.push
+        assert hub is not None
+
+        async def send() -> None:
+            await hub.publish([(actor_id, message)])
+
+        return send
+
+
+def _elapsed_ms(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)

@@ -1,0 +1,73 @@
+"""The objects one process shares: settings, database, outbox, event bus, push
+hub, batch runner, rate limiter, worker. Built once by ``create_runtime`` and
+handed to each domain service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from batchops.core.batch import BatchRunner
+from batchops.core.db import Database
+from batchops.core.events import EVENT_KIND, EventBus
+from batchops.core.outbox import Outbox
+from batchops.core.push import PushHub
+from batchops.core.ratelimit import RateLimiter
+from batchops.core.worker import Worker
+from batchops.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    outbox: Outbox
+    bus: EventBus
+    push: PushHub
+    batch: BatchRunner
+    limiter: RateLimiter
+    worker: Worker
+    services: dict[str, Any] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        await self.bus.start(self.settings.amqp_url, self.settings.amqp_exchange)
+        await self.push.start(self.settings.redis_url)
+
+    async def stop(self) -> None:
+        await self.bus.stop()
+        await self.push.stop()
+        await self.limiter.close()
+        await self.db.dispose()
+
+
+def create_runtime(settings: Settings) -> Runtime:
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    outbox = Outbox(
+        db,
+        batch_size=settings.outbox_batch_size,
+        lease_seconds=settings.outbox_lease_seconds,
+        max_attempts=settings.outbox_max_attempts,
+    )
+    bus = EventBus()
+    outbox.register(EVENT_KIND, bus.deliver)
+    push = PushHub()
+    worker = Worker(
+        outbox, poll_seconds=settings.outbox_poll_seconds, dead_letter_retry_seconds=settings.dead_letter_retry_seconds
+    )
+    return Runtime(
+        settings=settings,
+        db=db,
+        outbox=outbox,
+        bus=bus,
+        push=push,
+        batch=BatchRunner(db, push),
+        limiter=RateLimiter(settings.batch_rate_limit_per_minute, settings.redis_url),
+        worker=worker,
+    )
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime

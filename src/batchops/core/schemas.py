@@ -1,0 +1,67 @@
+"""Base pydantic models: camelCase JSON, the success envelope, pagination."""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Annotated, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.alias_generators import to_camel
+
+T = TypeVar("T")
+
+
+class Schema(BaseModel):
+    """Every request and response model: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, from_attributes=True)
+
+
+class StrictSchema(Schema):
+    """Request bodies: unknown fields are an error, so typos do not pass silently."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+def cents_to_decimal(cents: int) -> Decimal:
+    return (Decimal(cents) / 100).quantize(Decimal("0.01"))
+
+
+def decimal_to_cents(amount: Decimal) -> int:
+    return int((amount * 100).quantize(Decimal("1"), rounding=ROUND_HALF_UP))
+
+
+# Money is exact inside (Decimal / integer cents) and a JSON number with two decimals outside.
+Money = Annotated[Decimal, PlainSerializer(lambda d: float(d.quantize(Decimal("0.01"))), return_type=float)]
+
+
+class Envelope(Schema, Generic[T]):
+    success: Literal[True] = True
+    data: T
+    message: str = "OK"
+
+
+class Page(Schema, Generic[T]):
+    items: list[T]
+    page: int
+    page_size: int
+    total: int
+    total_pages: int
+
+    @classmethod
+    def build(cls, items: list[T], *, page: int, page_size: int, total: int) -> Page[T]:
+        return cls(items=items, page=page, page_size=page_size, total=total, total_pages=math.ceil(total / page_size))
+
+
+class PageParams(Schema):
+    page: int = Field(1, ge=1, le=1_000_000)
+    page_size: int = Field(20, ge=1, le=200)
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.page_size
+
+
+def ok(data: T, message: str = "OK") -> Envelope[T]:
+    return Envelope[T](data=data, message=message)

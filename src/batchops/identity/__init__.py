@@ -1,0 +1,1 @@
+"""Users, roles, departments membership and device quotas."""

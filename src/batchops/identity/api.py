@@ -1,0 +1,87 @@
+"""Admin API for users, and the dependencies every router uses to know the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from batchops.core.auth import bearer_token, decode_token
+from batchops.core.errors import ForbiddenError, UnauthorizedError
+from batchops.core.runtime import Runtime, get_runtime
+from batchops.core.schemas import Envelope, ok
+from batchops.identity.models import User
+from batchops.identity.schemas import UserOut, UsersBatchIn, UsersBatchOut
+from batchops.identity.service import IdentityService
+
+
+async def current_user(request: Request, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
+    """The caller, read from the users table on every request (a suspension acts at once)."""
+    token = bearer_token(request)
+    if token is None:
+        raise UnauthorizedError("Missing bearer token")
+    user_id = decode_token(token, rt.settings.jwt_secret)
+    async with rt.db.transaction() as session:
+        user = await session.get(User, user_id)
+    if user is None:
+        raise UnauthorizedError("Unknown user")
+    if user.status == "suspended":
+        raise ForbiddenError("User account is suspended")
+    if user.status != "active":
+        raise ForbiddenError(f"User account is {user.status}")
+    request.state.user_id = user.id
+    return user
+
+
+async def require_admin(user: Annotated[User, Depends(current_user)]) -> User:
+    if not user.is_admin:
+        raise ForbiddenError("Admin role required")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+AdminUser = Annotated[User, Depends(require_admin)]
+
+
+def ensure_self_or_admin(caller: User, user_id: str) -> None:
+    if not caller.is_admin and caller.id != user_id:
+        raise ForbiddenError("You may only act on your own resources")
+
+
+def identity_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> IdentityService:
+    service: IdentityService = rt.services["identity"]
+    return service
+
+
+router = APIRouter(prefix="/admin/users", tags=["identity"])
+
+
+@router.post("/batch", response_model=Envelope[UsersBatchOut])
+async def upsert_users(
+    body: UsersBatchIn, _: AdminUser, service: Annotated[IdentityService, Depends(identity_service)]
+) -> Envelope[UsersBatchOut]:
+    users, created = await service.upsert_users(body.users)
+    out = UsersBatchOut(
+        total_count=len(users),
+        created_count=created,
+        updated_count=len(users) - created,
+        users=[UserOut.model_validate(u) for u in users],
+    )
+    return ok(out, f"Upserted {len(users)} users: {created} created, {len(users) - created} updated")
+
+
+@router.get("/{user_id}", response_model=Envelope[UserOut])
+async def get_user(
+    user_id: str, _: AdminUser, service: Annotated[IdentityService, Depends(identity_service)]
+) -> Envelope[UserOut]:
+    return ok(UserOut.model_validate(await service.get_user(user_id)))
+
+
+def rate_limited_admin(operation: str) -> Any:
+    """Dependency for batch endpoints: an admin caller, limited per minute (seed 000 §4)."""
+
+    async def dependency(user: AdminUser, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
+        await rt.limiter.hit(f"{operation}:{user.id}")
+        return user
+
+    return Depends(dependency)

@@ -1,0 +1,97 @@
+"""Users: upsert in bulk, look up, and the bootstrap admin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from batchops.core.db import Database, is_postgres, utcnow
+from batchops.core.errors import BadRequestError, NotFoundError
+from batchops.identity.models import User
+from batchops.identity.schemas import UserIn
+
+log = structlog.get_logger(__name__)
+
+DEFAULTS: dict[str, Any] = {"role": "user", "status": "active", "max_devices": 5, "plan": "free"}
+FIELDS = ("name", "role", "status", "department_id", "max_devices", "plan")
+
+
+async def load_users(session: AsyncSession, user_ids: Iterable[str], *, lock: bool = False) -> dict[str, User]:
+    """Every named user in one SELECT (optionally ``FOR UPDATE``), keyed by id."""
+    ids = sorted(set(user_ids))
+    if not ids:
+        return {}
+    stmt = select(User).where(User.id.in_(ids)).order_by(User.id)
+    if lock:
+        stmt = stmt.with_for_update()
+    return {u.id: u for u in (await session.scalars(stmt)).all()}
+
+
+class IdentityService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def upsert_users(self, items: list[UserIn]) -> tuple[list[User], int]:
+        """Create or update users in two statements; fields left out keep their value."""
+        ids = [i.user_id for i in items]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise BadRequestError(
+                "Duplicate userId in one request", details=[{"field": "users", "userIds": duplicates[:20]}]
+            )
+        now = utcnow()
+        async with self.db.transaction() as session:
+            existing = await load_users(session, ids)
+            rows = []
+            for item in items:
+                given = item.model_dump(exclude_unset=True, exclude={"user_id"})
+                current = existing.get(item.user_id)
+                base = (
+                    {f: getattr(current, f) for f in FIELDS}
+                    if current
+                    else {"name": None, **DEFAULTS, "department_id": None}
+                )
+                base.update({k: v for k, v in given.items() if v is not None or k in ("name", "department_id")})
+                rows.append(
+                    {
+                        "id": item.user_id,
+                        **base,
+                        "updated_at": now,
+                        "created_at": current.created_at if current else now,
+                    }
+                )
+            await self._upsert(session, rows)
+            users = await load_users(session, ids)
+        created = sum(1 for i in ids if i not in existing)
+        log.info("users_upserted", created=created, updated=len(ids) - created)
+        return [users[i] for i in ids], created
+
+    async def _upsert(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        insert = pg_insert if is_postgres(session) else sqlite_insert
+        stmt = insert(User).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[User.id], set_={f: stmt.excluded[f] for f in (*FIELDS, "updated_at")}
+        )
+        await session.execute(stmt)
+
+    async def get_user(self, user_id: str) -> User:
+        async with self.db.transaction() as session:
+            user = await session.get(User, user_id)
+        if user is None:
+            raise NotFoundError("User not found")
+        return user
+
+    async def ensure_admin(self, user_id: str) -> None:
+        async with self.db.transaction() as session:
+            user = await session.get(User, user_id)
+            if user is None:
+                session.add(User(id=user_id, name=user_id, role="admin", status="active"))
+            else:
+                user.role, user.status = "admin", "active"
+        log.info("bootstrap_admin_ready", user_id=user_id)

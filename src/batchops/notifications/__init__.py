@@ -1,0 +1,1 @@
+"""Per-user notifications: stored, listed, and pushed live over WebSocket."""

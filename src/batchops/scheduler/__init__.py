@@ -1,0 +1,1 @@
+"""Cloud-phone device scheduler (seed 000): devices, allocations, batch API."""

@@ -1,0 +1,250 @@
+"""HTTP routes of the scheduler. No rules here: they live in ``service.py``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from batchops.core.batch import BatchMode, BatchResult
+from batchops.core.runtime import Runtime, get_runtime
+from batchops.core.schemas import Envelope, Page, PageParams, ok
+from batchops.identity.api import CurrentUser, ensure_self_or_admin, rate_limited_admin
+from batchops.identity.models import User
+from batchops.scheduler.models import Allocation
+from batchops.scheduler.schemas import (
+    AllocateIn,
+    AllocationDetail,
+    AllocationFailure,
+    AllocationRequest,
+    AllocationStatus,
+    AllocationSuccess,
+    AllocationView,
+    BatchAllocateIn,
+    BatchAllocateOut,
+    BatchExtendIn,
+    BatchExtendOut,
+    BatchOptions,
+    BatchQueryIn,
+    BatchQueryOut,
+    BatchReleaseIn,
+    BatchReleaseOut,
+    DeviceFailure,
+    DeviceOut,
+    DevicesBatchIn,
+    DevicesBatchOut,
+    ExtendIn,
+    ExtendSuccess,
+    ReleaseIn,
+    ReleaseOut,
+    UserFailure,
+)
+from batchops.scheduler.service import Allocated, Extended, Released, SchedulerService
+
+router = APIRouter(prefix="/scheduler", tags=["scheduler"])
+
+
+def scheduler_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> SchedulerService:
+    service: SchedulerService = rt.services["scheduler"]
+    return service
+
+
+Service = Annotated[SchedulerService, Depends(scheduler_service)]
+
+
+def mode_of(body: BatchOptions) -> BatchMode:
+    return BatchMode(continue_on_error=body.continue_on_error, atomic=body.atomic)
+
+
+def completed(what: str, result: BatchResult[Any, Any]) -> str:
+    return f"Batch {what} completed: {result.success_count}/{result.total_count} succeeded"
+
+
+def allocation_success(r: Allocated) -> AllocationSuccess:
+    a = r.allocation
+    return AllocationSuccess(
+        user_id=a["user_id"],
+        allocation_id=a["id"],
+        device_id=r.device.id,
+        device_name=r.device.name,
+        allocated_at=a["allocated_at"],
+        expires_at=a["expires_at"],
+    )
+
+
+def extend_success(r: Extended) -> ExtendSuccess:
+    return ExtendSuccess(
+        allocation_id=r.id,
+        old_expires_at=r.old_expires_at,
+        new_expires_at=r.new_expires_at,
+        additional_minutes=r.additional_minutes,
+    )
+
+
+def allocation_view(a: Allocation, device_name: str) -> AllocationView:
+    return AllocationView(
+        allocation_id=a.id,
+        device_id=a.device_id,
+        device_name=device_name,
+        status=a.status,
+        allocated_at=a.allocated_at,
+        expires_at=a.expires_at,
+    )
+
+
+def allocation_failures(result: BatchResult[str, Any]) -> list[AllocationFailure]:
+    return [AllocationFailure(allocation_id=f.item, reason=f.reason, error=f.error) for f in result.failures]
+
+
+# --- devices -------------------------------------------------------------------------------------
+@router.post("/devices/batch", response_model=Envelope[DevicesBatchOut])
+async def register_devices(
+    body: DevicesBatchIn, service: Service, actor: User = rate_limited_admin("scheduler.devices")
+) -> Envelope[DevicesBatchOut]:
+    result = await service.register_devices(actor, body.devices, mode_of(body))
+    out = DevicesBatchOut(
+        success_count=result.success_count,
+        failed_count=result.failed_count,
+        total_count=result.total_count,
+        devices=[DeviceOut.model_validate(d) for d in result.results],
+        failures=[
+            DeviceFailure(name=f.item.name, id=f.item.id, reason=f.reason, error=f.error) for f in result.failures
+        ],
+        execution_time_ms=result.execution_time_ms,
+    )
+    return ok(out, completed("device registration", result))
+
+
+@router.get("/devices", response_model=Envelope[Page[DeviceOut]])
+async def list_devices(
+    _: CurrentUser,
+    service: Service,
+    paging: Annotated[PageParams, Query()],
+    status: Annotated[str | None, Query(pattern="^(available|allocated|maintenance|offline)$")] = None,
+) -> Envelope[Page[DeviceOut]]:
+    rows, total = await service.list_devices(status=status, offset=paging.offset, limit=paging.page_size)
+    items = [DeviceOut.model_validate(d) for d in rows]
+    return ok(Page.build(items, page=paging.page, page_size=paging.page_size, total=total))
+
+
+# --- batch operations --------------------------------------------------------------------------------
+@router.post("/allocations/batch", response_model=Envelope[BatchAllocateOut])
+async def batch_allocate(
+    body: BatchAllocateIn, service: Service, actor: User = rate_limited_admin("scheduler.allocate")
+) -> Envelope[BatchAllocateOut]:
+    result = await service.batch_allocate(actor, body.requests, mode_of(body))
+    out = BatchAllocateOut(
+        success_count=result.success_count,
+        failed_count=result.failed_count,
+        total_count=result.total_count,
+        successes=[allocation_success(r) for r in result.results],
+        failures=[UserFailure(user_id=f.item.user_id, reason=f.reason, error=f.error) for f in result.failures],
+        execution_time_ms=result.execution_time_ms,
+    )
+    return ok(out, completed("allocation", result))
+
+
+@router.post("/allocations/batch/release", response_model=Envelope[BatchReleaseOut])
+async def batch_release(
+    body: BatchReleaseIn, service: Service, actor: User = rate_limited_admin("scheduler.release")
+) -> Envelope[BatchReleaseOut]:
+    result = await service.batch_release(actor, body.allocation_ids, body.reason, mode_of(body))
+    out = BatchReleaseOut(
+        success_count=result.success_count,
+        failed_count=result.failed_count,
+        total_count=result.total_count,
+        success_ids=[r.id for r in result.results],
+        failures=allocation_failures(result),
+        execution_time_ms=result.execution_time_ms,
+    )
+    return ok(out, completed("release", result))
+
+
+@router.post("/allocations/batch/extend", response_model=Envelope[BatchExtendOut])
+async def batch_extend(
+    body: BatchExtendIn, service: Service, actor: User = rate_limited_admin("scheduler.extend")
+) -> Envelope[BatchExtendOut]:
+    result = await service.batch_extend(actor, body.allocation_ids, body.additional_minutes, mode_of(body))
+    out = BatchExtendOut(
+        success_count=result.success_count,
+        failed_count=result.failed_count,
+        total_count=result.total_count,
+        successes=[extend_success(r) for r in result.results],
+        failures=allocation_failures(result),
+        execution_time_ms=result.execution_time_ms,
+    )
+    return ok(out, completed("extend", result))
+
+
+@router.post("/allocations/batch/query", response_model=Envelope[BatchQueryOut])
+async def batch_query(
+    body: BatchQueryIn, service: Service, actor: User = rate_limited_admin("scheduler.query")
+) -> Envelope[BatchQueryOut]:
+    result = await service.batch_query(actor, body.user_ids, body.active_only)
+    allocations = {user_id: [allocation_view(a, name) for a, name in rows] for user_id, rows in result.results}
+    total = sum(len(v) for v in allocations.values())
+    out = BatchQueryOut(allocations=allocations, user_count=len(allocations), total_allocations=total)
+    return ok(out, f"Found {total} allocations for {len(allocations)} users")
+
+
+# --- single-item forms ------------------------------------------------------------------------------
+@router.post("/devices/allocate", response_model=Envelope[AllocationSuccess])
+async def allocate(body: AllocateIn, user: CurrentUser, service: Service) -> Envelope[AllocationSuccess]:
+    request = AllocationRequest(
+        user_id=body.user_id or user.id,
+        duration_minutes=body.duration_minutes,
+        device_preferences=body.device_preferences,
+    )
+    result = await service.allocate(user, request)
+    return ok(allocation_success(result), "Device allocated")
+
+
+@router.post("/devices/release", response_model=Envelope[ReleaseOut])
+async def release(body: ReleaseIn, user: CurrentUser, service: Service) -> Envelope[ReleaseOut]:
+    allocation_id = body.allocation_id
+    if allocation_id is None:
+        assert body.device_id is not None and body.user_id is not None
+        ensure_self_or_admin(user, body.user_id)
+        allocation_id = await service.find_active_allocation_id(body.device_id, body.user_id)
+    result: Released = await service.release(user, allocation_id, body.reason)
+    out = ReleaseOut(
+        allocation_id=result.id,
+        device_id=result.loaded.device.id,
+        user_id=result.loaded.allocation.user_id,
+        released_at=result.released_at,
+        duration_seconds=result.duration_seconds,
+    )
+    return ok(out, "Device released")
+
+
+@router.post("/allocations/{allocation_id}/extend", response_model=Envelope[ExtendSuccess])
+async def extend(allocation_id: str, body: ExtendIn, user: CurrentUser, service: Service) -> Envelope[ExtendSuccess]:
+    result = await service.extend(user, allocation_id, body.additional_minutes)
+    return ok(extend_success(result), "Allocation extended")
+
+
+@router.get("/allocations", response_model=Envelope[Page[AllocationDetail]])
+async def list_allocations(
+    user: CurrentUser,
+    service: Service,
+    paging: Annotated[PageParams, Query()],
+    user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None,
+    status: Annotated[AllocationStatus | None, Query()] = None,
+) -> Envelope[Page[AllocationDetail]]:
+    if not user.is_admin:
+        ensure_self_or_admin(user, user_id or user.id)
+        user_id = user.id
+    rows, total = await service.list_allocations(
+        user_id=user_id, status=status, offset=paging.offset, limit=paging.page_size
+    )
+    items = [
+        AllocationDetail(
+            **allocation_view(a, name).model_dump(),
+            user_id=a.user_id,
+            duration_minutes=a.duration_minutes,
+            released_at=a.released_at,
+            release_reason=a.release_reason,
+        )
+        for a, name in rows
+    ]
+    return ok(Page.build(items, page=paging.page, page_size=paging.page_size, total=total))

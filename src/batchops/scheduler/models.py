@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from batchops.core.db import Base, utcnow
+
+AVAILABLE, ALLOCATED, MAINTENANCE, OFFLINE = "available", "allocated", "maintenance", "offline"
+ACTIVE, RELEASED = "allocated", "released"
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_status_fit", "status", "cpu_cores", "memory_mb", "storage_mb"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    cpu_cores: Mapped[int]
+    memory_mb: Mapped[int]
+    storage_mb: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default=AVAILABLE)
+    node_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Allocation(Base):
+    __tablename__ = "allocations"
+    __table_args__ = (
+        # The database itself refuses a second active allocation of one device.
+        Index(
+            "uq_allocations_active_device",
+            "device_id",
+            unique=True,
+            postgresql_where=text("status = 'allocated'"),
+            sqlite_where=text("status = 'allocated'"),
+        ),
+        Index("ix_allocations_user_status", "user_id", "status"),
+        Index("ix_allocations_status_expires", "status", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(16), default=ACTIVE)
+    duration_minutes: Mapped[int]
+    allocated_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    released_at: Mapped[datetime | None]
+    release_reason: Mapped[str | None] = mapped_column(String(500))
+
+    device: Mapped[Device] = relationship(lazy="raise")
+
+
+class DeviceUsage(Base):
+    """One row per released allocation: the fact billing charges from."""
+
+    __tablename__ = "device_usage"
+
+    allocation_id: Mapped[str] = mapped_column(ForeignKey("allocations.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    duration_seconds: Mapped[int]
+    cpu_cores: Mapped[int]
+    memory_mb: Mapped[int]
+    storage_mb: Mapped[int]
+    allocated_at: Mapped[datetime]
+    released_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

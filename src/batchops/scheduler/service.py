@@ -1,0 +1,666 @@
+"""Scheduler business rules: allocate, release, extend, query, expire.
+
+Each operation is a *work* object for the batch runner (see ``core/batch.py``):
+``prepare`` loads and locks what every item needs in a constant number of
+queries, ``handle`` decides one item in memory, ``flush`` writes all successes
+in bulk. The single-item endpoints use the very same work objects with one item,
+so a rule lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from batchops.core.batch import BatchMode, BatchResult
+from batchops.core.db import advisory_lock, new_id, utcnow
+from batchops.core.errors import (
+    AppError,
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+)
+from batchops.core.events import event
+from batchops.core.outbox import OutboxItem, enqueue
+from batchops.core.runtime import Runtime
+from batchops.identity.models import User
+from batchops.identity.service import load_users
+from batchops.notifications.service import NewNotification, NotificationService
+from batchops.scheduler.models import (
+    ACTIVE,
+    ALLOCATED,
+    AVAILABLE,
+    RELEASED,
+    Allocation,
+    Device,
+    DeviceUsage,
+)
+from batchops.scheduler.schemas import AllocationRequest, DeviceIn, DevicePreferences
+
+log = structlog.get_logger(__name__)
+
+DOMAIN = "scheduler"
+ALLOCATE_LOCK = "scheduler.allocate"
+USAGE_KIND = "billing.device_usage"
+
+
+def iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+# --- allocate ------------------------------------------------------------------------------
+@dataclass
+class FreeDevice:
+    id: str
+    name: str
+    cpu_cores: int
+    memory_mb: int
+    storage_mb: int
+    node_id: str | None
+
+    def fits(self, prefs: DevicePreferences | None) -> bool:
+        if prefs is None:
+            return True
+        return (prefs.cpu is None or self.cpu_cores >= prefs.cpu) and (
+            prefs.memory is None or self.memory_mb >= prefs.memory
+        )
+
+
+@dataclass
+class Allocated:
+    allocation: dict[str, Any]
+    device: FreeDevice
+
+    @property
+    def id(self) -> str:
+        return str(self.allocation["id"])
+
+
+def quota_exceeded(user: User, current: int) -> ForbiddenError:
+    return ForbiddenError(f"Quota exceeded: maxDevices={user.max_devices}, current={current}")
+
+
+def check_user_can_allocate(user: User | None, active: int) -> User:
+    """The admission rules every allocation path shares (seed 000 scenario 5)."""
+    if user is None:
+        raise NotFoundError("User not found")
+    if user.status == "suspended":
+        raise ForbiddenError("User account is suspended")
+    if user.status != "active":
+        raise ForbiddenError(f"User account is {user.status}")
+    if active >= user.max_devices:
+        raise quota_exceeded(user, active)
+    return user
+
+
+class AllocateWork:
+    """Best fit: the smallest free device (cpu, memory, storage) that meets the
+    preferences, so big devices stay free for requests that need them."""
+
+    def __init__(self, session: AsyncSession, service: SchedulerService, actor: User | None) -> None:
+        self.session = session
+        self.service = service
+        self.actor = actor
+        self.users: dict[str, User] = {}
+        self.active: dict[str, int] = {}
+        self.free: list[FreeDevice] = []
+        self.now = utcnow()
+
+    async def load(self, user_ids: Sequence[str]) -> AllocateWork:
+        await advisory_lock(self.session, ALLOCATE_LOCK)
+        self.users = await load_users(self.session, user_ids)
+        self.active = await active_counts(self.session, self.users)
+        rows = await self.session.execute(
+            select(Device.id, Device.name, Device.cpu_cores, Device.memory_mb, Device.storage_mb, Device.node_id)
+            .where(Device.status == AVAILABLE)
+            .order_by(Device.cpu_cores, Device.memory_mb, Device.storage_mb, Device.id)
+        )
+        self.free = [FreeDevice(*row) for row in rows]
+        return self
+
+    async def handle(self, request: AllocationRequest) -> Allocated:
+        self.service.ensure_actor_may_act_for(self.actor, request.user_id)
+        user = check_user_can_allocate(self.users.get(request.user_id), self.active.get(request.user_id, 0))
+        index = next((i for i, d in enumerate(self.free) if d.fits(request.device_preferences)), None)
+        if index is None:
+            raise BadRequestError("No available devices")
+        device = self.free.pop(index)
+        self.active[user.id] = self.active.get(user.id, 0) + 1
+        return Allocated(
+            allocation={
+                "id": new_id("alloc"),
+                "device_id": device.id,
+                "user_id": user.id,
+                "status": ACTIVE,
+                "duration_minutes": request.duration_minutes,
+                "allocated_at": self.now,
+                "expires_at": self.now + timedelta(minutes=request.duration_minutes),
+            },
+            device=device,
+        )
+
+    async def flush(self, results: list[Allocated]) -> None:
+        if not results:
+            return
+        session = self.session
+        device_ids = [r.device.id for r in results]
+        claimed = await session.execute(
+            update(Device)
+            .where(Device.id.in_(device_ids), Device.status == AVAILABLE)
+            .values(status=ALLOCATED, updated_at=self.now)
+        )
+        if claimed.rowcount != len(device_ids):  # type: ignore[attr-defined]
+            raise ConflictError("A chosen device was taken concurrently; retry the request")
+        await session.execute(insert(Allocation), [r.allocation for r in results])
+        await enqueue(session, [event("device.allocated", allocated_payload(r)) for r in results])
+        await self.service.notifications.send(
+            session,
+            [
+                NewNotification(
+                    user_id=r.allocation["user_id"],
+                    type="device.allocated",
+                    title="📱 设备已分配",
+                    content=f"设备 {r.device.name} 已分配给您，使用时长 {r.allocation['duration_minutes']} 分钟。",
+                    data={"allocationId": r.id, "deviceId": r.device.id, "expiresAt": iso(r.allocation["expires_at"])},
+                )
+                for r in results
+            ],
+        )
+
+
+def allocated_payload(r: Allocated) -> dict[str, Any]:
+    a = r.allocation
+    return {
+        "allocationId": a["id"],
+        "userId": a["user_id"],
+        "deviceId": r.device.id,
+        "deviceName": r.device.name,
+        "allocatedAt": iso(a["allocated_at"]),
+        "expiresAt": iso(a["expires_at"]),
+        "durationMinutes": a["duration_minutes"],
+    }
+
+
+async def active_counts(session: AsyncSession, users: dict[str, User]) -> dict[str, int]:
+    if not users:
+        return {}
+    rows = await session.execute(
+        select(Allocation.user_id, func.count())
+        .where(Allocation.user_id.in_(list(users)), Allocation.status == ACTIVE)
+        .group_by(Allocation.user_id)
+    )
+    return {user_id: int(n) for user_id, n in rows}
+
+
+# --- release & extend share the loading of allocations -------------------------------------------
+@dataclass
+class LoadedAllocation:
+    allocation: Allocation
+    device: Device
+
+
+async def load_allocations(session: AsyncSession, ids: Sequence[str]) -> dict[str, LoadedAllocation]:
+    """Allocations with their devices in one SELECT, locked for the transaction."""
+    if not ids:
+        return {}
+    rows = await session.execute(
+        select(Allocation, Device)
+        .join(Device, Device.id == Allocation.device_id)
+        .where(Allocation.id.in_(sorted(set(ids))))
+        .order_by(Allocation.id)
+        .with_for_update(of=Allocation)
+    )
+    return {a.id: LoadedAllocation(a, d) for a, d in rows}
+
+
+def check_active(loaded: LoadedAllocation | None, staged_status: str | None = None) -> LoadedAllocation:
+    """``staged_status``: what an earlier item of this batch already did to it."""
+    if loaded is None:
+        raise NotFoundError("Allocation not found")
+    status = staged_status or loaded.allocation.status
+    if status != ACTIVE:
+        raise BadRequestError(f"Allocation is not active (status: {status})")
+    return loaded
+
+
+@dataclass
+class Released:
+    loaded: LoadedAllocation
+    released_at: datetime
+    duration_seconds: int
+    reason: str | None
+
+    @property
+    def id(self) -> str:
+        return self.loaded.allocation.id
+
+
+class ReleaseWork:
+    def __init__(
+        self, session: AsyncSession, service: SchedulerService, actor: User | None, reason: str | None
+    ) -> None:
+        self.session = session
+        self.service = service
+        self.actor = actor
+        self.reason = reason
+        self.loaded: dict[str, LoadedAllocation] = {}
+        self.released: set[str] = set()
+        self.now = utcnow()
+
+    async def load(self, ids: Sequence[str]) -> ReleaseWork:
+        self.loaded = await load_allocations(self.session, ids)
+        return self
+
+    async def handle(self, allocation_id: str) -> Released:
+        loaded = check_active(self.loaded.get(allocation_id), RELEASED if allocation_id in self.released else None)
+        self.service.ensure_actor_may_act_for(self.actor, loaded.allocation.user_id)
+        self.released.add(allocation_id)  # a repeated id in the same batch sees "released"
+        seconds = max(0, int((self.now - loaded.allocation.allocated_at).total_seconds()))
+        return Released(loaded, self.now, seconds, self.reason)
+
+    async def flush(self, results: list[Released]) -> None:
+        await self.service.write_releases(self.session, results)
+
+
+@dataclass
+class Extended:
+    loaded: LoadedAllocation
+    old_expires_at: datetime
+    new_expires_at: datetime
+    additional_minutes: int
+
+    @property
+    def id(self) -> str:
+        return self.loaded.allocation.id
+
+
+class ExtendWork:
+    def __init__(
+        self, session: AsyncSession, service: SchedulerService, actor: User | None, additional_minutes: int
+    ) -> None:
+        self.session = session
+        self.service = service
+        self.actor = actor
+        self.minutes = additional_minutes
+        self.loaded: dict[str, LoadedAllocation] = {}
+        self.extended: dict[str, datetime] = {}
+        self.now = utcnow()
+
+    async def load(self, ids: Sequence[str]) -> ExtendWork:
+        self.loaded = await load_allocations(self.session, ids)
+        return self
+
+    async def handle(self, allocation_id: str) -> Extended:
+        loaded = check_active(self.loaded.get(allocation_id))
+        allocation = loaded.allocation
+        self.service.ensure_actor_may_act_for(self.actor, allocation.user_id)
+        old = self.extended.get(allocation.id, allocation.expires_at)
+        if old <= self.now:
+            raise BadRequestError("Allocation is not active (status: expired)")
+        new = old + timedelta(minutes=self.minutes)
+        self.extended[allocation.id] = new
+        return Extended(loaded, old, new, self.minutes)
+
+    async def flush(self, results: list[Extended]) -> None:
+        if not results:
+            return
+        session = self.session
+        final = {r.id: r.new_expires_at for r in results}  # a repeated id extends twice, written once
+        await session.execute(update(Allocation), [{"id": i, "expires_at": expires} for i, expires in final.items()])
+        await enqueue(
+            session,
+            [
+                event(
+                    "scheduler.allocation.extended",
+                    {
+                        "allocationId": r.id,
+                        "userId": r.loaded.allocation.user_id,
+                        "deviceId": r.loaded.device.id,
+                        "oldExpiresAt": iso(r.old_expires_at),
+                        "newExpiresAt": iso(r.new_expires_at),
+                        "additionalMinutes": r.additional_minutes,
+                    },
+                )
+                for r in results
+            ],
+        )
+        await self.service.notifications.send(
+            session,
+            [
+                NewNotification(
+                    user_id=r.loaded.allocation.user_id,
+                    type="scheduler.allocation.extended",
+                    title="⏰ 设备使用时间已延长",
+                    content=f"设备 {r.loaded.device.name} 使用时间已延长 {r.additional_minutes} 分钟。",
+                    data={"allocationId": r.id, "newExpiresAt": iso(r.new_expires_at)},
+                )
+                for r in results
+            ],
+        )
+
+
+# --- query -----------------------------------------------------------------------------------
+@dataclass
+class QueryWork:
+    session: AsyncSession
+    by_user: dict[str, list[tuple[Allocation, str]]] = field(default_factory=dict)
+
+    async def load(self, user_ids: Sequence[str], active_only: bool) -> QueryWork:
+        """The seed's single SELECT … WHERE userId IN (…) for every user at once."""
+        stmt = (
+            select(Allocation, Device.name)
+            .join(Device, Device.id == Allocation.device_id)
+            .where(Allocation.user_id.in_(sorted(set(user_ids))))
+            .order_by(Allocation.user_id, Allocation.allocated_at, Allocation.id)
+        )
+        if active_only:
+            stmt = stmt.where(Allocation.status == ACTIVE)
+        grouped: dict[str, list[tuple[Allocation, str]]] = defaultdict(list)
+        for allocation, device_name in await self.session.execute(stmt):
+            grouped[allocation.user_id].append((allocation, device_name))
+        self.by_user = dict(grouped)
+        return self
+
+    async def handle(self, user_id: str) -> tuple[str, list[tuple[Allocation, str]]]:
+        return user_id, self.by_user.get(user_id, [])
+
+    async def flush(self, results: list[tuple[str, list[tuple[Allocation, str]]]]) -> None:
+        return None
+
+
+# --- devices ---------------------------------------------------------------------------------
+class RegisterDevicesWork:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+        self.taken: set[str] = set()
+        self.now = utcnow()
+
+    async def load(self, devices: Sequence[DeviceIn]) -> RegisterDevicesWork:
+        ids = [d.id for d in devices if d.id]
+        if ids:
+            self.taken = set((await self.session.scalars(select(Device.id).where(Device.id.in_(ids)))).all())
+        return self
+
+    async def handle(self, item: DeviceIn) -> dict[str, Any]:
+        device_id = item.id or new_id("device")
+        if device_id in self.taken:
+            raise ConflictError(f"Device {device_id} already exists")
+        self.taken.add(device_id)
+        return {
+            "id": device_id,
+            "name": item.name,
+            "cpu_cores": item.cpu_cores,
+            "memory_mb": item.memory_mb,
+            "storage_mb": item.storage_mb,
+            "node_id": item.node_id,
+            "status": AVAILABLE,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
+
+    async def flush(self, results: list[dict[str, Any]]) -> None:
+        if results:
+            await self.session.execute(insert(Device), results)
+
+
+# --- the service -------------------------------------------------------------------------------
+class SchedulerService:
+    def __init__(self, rt: Runtime, notifications: NotificationService) -> None:
+        self.rt = rt
+        self.db = rt.db
+        self.notifications = notifications
+
+    @staticmethod
+    def ensure_actor_may_act_for(actor: User | None, user_id: str) -> None:
+        """A user acts on their own allocations; an admin (or the system: None) on any."""
+        if actor is not None and not actor.is_admin and actor.id != user_id:
+            raise ForbiddenError("You may only act on your own allocations")
+
+    # batch operations ----------------------------------------------------------------------
+    async def batch_allocate(
+        self, actor: User, requests: list[AllocationRequest], mode: BatchMode
+    ) -> BatchResult[AllocationRequest, Allocated]:
+        async def prepare(session: AsyncSession) -> AllocateWork:
+            return await AllocateWork(session, self, actor).load([r.user_id for r in requests])
+
+        return await self.rt.batch.run(
+            domain=DOMAIN, operation="allocate", actor_id=actor.id, items=requests, prepare=prepare, mode=mode
+        )
+
+    async def batch_release(
+        self, actor: User | None, ids: list[str], reason: str | None, mode: BatchMode, *, operation: str = "release"
+    ) -> BatchResult[str, Released]:
+        async def prepare(session: AsyncSession) -> ReleaseWork:
+            return await ReleaseWork(session, self, actor, reason).load(ids)
+
+        return await self.rt.batch.run(
+            domain=DOMAIN,
+            operation=operation,
+            actor_id=actor.id if actor else None,
+            items=ids,
+            prepare=prepare,
+            mode=mode,
+            audit_detail={"reason": reason} if reason else None,
+        )
+
+    async def batch_extend(
+        self, actor: User, ids: list[str], minutes: int, mode: BatchMode
+    ) -> BatchResult[str, Extended]:
+        async def prepare(session: AsyncSession) -> ExtendWork:
+            return await ExtendWork(session, self, actor, minutes).load(ids)
+
+        return await self.rt.batch.run(
+            domain=DOMAIN,
+            operation="extend",
+            actor_id=actor.id,
+            items=ids,
+            prepare=prepare,
+            mode=mode,
+            audit_detail={"additionalMinutes": minutes},
+        )
+
+    async def batch_query(
+        self, actor: User, user_ids: list[str], active_only: bool
+    ) -> BatchResult[str, tuple[str, list[tuple[Allocation, str]]]]:
+        unique = list(dict.fromkeys(user_ids))
+
+        async def prepare(session: AsyncSession) -> QueryWork:
+            return await QueryWork(session).load(unique, active_only)
+
+        return await self.rt.batch.run(
+            domain=DOMAIN, operation="query", actor_id=actor.id, items=unique, prepare=prepare
+        )
+
+    async def register_devices(
+        self, actor: User, devices: list[DeviceIn], mode: BatchMode
+    ) -> BatchResult[DeviceIn, dict[str, Any]]:
+        async def prepare(session: AsyncSession) -> RegisterDevicesWork:
+            return await RegisterDevicesWork(session).load(devices)
+
+        return await self.rt.batch.run(
+            domain=DOMAIN,
+            operation="register_devices",
+            actor_id=actor.id,
+            items=devices,
+            prepare=prepare,
+            mode=mode,
+        )
+
+    # single-item forms: the same work objects, one item, errors raised as HTTP errors ------------
+    async def allocate(self, actor: User, request: AllocationRequest) -> Allocated:
+        async with self.db.transaction() as session:
+            work = await AllocateWork(session, self, actor).load([request.user_id])
+            result = await work.handle(request)
+            await work.flush([result])
+        return result
+
+    async def release(self, actor: User, allocation_id: str, reason: str | None) -> Released:
+        async with self.db.transaction() as session:
+            work = await ReleaseWork(session, self, actor, reason).load([allocation_id])
+            result = await work.handle(allocation_id)
+            await work.flush([result])
+        return result
+
+    async def find_active_allocation_id(self, device_id: str, user_id: str) -> str:
+        async with self.db.transaction() as session:
+            found = await session.scalar(
+                select(Allocation.id).where(
+                    Allocation.device_id == device_id, Allocation.user_id == user_id, Allocation.status == ACTIVE
+                )
+            )
+        if found is None:
+            raise NotFoundError("Allocation not found")
+        return found
+
+    async def extend(self, actor: User, allocation_id: str, minutes: int) -> Extended:
+        async with self.db.transaction() as session:
+            work = await ExtendWork(session, self, actor, minutes).load([allocation_id])
+            result = await work.handle(allocation_id)
+            await work.flush([result])
+        return result
+
+    # reads ------------------------------------------------------------------------------
+    async def list_allocations(
+        self, *, user_id: str | None, status: str | None, offset: int, limit: int
+    ) -> tuple[list[tuple[Allocation, str]], int]:
+        where = []
+        if user_id:
+            where.append(Allocation.user_id == user_id)
+        if status:
+            where.append(Allocation.status == status)
+        async with self.db.transaction() as session:
+            total = await session.scalar(select(func.count()).select_from(Allocation).where(*where))
+            rows = await session.execute(
+                select(Allocation, Device.name)
+                .join(Device, Device.id == Allocation.device_id)
+                .where(*where)
+                .order_by(Allocation.allocated_at.desc(), Allocation.id)
+                .offset(offset)
+                .limit(limit)
+            )
+            return [(a, n) for a, n in rows], int(total or 0)
+
+    async def list_devices(self, *, status: str | None, offset: int, limit: int) -> tuple[list[Device], int]:
+        where = [Device.status == status] if status else []
+        async with self.db.transaction() as session:
+            total = await session.scalar(select(func.count()).select_from(Device).where(*where))
+            rows = await session.scalars(select(Device).where(*where).order_by(Device.id).offset(offset).limit(limit))
+            return list(rows.all()), int(total or 0)
+
+    # release side effects, shared by release, batch release and expiry -------------------------
+    async def write_releases(self, session: AsyncSession, results: list[Released]) -> None:
+        if not results:
+            return
+        now = results[0].released_at
+        await session.execute(
+            update(Allocation),
+            [
+                {"id": r.id, "status": RELEASED, "released_at": r.released_at, "release_reason": r.reason}
+                for r in results
+            ],
+        )
+        await session.execute(
+            update(Device)
+            .where(Device.id.in_([r.loaded.device.id for r in results]), Device.status == ALLOCATED)
+            .values(status=AVAILABLE, updated_at=now)
+        )
+        usage = [usage_record(r) for r in results]
+        await session.execute(insert(DeviceUsage), usage)
+        messages: list[OutboxItem] = []
+        for r, u in zip(results, usage, strict=True):
+            payload = released_payload(r)
+            messages.append(event("device.released", payload))
+            messages.append(event("scheduler.allocation.released", payload))
+            messages.append(
+                OutboxItem(kind=USAGE_KIND, name="device-usage", payload=usage_report(u), dedup_key=f"usage:{r.id}")
+            )
+        await enqueue(session, messages)
+        await self.notifications.send(
+            session,
+            [
+                NewNotification(
+                    user_id=r.loaded.allocation.user_id,
+                    type="device.released",
+                    title="🔓 设备已释放",
+                    content=f"设备 {r.loaded.device.name} 已释放，使用时长 {r.duration_seconds} 秒。"
+                    + (f"原因：{r.reason}" if r.reason else ""),
+                    data={"allocationId": r.id, "deviceId": r.loaded.device.id, "reason": r.reason},
+                )
+                for r in results
+            ],
+        )
+
+    async def expire_due(self, limit: int = 500) -> int:
+        """Release every allocation past its ``expiresAt`` (reason ``expired``)."""
+        async with self.db.transaction() as session:
+            ids = list(
+                (
+                    await session.scalars(
+                        select(Allocation.id)
+                        .where(Allocation.status == ACTIVE, Allocation.expires_at <= utcnow())
+                        .order_by(Allocation.expires_at)
+                        .limit(limit)
+                    )
+                ).all()
+            )
+        if not ids:
+            return 0
+        result = await self.batch_release(None, ids, "expired", BatchMode(), operation="expire")
+        log.info("allocations_expired", count=result.success_count)
+        return result.success_count
+
+
+def usage_record(r: Released) -> dict[str, Any]:
+    a, d = r.loaded.allocation, r.loaded.device
+    return {
+        "allocation_id": a.id,
+        "device_id": d.id,
+        "user_id": a.user_id,
+        "duration_seconds": r.duration_seconds,
+        "cpu_cores": d.cpu_cores,
+        "memory_mb": d.memory_mb,
+        "storage_mb": d.storage_mb,
+        "allocated_at": a.allocated_at,
+        "released_at": r.released_at,
+        "created_at": r.released_at,
+    }
+
+
+def usage_report(u: dict[str, Any]) -> dict[str, Any]:
+    """The seed 001 body of ``POST /api/internal/metering/device-usage``."""
+    return {
+        "deviceId": u["device_id"],
+        "userId": u["user_id"],
+        "allocationId": u["allocation_id"],
+        "durationSeconds": u["duration_seconds"],
+        "cpuCores": u["cpu_cores"],
+        "memoryMB": u["memory_mb"],
+        "storageMB": u["storage_mb"],
+        "allocatedAt": iso(u["allocated_at"]),
+        "releasedAt": iso(u["released_at"]),
+    }
+
+
+def released_payload(r: Released) -> dict[str, Any]:
+    a = r.loaded.allocation
+    return {
+        "allocationId": a.id,
+        "userId": a.user_id,
+        "deviceId": r.loaded.device.id,
+        "deviceName": r.loaded.device.name,
+        "allocatedAt": iso(a.allocated_at),
+        "releasedAt": iso(r.released_at),
+        "durationSeconds": r.duration_seconds,
+        "reason": r.reason,
+    }
+
+
+__all__ = ["AppError", "SchedulerService"]

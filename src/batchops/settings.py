@@ -1,0 +1,86 @@
+"""Every setting of batchops in one place.
+
+Variables are read from the environment with the ``BATCHOPS_`` prefix. The few
+names that come from the seed documents (``BILLING_ALLOW_ON_ERROR``,
+``HTTP_TIMEOUT`` …) are accepted under those names too, so an operator can copy
+them from the original system's ``.env``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATCHOPS_", extra="ignore", populate_by_name=True)
+
+    # --- storage -----------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite:///./batchops.db",
+        description="sqlite:///path.db (embedded default) or postgresql://user@host:port/db",
+    )
+    db_pool_size: int = Field(10, ge=1, description="connections kept per process (PostgreSQL)")
+
+    # --- auth ----------------------------------------------------------------------
+    jwt_secret: str = Field("dev-insecure-jwt-secret-change-me", description="HS256 key for bearer tokens")
+    jwt_ttl_hours: int = Field(24, ge=1, description="lifetime of tokens printed by `batchops token`")
+    service_token: str = Field("dev-service-token", description="X-Service-Token for /api/internal/*")
+    bootstrap_admin: str | None = Field(None, description="user id made an active admin at start-up")
+
+    # --- optional infrastructure -----------------------------------------------------
+    amqp_url: str | None = Field(None, description="RabbitMQ URL; events also go to exchange batchops.events")
+    amqp_exchange: str = Field("batchops.events", description="topic exchange for events")
+    redis_url: str | None = Field(None, description="Redis URL for shared rate limits and WebSocket fan-out")
+
+    # --- worker ----------------------------------------------------------------------
+    embedded_worker: bool = Field(True, description="run the worker loop inside `batchops serve`")
+    sweep_interval_seconds: float = Field(60.0, gt=0, description="expiry sweep period")
+    outbox_poll_seconds: float = Field(0.5, gt=0, description="idle wait between outbox polls")
+    outbox_batch_size: int = Field(200, ge=1, description="outbox rows claimed at once")
+    outbox_lease_seconds: float = Field(60.0, gt=0, description="a claimed row is re-offered after this")
+    outbox_max_attempts: int = Field(5, ge=1, description="deliveries before a row is dead-lettered")
+    dead_letter_retry_seconds: float = Field(900.0, gt=0, description="dead letters are retried this often")
+
+    # --- behaviour -------------------------------------------------------------------
+    timezone: str = Field("Asia/Shanghai", description="zone in which dates and daily jobs are judged")
+    batch_rate_limit_per_minute: int = Field(
+        10, ge=0, description="batch calls per user and endpoint per minute (0 = unlimited)"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_json: bool = Field(False, description="JSON log lines instead of console lines")
+
+    # --- billing (seed 001 names accepted) ----------------------------------------------
+    billing_url: str | None = Field(
+        None,
+        validation_alias=_alias("BATCHOPS_BILLING_URL", "BILLING_SERVICE_URL"),
+        description="remote billing service; unset = billing in-process",
+    )
+    billing_allow_on_error: bool = Field(
+        False,
+        validation_alias=_alias("BATCHOPS_BILLING_ALLOW_ON_ERROR", "BILLING_ALLOW_ON_ERROR"),
+        description="allow allocation when a remote billing service cannot answer",
+    )
+    http_timeout_ms: int = Field(
+        8000, ge=1, validation_alias=_alias("BATCHOPS_HTTP_TIMEOUT", "HTTP_TIMEOUT"), description="ms"
+    )
+    http_retries: int = Field(3, ge=0, validation_alias=_alias("BATCHOPS_HTTP_RETRIES", "HTTP_RETRIES"))
+    circuit_breaker_threshold: int = Field(
+        5, ge=1, validation_alias=_alias("BATCHOPS_CIRCUIT_BREAKER_THRESHOLD", "CIRCUIT_BREAKER_THRESHOLD")
+    )
+    circuit_breaker_reset_seconds: float = Field(30.0, gt=0)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

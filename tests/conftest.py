@@ -1,0 +1,147 @@
+"""Test fixtures: every DB test runs on SQLite and, where reachable, PostgreSQL.
+
+With ``CI=true`` PostgreSQL is required: an unreachable server fails the run.
+Each test session gets its own fresh PostgreSQL database (so parallel runs on one
+server never meet) and every test starts from empty tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy import event, text
+
+from batchops.app import create_app
+from batchops.assembly import build_runtime, import_all_models
+from batchops.core.auth import create_token
+from batchops.core.db import Base
+from batchops.core.runtime import Runtime
+from batchops.migrate import upgrade
+from batchops.settings import Settings
+
+CI = os.environ.get("CI", "").lower() == "true"
+POSTGRES_URL = os.environ.get("BATCHOPS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+JWT_SECRET = "test-secret-of-at-least-32-bytes-length"
+SERVICE_TOKEN = "test-service-token"
+
+import_all_models()
+
+
+def require_service(name: str, reason: str) -> None:
+    """Skip locally, fail under CI: a missing service must never pass silently in CI."""
+    message = f"{name} unavailable: {reason}"
+    if CI:
+        pytest.fail(message + " (required when CI=true)")
+    pytest.skip(message)
+
+
+async def _pg_reachable(url: str) -> str | None:
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(url), timeout=5)
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
+    await conn.close()
+    return None
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        path: Path = tmp_path_factory.mktemp("db") / "batchops.db"
+        url = f"sqlite:///{path}"
+        await asyncio.to_thread(upgrade, url)
+        yield url
+        return
+    problem = await _pg_reachable(POSTGRES_URL)
+    if problem:
+        require_service("PostgreSQL", problem)
+    name = f"batchops_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = _with_database(POSTGRES_URL, name)
+    await asyncio.to_thread(upgrade, url)
+    yield url
+    admin = await asyncpg.connect(POSTGRES_URL)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "jwt_secret": JWT_SECRET,
+        "service_token": SERVICE_TOKEN,
+        "embedded_worker": False,
+        "batch_rate_limit_per_minute": 0,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+async def runtime(database_url: str) -> AsyncIterator[Runtime]:
+    rt = build_runtime(make_settings(database_url))
+    yield rt
+    await rt.stop()
+
+
+@pytest.fixture(autouse=True)
+async def _clean_tables(request: pytest.FixtureRequest) -> None:
+    """Empty every table before each DB test (much faster than re-migrating)."""
+    if "runtime" not in request.fixturenames:
+        return
+    rt: Runtime = request.getfixturevalue("runtime")
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    async with rt.db.engine.begin() as conn:
+        if rt.db.is_sqlite:
+            for name in tables:
+                await conn.execute(text(f'DELETE FROM "{name}"'))
+        else:
+            await conn.execute(text("TRUNCATE " + ", ".join(f'"{n}"' for n in tables) + " RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(runtime.settings, runtime)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://batchops.test") as c:
+        yield c
+
+
+def auth(user_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {create_token(user_id, JWT_SECRET)}"}
+
+
+@pytest.fixture
+async def admin(client: httpx.AsyncClient, runtime: Runtime) -> dict[str, str]:
+    """Headers of an admin caller (created directly: someone has to be first)."""
+    await runtime.services["identity"].ensure_admin("admin")
+    return auth("admin")
+
+
+@pytest.fixture
+def statement_counter(runtime: Runtime) -> Callable[[], list[str]]:
+    """Record every SQL statement sent; call the returned function to read them."""
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+    yield lambda: statements  # type: ignore[misc]
+    event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)
