@@ -8,7 +8,9 @@ from batchops.core.runtime import Runtime, create_runtime
 from batchops.core.worker import PeriodicJob
 from batchops.identity.service import IdentityService
 from batchops.notifications.service import NotificationService
-from batchops.scheduler.service import SchedulerService
+from batchops.scheduler.reservations import ReservationService
+from batchops.scheduler.service import DEVICES_FREED_KIND, PolicyJobs, SchedulerService
+from batchops.scheduler.waitqueue import WaitQueue
 from batchops.settings import Settings
 
 
@@ -16,12 +18,16 @@ def build_runtime(settings: Settings) -> Runtime:
     rt = create_runtime(settings)
     notifications = NotificationService(rt.db, rt.push)
     scheduler = SchedulerService(rt, notifications)
+    scheduler.queue = WaitQueue(scheduler)
+    scheduler.reservations = ReservationService(scheduler)
     rt.services.update(
         identity=IdentityService(rt.db),
         notifications=notifications,
         scheduler=scheduler,
     )
     rt.worker.add_job(PeriodicJob("scheduler.expire", settings.sweep_interval_seconds, scheduler.expire_due))
+    rt.worker.add_job(PeriodicJob("scheduler.tick", settings.scheduler_tick_seconds, PolicyJobs(scheduler).tick))
+    rt.outbox.register(DEVICES_FREED_KIND, scheduler.queue.on_devices_freed)
     return rt
 
 

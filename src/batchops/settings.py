@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     batch_rate_limit_per_minute: int = Field(
         10, ge=0, description="batch calls per user and endpoint per minute (0 = unlimited)"
     )
+    scheduler_tick_seconds: float = Field(
+        5.0, gt=0, description="how often reservations start, the wait queue is served and reminders go out"
+    )
+    daily_release_time: str | None = Field(
+        None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM: release every allocation daily (seed: 18:00)"
+    )
+    expiry_reminder_minutes: int = Field(10, ge=0, description="remind users this long before expiresAt (0 = off)")
+    reservation_max_days_ahead: int = Field(30, ge=1, description="how far ahead a reservation may start")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_json: bool = Field(False, description="JSON log lines instead of console lines")
 

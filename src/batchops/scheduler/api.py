@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from batchops.core.batch import BatchMode, BatchResult
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, Page, PageParams, ok
-from batchops.identity.api import CurrentUser, ensure_self_or_admin, rate_limited_admin
+from batchops.identity.api import AdminUser, CurrentUser, ensure_self_or_admin, rate_limited_admin
 from batchops.identity.models import User
-from batchops.scheduler.models import Allocation
+from batchops.scheduler.models import Allocation, QueueEntry, Reservation
 from batchops.scheduler.schemas import (
     AllocateIn,
     AllocationDetail,
@@ -35,11 +35,22 @@ from batchops.scheduler.schemas import (
     DevicesBatchOut,
     ExtendIn,
     ExtendSuccess,
+    MaintenanceIn,
+    NodeOut,
+    QueuedOut,
+    QueueEntryOut,
+    QueueStatus,
     ReleaseIn,
     ReleaseOut,
+    ReservationFailure,
+    ReservationIn,
+    ReservationOut,
+    ReservationsBatchIn,
+    ReservationsBatchOut,
+    ReservationStatus,
     UserFailure,
 )
-from batchops.scheduler.service import Allocated, Extended, Released, SchedulerService
+from batchops.scheduler.service import Allocated, Extended, Queued, Released, SchedulerService
 
 router = APIRouter(prefix="/scheduler", tags=["scheduler"])
 
@@ -69,6 +80,40 @@ def allocation_success(r: Allocated) -> AllocationSuccess:
         device_name=r.device.name,
         allocated_at=a["allocated_at"],
         expires_at=a["expires_at"],
+    )
+
+
+def queued_out(r: Queued) -> QueuedOut:
+    return QueuedOut(user_id=r.entry["user_id"], queue_entry_id=r.id, position=r.position)
+
+
+def reservation_out(r: Reservation | dict[str, Any]) -> ReservationOut:
+    row = r if isinstance(r, dict) else vars(r)
+    return ReservationOut(
+        reservation_id=row["id"],
+        user_id=row["user_id"],
+        device_id=row["device_id"],
+        start_at=row["start_at"],
+        end_at=row["end_at"],
+        status=row["status"],
+        allocation_id=row.get("allocation_id"),
+        failure_reason=row.get("failure_reason"),
+    )
+
+
+def queue_entry_out(e: QueueEntry, position: int | None) -> QueueEntryOut:
+    return QueueEntryOut(
+        queue_entry_id=e.id,
+        user_id=e.user_id,
+        status=e.status,
+        priority=e.priority,
+        position=position,
+        duration_minutes=e.duration_minutes,
+        enqueued_at=e.enqueued_at,
+        expires_at=e.expires_at,
+        granted_at=e.granted_at,
+        allocation_id=e.allocation_id,
+        reason=e.reason,
     )
 
 
@@ -137,7 +182,8 @@ async def batch_allocate(
         success_count=result.success_count,
         failed_count=result.failed_count,
         total_count=result.total_count,
-        successes=[allocation_success(r) for r in result.results],
+        successes=[allocation_success(r) for r in result.results if isinstance(r, Allocated)],
+        queued=[queued_out(r) for r in result.results if isinstance(r, Queued)],
         failures=[UserFailure(user_id=f.item.user_id, reason=f.reason, error=f.error) for f in result.failures],
         execution_time_ms=result.execution_time_ms,
     )
@@ -188,14 +234,19 @@ async def batch_query(
 
 
 # --- single-item forms ------------------------------------------------------------------------------
-@router.post("/devices/allocate", response_model=Envelope[AllocationSuccess])
-async def allocate(body: AllocateIn, user: CurrentUser, service: Service) -> Envelope[AllocationSuccess]:
-    request = AllocationRequest(
-        user_id=body.user_id or user.id,
-        duration_minutes=body.duration_minutes,
-        device_preferences=body.device_preferences,
-    )
+@router.post(
+    "/devices/allocate",
+    response_model=Envelope[AllocationSuccess] | Envelope[QueuedOut],
+    responses={202: {"model": Envelope[QueuedOut], "description": "queued: no device fits now"}},
+)
+async def allocate(
+    body: AllocateIn, user: CurrentUser, service: Service, response: Response
+) -> Envelope[AllocationSuccess] | Envelope[QueuedOut]:
+    request = AllocationRequest(**body.model_dump(exclude={"user_id"}), user_id=body.user_id or user.id)
     result = await service.allocate(user, request)
+    if isinstance(result, Queued):
+        response.status_code = 202
+        return ok(queued_out(result), "No device available now: request queued")
     return ok(allocation_success(result), "Device allocated")
 
 
@@ -248,3 +299,100 @@ async def list_allocations(
         for a, name in rows
     ]
     return ok(Page.build(items, page=paging.page, page_size=paging.page_size, total=total))
+
+
+# --- devices: maintenance and nodes (phase 3/4) ------------------------------------------------------
+@router.post("/devices/{device_id}/maintenance", response_model=Envelope[DeviceOut])
+async def set_maintenance(device_id: str, body: MaintenanceIn, _: AdminUser, service: Service) -> Envelope[DeviceOut]:
+    device = await service.set_maintenance(device_id, body.maintenance)
+    return ok(DeviceOut.model_validate(device), "Maintenance " + ("on" if body.maintenance else "off"))
+
+
+@router.get("/nodes", response_model=Envelope[list[NodeOut]])
+async def list_nodes(_: CurrentUser, service: Service) -> Envelope[list[NodeOut]]:
+    return ok([NodeOut(**n) for n in await service.list_nodes()])
+
+
+# --- reservations -------------------------------------------------------------------------------------
+@router.post("/reservations", response_model=Envelope[ReservationOut], status_code=201)
+async def create_reservation(body: ReservationIn, user: CurrentUser, service: Service) -> Envelope[ReservationOut]:
+    row = await service.reservations.create(user, body)
+    return ok(reservation_out(row), "Reservation created")
+
+
+@router.post("/reservations/batch", response_model=Envelope[ReservationsBatchOut])
+async def batch_reservations(
+    body: ReservationsBatchIn, service: Service, actor: User = rate_limited_admin("scheduler.reserve")
+) -> Envelope[ReservationsBatchOut]:
+    result = await service.reservations.batch_create(actor, body.reservations, mode_of(body))
+    out = ReservationsBatchOut(
+        success_count=result.success_count,
+        failed_count=result.failed_count,
+        total_count=result.total_count,
+        successes=[reservation_out(r) for r in result.results],
+        failures=[
+            ReservationFailure(user_id=f.item.user_id, start_at=f.item.start_at, reason=f.reason, error=f.error)
+            for f in result.failures
+        ],
+        execution_time_ms=result.execution_time_ms,
+    )
+    return ok(out, completed("reservation", result))
+
+
+@router.get("/reservations", response_model=Envelope[Page[ReservationOut]])
+async def list_reservations(
+    user: CurrentUser,
+    service: Service,
+    paging: Annotated[PageParams, Query()],
+    user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None,
+    status: Annotated[ReservationStatus | None, Query()] = None,
+) -> Envelope[Page[ReservationOut]]:
+    if not user.is_admin:
+        ensure_self_or_admin(user, user_id or user.id)
+        user_id = user.id
+    rows, total = await service.reservations.list_reservations(
+        user_id=user_id, status=status, offset=paging.offset, limit=paging.page_size
+    )
+    items = [reservation_out(r) for r in rows]
+    return ok(Page.build(items, page=paging.page, page_size=paging.page_size, total=total))
+
+
+@router.get("/reservations/{reservation_id}", response_model=Envelope[ReservationOut])
+async def get_reservation(reservation_id: str, user: CurrentUser, service: Service) -> Envelope[ReservationOut]:
+    return ok(reservation_out(await service.reservations.get(user, reservation_id)))
+
+
+@router.post("/reservations/{reservation_id}/cancel", response_model=Envelope[ReservationOut])
+async def cancel_reservation(reservation_id: str, user: CurrentUser, service: Service) -> Envelope[ReservationOut]:
+    return ok(reservation_out(await service.reservations.cancel(user, reservation_id)), "Reservation cancelled")
+
+
+# --- the wait queue -----------------------------------------------------------------------------------
+@router.get("/queue", response_model=Envelope[Page[QueueEntryOut]])
+async def list_queue(
+    user: CurrentUser,
+    service: Service,
+    paging: Annotated[PageParams, Query()],
+    user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None,
+    status: Annotated[QueueStatus | None, Query()] = "waiting",
+) -> Envelope[Page[QueueEntryOut]]:
+    """Waiting requests in service order (position 1 is served next)."""
+    if not user.is_admin:
+        ensure_self_or_admin(user, user_id or user.id)
+        user_id = user.id
+    rows, total = await service.queue.list_entries(
+        user_id=user_id, status=status, offset=paging.offset, limit=paging.page_size
+    )
+    items = [queue_entry_out(e, p) for e, p in rows]
+    return ok(Page.build(items, page=paging.page, page_size=paging.page_size, total=total))
+
+
+@router.get("/queue/{entry_id}", response_model=Envelope[QueueEntryOut])
+async def get_queue_entry(entry_id: str, user: CurrentUser, service: Service) -> Envelope[QueueEntryOut]:
+    entry, position = await service.queue.get(user, entry_id)
+    return ok(queue_entry_out(entry, position))
+
+
+@router.post("/queue/{entry_id}/cancel", response_model=Envelope[QueueEntryOut])
+async def cancel_queue_entry(entry_id: str, user: CurrentUser, service: Service) -> Envelope[QueueEntryOut]:
+    return ok(queue_entry_out(await service.queue.cancel(user, entry_id), None), "Queue entry cancelled")

@@ -22,6 +22,9 @@ class Device(Base):
     storage_mb: Mapped[int]
     status: Mapped[str] = mapped_column(String(16), default=AVAILABLE)
     node_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    # In maintenance a device takes no new allocation or reservation; a running
+    # allocation runs to its end.
+    maintenance: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -50,6 +53,8 @@ class Allocation(Base):
     expires_at: Mapped[datetime]
     released_at: Mapped[datetime | None]
     release_reason: Mapped[str | None] = mapped_column(String(500))
+    reminder_sent_at: Mapped[datetime | None]
+    reservation_id: Mapped[str | None] = mapped_column(String(64))
 
     device: Mapped[Device] = relationship(lazy="raise")
 
@@ -69,3 +74,54 @@ class DeviceUsage(Base):
     allocated_at: Mapped[datetime]
     released_at: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+RESERVED, FULFILLED, CANCELLED, FAILED = "reserved", "fulfilled", "cancelled", "failed"
+WAITING, GRANTED, EXPIRED = "waiting", "granted", "expired"
+
+
+class Reservation(Base):
+    """A concrete device held for a future window ``[start_at, end_at)``.
+
+    Two live reservations of one device never overlap: PostgreSQL enforces it with
+    an exclusion constraint, SQLite with a trigger (see migration 0005).
+    """
+
+    __tablename__ = "reservations"
+    __table_args__ = (
+        Index("ix_reservations_device_window", "device_id", "status", "start_at", "end_at"),
+        Index("ix_reservations_status_start", "status", "start_at"),
+        Index("ix_reservations_user", "user_id", "start_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    start_at: Mapped[datetime]
+    end_at: Mapped[datetime]
+    duration_minutes: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default=RESERVED)
+    allocation_id: Mapped[str | None] = mapped_column(String(64))
+    failure_reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class QueueEntry(Base):
+    """A waiting allocation request: granted by priority (9 first), then age."""
+
+    __tablename__ = "allocation_queue"
+    __table_args__ = (Index("ix_allocation_queue_order", "status", "priority", "enqueued_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    duration_minutes: Mapped[int]
+    min_cpu: Mapped[int | None]
+    min_memory_mb: Mapped[int | None]
+    priority: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(16), default=WAITING)
+    enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    granted_at: Mapped[datetime | None]
+    allocation_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(500))

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
 from batchops.core.schemas import Schema, StrictSchema
 
@@ -39,7 +39,20 @@ class DeviceOut(Schema):
     storage_mb: int = Field(serialization_alias="storageMB")
     status: str
     node_id: str | None
+    maintenance: bool
     created_at: datetime
+
+
+class MaintenanceIn(StrictSchema):
+    maintenance: bool
+
+
+class NodeOut(Schema):
+    node_id: str | None
+    devices: int
+    available: int
+    allocated: int
+    maintenance: int
 
 
 class DeviceFailure(Schema):
@@ -64,7 +77,15 @@ class DevicePreferences(StrictSchema):
     memory: int | None = Field(None, ge=1, le=10_000_000, description="minimum memoryMB")
 
 
-class AllocationRequest(StrictSchema):
+class QueueFields(StrictSchema):
+    """Phase 3: wait in the priority queue instead of failing when nothing fits."""
+
+    queue_if_unavailable: bool = False
+    priority: int = Field(0, ge=0, le=9, description="9 is served first")
+    max_wait_minutes: int = Field(60, ge=1, le=1440, description="a waiting request expires after this")
+
+
+class AllocationRequest(QueueFields):
     user_id: Identifier
     duration_minutes: Minutes
     device_preferences: DevicePreferences | None = None
@@ -74,7 +95,7 @@ class BatchAllocateIn(BatchOptions):
     requests: list[AllocationRequest] = Field(min_length=1, max_length=50)
 
 
-class AllocateIn(StrictSchema):
+class AllocateIn(QueueFields):
     user_id: Identifier | None = Field(None, description="defaults to the caller")
     duration_minutes: Minutes
     device_preferences: DevicePreferences | None = None
@@ -95,11 +116,18 @@ class UserFailure(Schema):
     error: str
 
 
+class QueuedOut(Schema):
+    user_id: str
+    queue_entry_id: str
+    position: int
+
+
 class BatchAllocateOut(Schema):
-    success_count: int
+    success_count: int = Field(description="allocated + queued")
     failed_count: int
     total_count: int
     successes: list[AllocationSuccess]
+    queued: list[QueuedOut]
     failures: list[UserFailure]
     execution_time_ms: int
 
@@ -201,3 +229,60 @@ class BatchQueryOut(Schema):
 
 
 AllocationStatus = Literal["allocated", "released"]
+
+
+# --- phase 3: reservations & the wait queue ----------------------------------------------------
+class ReservationIn(StrictSchema):
+    user_id: Identifier
+    start_at: AwareDatetime = Field(description="ISO-8601 with a zone (e.g. ...Z); in the future")
+    duration_minutes: Minutes
+    device_preferences: DevicePreferences | None = None
+
+
+class ReservationsBatchIn(BatchOptions):
+    reservations: list[ReservationIn] = Field(min_length=1, max_length=50)
+
+
+class ReservationOut(Schema):
+    reservation_id: str
+    user_id: str
+    device_id: str
+    start_at: datetime
+    end_at: datetime
+    status: str
+    allocation_id: str | None = None
+    failure_reason: str | None = None
+
+
+class ReservationFailure(Schema):
+    user_id: str
+    start_at: datetime
+    reason: str
+    error: str
+
+
+class ReservationsBatchOut(Schema):
+    success_count: int
+    failed_count: int
+    total_count: int
+    successes: list[ReservationOut]
+    failures: list[ReservationFailure]
+    execution_time_ms: int
+
+
+class QueueEntryOut(Schema):
+    queue_entry_id: str
+    user_id: str
+    status: str
+    priority: int
+    position: int | None = Field(description="1 = next to be served; null once it left the queue")
+    duration_minutes: int
+    enqueued_at: datetime
+    expires_at: datetime
+    granted_at: datetime | None
+    allocation_id: str | None
+    reason: str | None
+
+
+ReservationStatus = Literal["reserved", "fulfilled", "cancelled", "failed"]
+QueueStatus = Literal["waiting", "granted", "expired", "cancelled"]

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.core.batch import BatchMode, BatchResult
@@ -39,17 +40,28 @@ from batchops.scheduler.models import (
     ALLOCATED,
     AVAILABLE,
     RELEASED,
+    RESERVED,
+    WAITING,
     Allocation,
     Device,
     DeviceUsage,
+    Reservation,
 )
-from batchops.scheduler.schemas import AllocationRequest, DeviceIn, DevicePreferences
+from batchops.scheduler.placement import Candidate, Placement, Window
+from batchops.scheduler.schemas import AllocationRequest, DeviceIn
+
+if TYPE_CHECKING:
+    from batchops.scheduler.reservations import ReservationService
+    from batchops.scheduler.waitqueue import WaitQueue
 
 log = structlog.get_logger(__name__)
 
 DOMAIN = "scheduler"
 ALLOCATE_LOCK = "scheduler.allocate"
 USAGE_KIND = "billing.device_usage"
+DEVICES_FREED_KIND = "scheduler.devices_freed"
+# One message per transaction that frees devices: the worker then grants waiting requests.
+DEVICES_FREED = OutboxItem(kind=DEVICES_FREED_KIND, name="devices-freed", payload={})
 
 
 def iso(ts: datetime) -> str:
@@ -57,31 +69,56 @@ def iso(ts: datetime) -> str:
 
 
 # --- allocate ------------------------------------------------------------------------------
-@dataclass
-class FreeDevice:
-    id: str
-    name: str
-    cpu_cores: int
-    memory_mb: int
-    storage_mb: int
-    node_id: str | None
+@dataclass(frozen=True)
+class Ask:
+    """One allocation to make: from an API request, a queue entry or a reservation."""
 
-    def fits(self, prefs: DevicePreferences | None) -> bool:
-        if prefs is None:
-            return True
-        return (prefs.cpu is None or self.cpu_cores >= prefs.cpu) and (
-            prefs.memory is None or self.memory_mb >= prefs.memory
+    user_id: str
+    duration_minutes: int
+    min_cpu: int | None = None
+    min_memory: int | None = None
+    queue: QueueOptions | None = None
+    device_id: str | None = None  # pinned (a reservation's device)
+    reservation_id: str | None = None
+    expires_at: datetime | None = None  # fixed end (a reservation's end)
+
+    @classmethod
+    def of(cls, request: AllocationRequest) -> Ask:
+        prefs = request.device_preferences
+        queue = QueueOptions(request.priority, request.max_wait_minutes) if request.queue_if_unavailable else None
+        return cls(
+            user_id=request.user_id,
+            duration_minutes=request.duration_minutes,
+            min_cpu=prefs.cpu if prefs else None,
+            min_memory=prefs.memory if prefs else None,
+            queue=queue,
         )
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    priority: int
+    max_wait_minutes: int
 
 
 @dataclass
 class Allocated:
     allocation: dict[str, Any]
-    device: FreeDevice
+    device: Candidate
 
     @property
     def id(self) -> str:
         return str(self.allocation["id"])
+
+
+@dataclass
+class Queued:
+    entry: dict[str, Any]
+    position: int = 0
+
+    @property
+    def id(self) -> str:
+        return str(self.entry["id"])
 
 
 def quota_exceeded(user: User, current: int) -> ForbiddenError:
@@ -101,9 +138,13 @@ def check_user_can_allocate(user: User | None, active: int) -> User:
     return user
 
 
+NO_DEVICE = "No available devices"
+
+
 class AllocateWork:
-    """Best fit: the smallest free device (cpu, memory, storage) that meets the
-    preferences, so big devices stay free for requests that need them."""
+    """Allocations for a batch of asks, placed by ``placement.Placement`` (best fit,
+    then spread over nodes, never into a reserved window). An ask that opts in is
+    queued instead of failing when nothing fits."""
 
     def __init__(self, session: AsyncSession, service: SchedulerService, actor: User | None) -> None:
         self.session = session
@@ -111,28 +152,45 @@ class AllocateWork:
         self.actor = actor
         self.users: dict[str, User] = {}
         self.active: dict[str, int] = {}
-        self.free: list[FreeDevice] = []
+        self.placement = Placement([], {}, {})
         self.now = utcnow()
 
     async def load(self, user_ids: Sequence[str]) -> AllocateWork:
-        await advisory_lock(self.session, ALLOCATE_LOCK)
-        self.users = await load_users(self.session, user_ids)
-        self.active = await active_counts(self.session, self.users)
-        rows = await self.session.execute(
+        session = self.session
+        await advisory_lock(session, ALLOCATE_LOCK)
+        self.users = await load_users(session, user_ids)
+        self.active = await active_counts(session, self.users)
+        rows = await session.execute(
             select(Device.id, Device.name, Device.cpu_cores, Device.memory_mb, Device.storage_mb, Device.node_id)
-            .where(Device.status == AVAILABLE)
-            .order_by(Device.cpu_cores, Device.memory_mb, Device.storage_mb, Device.id)
+            .where(Device.status == AVAILABLE, Device.maintenance.is_(False))
+            .order_by(Device.id)
         )
-        self.free = [FreeDevice(*row) for row in rows]
+        devices = [Candidate(*row) for row in rows]
+        horizon = self.now + timedelta(minutes=MAX_MINUTES)
+        self.placement = Placement(
+            devices, await node_loads(session), await reserved_windows(session, self.now, horizon)
+        )
         return self
 
-    async def handle(self, request: AllocationRequest) -> Allocated:
-        self.service.ensure_actor_may_act_for(self.actor, request.user_id)
-        user = check_user_can_allocate(self.users.get(request.user_id), self.active.get(request.user_id, 0))
-        index = next((i for i, d in enumerate(self.free) if d.fits(request.device_preferences)), None)
-        if index is None:
-            raise BadRequestError("No available devices")
-        device = self.free.pop(index)
+    async def handle(self, request: AllocationRequest) -> Allocated | Queued:
+        return await self.allocate(Ask.of(request))
+
+    async def allocate(self, ask: Ask) -> Allocated | Queued:
+        self.service.ensure_actor_may_act_for(self.actor, ask.user_id)
+        user = check_user_can_allocate(self.users.get(ask.user_id), self.active.get(ask.user_id, 0))
+        expires_at = ask.expires_at or self.now + timedelta(minutes=ask.duration_minutes)
+        device = self.placement.choose(
+            min_cpu=ask.min_cpu,
+            min_memory=ask.min_memory,
+            start=self.now,
+            end=expires_at,
+            pinned=ask.device_id,
+            ignore=ask.reservation_id,
+        )
+        if device is None:
+            if ask.queue is None:
+                raise BadRequestError(NO_DEVICE)
+            return self._queue(ask)
         self.active[user.id] = self.active.get(user.id, 0) + 1
         return Allocated(
             allocation={
@@ -140,16 +198,39 @@ class AllocateWork:
                 "device_id": device.id,
                 "user_id": user.id,
                 "status": ACTIVE,
-                "duration_minutes": request.duration_minutes,
+                "duration_minutes": ask.duration_minutes,
                 "allocated_at": self.now,
-                "expires_at": self.now + timedelta(minutes=request.duration_minutes),
+                "expires_at": expires_at,
+                "reservation_id": ask.reservation_id,
             },
             device=device,
         )
 
-    async def flush(self, results: list[Allocated]) -> None:
-        if not results:
-            return
+    def _queue(self, ask: Ask) -> Queued:
+        assert ask.queue is not None
+        return Queued(
+            entry={
+                "id": new_id("queue"),
+                "user_id": ask.user_id,
+                "duration_minutes": ask.duration_minutes,
+                "min_cpu": ask.min_cpu,
+                "min_memory_mb": ask.min_memory,
+                "priority": ask.queue.priority,
+                "status": WAITING,
+                "enqueued_at": self.now,
+                "expires_at": self.now + timedelta(minutes=ask.queue.max_wait_minutes),
+            }
+        )
+
+    async def flush(self, results: list[Allocated | Queued]) -> None:
+        allocated = [r for r in results if isinstance(r, Allocated)]
+        queued = [r for r in results if isinstance(r, Queued)]
+        if allocated:
+            await self._write_allocations(allocated)
+        if queued:
+            await self.service.queue.write_entries(self.session, queued)
+
+    async def _write_allocations(self, results: list[Allocated]) -> None:
         session = self.session
         device_ids = [r.device.id for r in results]
         claimed = await session.execute(
@@ -169,11 +250,40 @@ class AllocateWork:
                     type="device.allocated",
                     title="📱 设备已分配",
                     content=f"设备 {r.device.name} 已分配给您，使用时长 {r.allocation['duration_minutes']} 分钟。",
-                    data={"allocationId": r.id, "deviceId": r.device.id, "expiresAt": iso(r.allocation["expires_at"])},
+                    data={
+                        "allocationId": r.id,
+                        "deviceId": r.device.id,
+                        "expiresAt": iso(r.allocation["expires_at"]),
+                    },
                 )
                 for r in results
             ],
         )
+
+
+MAX_MINUTES = 1440
+
+
+async def node_loads(session: AsyncSession) -> dict[str | None, int]:
+    rows = await session.execute(
+        select(Device.node_id, func.count()).where(Device.status == ALLOCATED).group_by(Device.node_id)
+    )
+    return {node: int(n) for node, n in rows}
+
+
+async def reserved_windows(
+    session: AsyncSession, start: datetime, end: datetime, device_ids: Sequence[str] | None = None
+) -> dict[str, list[Window]]:
+    """Live reservation windows overlapping ``[start, end)``, by device: one SELECT."""
+    stmt = select(Reservation.device_id, Reservation.start_at, Reservation.end_at, Reservation.id).where(
+        Reservation.status == RESERVED, Reservation.start_at < end, Reservation.end_at > start
+    )
+    if device_ids is not None:
+        stmt = stmt.where(Reservation.device_id.in_(sorted(set(device_ids))))
+    windows: dict[str, list[Window]] = defaultdict(list)
+    for device_id, w_start, w_end, owner in await session.execute(stmt):
+        windows[device_id].append(Window(w_start, w_end, owner))
+    return dict(windows)
 
 
 def allocated_payload(r: Allocated) -> dict[str, Any]:
@@ -292,10 +402,17 @@ class ExtendWork:
         self.minutes = additional_minutes
         self.loaded: dict[str, LoadedAllocation] = {}
         self.extended: dict[str, datetime] = {}
+        self.windows: dict[str, list[Window]] = {}
         self.now = utcnow()
 
     async def load(self, ids: Sequence[str]) -> ExtendWork:
         self.loaded = await load_allocations(self.session, ids)
+        if self.loaded:
+            latest = max(la.allocation.expires_at for la in self.loaded.values())
+            horizon = latest + timedelta(minutes=self.minutes * len(ids))
+            self.windows = await reserved_windows(
+                self.session, self.now, horizon, [la.device.id for la in self.loaded.values()]
+            )
         return self
 
     async def handle(self, allocation_id: str) -> Extended:
@@ -306,6 +423,9 @@ class ExtendWork:
         if old <= self.now:
             raise BadRequestError("Allocation is not active (status: expired)")
         new = old + timedelta(minutes=self.minutes)
+        taken = next((w for w in self.windows.get(loaded.device.id, ()) if w.overlaps(old, new)), None)
+        if taken is not None:
+            raise ConflictError(f"Device {loaded.device.name} is reserved from {iso(taken.start)}")
         self.extended[allocation.id] = new
         return Extended(loaded, old, new, self.minutes)
 
@@ -314,7 +434,10 @@ class ExtendWork:
             return
         session = self.session
         final = {r.id: r.new_expires_at for r in results}  # a repeated id extends twice, written once
-        await session.execute(update(Allocation), [{"id": i, "expires_at": expires} for i, expires in final.items()])
+        await session.execute(
+            update(Allocation),
+            [{"id": i, "expires_at": expires, "reminder_sent_at": None} for i, expires in final.items()],
+        )
         await enqueue(
             session,
             [
@@ -402,6 +525,7 @@ class RegisterDevicesWork:
             "storage_mb": item.storage_mb,
             "node_id": item.node_id,
             "status": AVAILABLE,
+            "maintenance": False,
             "created_at": self.now,
             "updated_at": self.now,
         }
@@ -409,10 +533,15 @@ class RegisterDevicesWork:
     async def flush(self, results: list[dict[str, Any]]) -> None:
         if results:
             await self.session.execute(insert(Device), results)
+            await enqueue(self.session, [DEVICES_FREED])
 
 
 # --- the service -------------------------------------------------------------------------------
 class SchedulerService:
+    # Set by assembly.py: the wait queue and reservations build on this service.
+    queue: WaitQueue
+    reservations: ReservationService
+
     def __init__(self, rt: Runtime, notifications: NotificationService) -> None:
         self.rt = rt
         self.db = rt.db
@@ -427,7 +556,7 @@ class SchedulerService:
     # batch operations ----------------------------------------------------------------------
     async def batch_allocate(
         self, actor: User, requests: list[AllocationRequest], mode: BatchMode
-    ) -> BatchResult[AllocationRequest, Allocated]:
+    ) -> BatchResult[AllocationRequest, Allocated | Queued]:
         async def prepare(session: AsyncSession) -> AllocateWork:
             return await AllocateWork(session, self, actor).load([r.user_id for r in requests])
 
@@ -495,7 +624,7 @@ class SchedulerService:
         )
 
     # single-item forms: the same work objects, one item, errors raised as HTTP errors ------------
-    async def allocate(self, actor: User, request: AllocationRequest) -> Allocated:
+    async def allocate(self, actor: User, request: AllocationRequest) -> Allocated | Queued:
         async with self.db.transaction() as session:
             work = await AllocateWork(session, self, actor).load([request.user_id])
             result = await work.handle(request)
@@ -555,6 +684,41 @@ class SchedulerService:
             rows = await session.scalars(select(Device).where(*where).order_by(Device.id).offset(offset).limit(limit))
             return list(rows.all()), int(total or 0)
 
+    async def set_maintenance(self, device_id: str, maintenance: bool) -> Device:
+        """A device in maintenance takes nothing new; a running allocation runs to its end."""
+        async with self.db.transaction() as session:
+            device = await session.get(Device, device_id, with_for_update=True)
+            if device is None:
+                raise NotFoundError("Device not found")
+            device.maintenance = maintenance
+            if not maintenance and device.status == AVAILABLE:
+                await enqueue(session, [DEVICES_FREED])
+        return device
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        async with self.db.transaction() as session:
+            rows = await session.execute(
+                select(
+                    Device.node_id,
+                    func.count(),
+                    func.sum(case((and_(Device.status == AVAILABLE, Device.maintenance.is_(False)), 1), else_=0)),
+                    func.sum(case((Device.status == ALLOCATED, 1), else_=0)),
+                    func.sum(case((Device.maintenance.is_(True), 1), else_=0)),
+                )
+                .group_by(Device.node_id)
+                .order_by(Device.node_id)
+            )
+            return [
+                {
+                    "node_id": n,
+                    "devices": int(t),
+                    "available": int(a or 0),
+                    "allocated": int(b or 0),
+                    "maintenance": int(m or 0),
+                }
+                for n, t, a, b, m in rows
+            ]
+
     # release side effects, shared by release, batch release and expiry -------------------------
     async def write_releases(self, session: AsyncSession, results: list[Released]) -> None:
         if not results:
@@ -582,6 +746,7 @@ class SchedulerService:
             messages.append(
                 OutboxItem(kind=USAGE_KIND, name="device-usage", payload=usage_report(u), dedup_key=f"usage:{r.id}")
             )
+        messages.append(DEVICES_FREED)
         await enqueue(session, messages)
         await self.notifications.send(
             session,
@@ -616,6 +781,117 @@ class SchedulerService:
         result = await self.batch_release(None, ids, "expired", BatchMode(), operation="expire")
         log.info("allocations_expired", count=result.success_count)
         return result.success_count
+
+
+class PolicyJobs:
+    """Release policies (seed 000 scenario 2 and reminders) and the scheduler tick."""
+
+    def __init__(self, scheduler: SchedulerService) -> None:
+        self.scheduler = scheduler
+        self.db = scheduler.db
+        self.settings = scheduler.rt.settings
+
+    async def tick(self) -> None:
+        """Every few seconds: start due reservations, grant/expire waiting requests,
+        remind users of expiries, and run the daily release when its time has come."""
+        await self.scheduler.reservations.start_due()
+        await self.scheduler.queue.grant_waiting()
+        await self.send_expiry_reminders()
+        await self.daily_release()
+
+    def daily_cutoff(self, now: datetime) -> datetime | None:
+        """Today's release time (BATCHOPS_DAILY_RELEASE_TIME in BATCHOPS_TIMEZONE), if passed."""
+        at = self.settings.daily_release_time
+        if not at:
+            return None
+        zone = ZoneInfo(self.settings.timezone)
+        local = now.astimezone(zone)
+        hour, minute = (int(p) for p in at.split(":"))
+        cutoff = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        return cutoff.astimezone(UTC) if local >= cutoff else None
+
+    async def daily_release(self, now: datetime | None = None) -> int:
+        """Release every allocation made before today's cutoff (reason 每日自动释放).
+
+        Idempotent by construction, so any number of workers may run it: an allocation
+        made before the cutoff is released once (row locks), one made after it waits
+        for tomorrow's cutoff.
+        """
+        cutoff = self.daily_cutoff(now or utcnow())
+        if cutoff is None:
+            return 0
+        released = 0
+        while True:
+            async with self.db.transaction() as session:
+                ids = list(
+                    (
+                        await session.scalars(
+                            select(Allocation.id)
+                            .where(Allocation.status == ACTIVE, Allocation.allocated_at < cutoff)
+                            .order_by(Allocation.id)
+                            .limit(100)
+                        )
+                    ).all()
+                )
+            if not ids:
+                break
+            result = await self.scheduler.batch_release(
+                None, ids, DAILY_RELEASE_REASON, BatchMode(), operation="daily_release"
+            )
+            released += result.success_count
+            if result.success_count == 0:
+                break
+        if released:
+            log.info("daily_release_done", released=released)
+        return released
+
+    async def send_expiry_reminders(self) -> int:
+        """Notify once per expiry, N minutes before it (an extension re-arms it)."""
+        minutes = self.settings.expiry_reminder_minutes
+        if not minutes:
+            return 0
+        now = utcnow()
+        async with self.db.transaction() as session:
+            claimed = (
+                await session.execute(
+                    update(Allocation)
+                    .where(
+                        Allocation.status == ACTIVE,
+                        Allocation.reminder_sent_at.is_(None),
+                        Allocation.expires_at <= now + timedelta(minutes=minutes),
+                        Allocation.expires_at > now,
+                    )
+                    .values(reminder_sent_at=now)
+                    .returning(Allocation.id, Allocation.user_id, Allocation.device_id, Allocation.expires_at)
+                )
+            ).all()
+            if not claimed:
+                return 0
+            names = dict(
+                (
+                    await session.execute(
+                        select(Device.id, Device.name).where(Device.id.in_([c.device_id for c in claimed]))
+                    )
+                ).all()
+            )
+            await self.scheduler.notifications.send(
+                session,
+                [
+                    NewNotification(
+                        user_id=c.user_id,
+                        type="scheduler.allocation.expiring",
+                        title="⏳ 设备即将到期",
+                        content=f"设备 {names.get(c.device_id, c.device_id)} 将于 "
+                        f"{max(1, round((c.expires_at - now).total_seconds() / 60))} 分钟后到期，如需继续使用请续期。",
+                        data={"allocationId": c.id, "expiresAt": iso(c.expires_at)},
+                    )
+                    for c in claimed
+                ],
+            )
+        return len(claimed)
+
+
+DAILY_RELEASE_REASON = "每日自动释放"
 
 
 def usage_record(r: Released) -> dict[str, Any]:

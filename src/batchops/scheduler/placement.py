@@ -1,0 +1,111 @@
+"""Where a request lands: the placement policy (seed 000 phase 4, "智能调度算法").
+
+1. **Best fit.** Candidate devices are grouped by size (cpuCores, memoryMB,
+   storageMB) and tried smallest first; the first size that meets the request's
+   ``devicePreferences`` wins, so large devices stay free for requests that need them.
+2. **Spread.** Among the devices of that size, the one on the node with the fewest
+   active allocations wins (ties: lowest device id), so load and the blast radius
+   of a failing node are spread.
+3. **Windows.** A device is skipped if the requested window ``[start, end)``
+   overlaps a window already taken on it (a reservation, or for reservations an
+   allocation still running), except the window of the reservation being fulfilled.
+
+Everything here is in memory: the caller loads devices, node loads and windows in
+a few queries, and the placement keeps them up to date as it places a batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass
+class Candidate:
+    id: str
+    name: str
+    cpu_cores: int
+    memory_mb: int
+    storage_mb: int
+    node_id: str | None
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        return (self.cpu_cores, self.memory_mb, self.storage_mb)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+    owner: str  # reservation id or allocation id
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        return self.start < end and start < self.end
+
+
+class Placement:
+    def __init__(
+        self,
+        devices: list[Candidate],
+        node_load: dict[str | None, int],
+        windows: dict[str, list[Window]],
+    ) -> None:
+        self.by_size: dict[tuple[int, int, int], list[Candidate]] = defaultdict(list)
+        for device in devices:
+            self.by_size[device.size].append(device)
+        self.sizes = sorted(self.by_size)
+        self.node_load = defaultdict(int, node_load)
+        self.windows: dict[str, list[Window]] = defaultdict(list, windows)
+        self.by_id = {d.id: d for d in devices}
+
+    def blocking_window(
+        self, device_id: str, start: datetime, end: datetime, ignore: str | None = None
+    ) -> Window | None:
+        return next(
+            (w for w in self.windows.get(device_id, ()) if w.owner != ignore and w.overlaps(start, end)),
+            None,
+        )
+
+    def choose(
+        self,
+        *,
+        min_cpu: int | None,
+        min_memory: int | None,
+        start: datetime,
+        end: datetime,
+        pinned: str | None = None,
+        ignore: str | None = None,
+        take: bool = True,
+    ) -> Candidate | None:
+        """The device for one request, or None. ``take=False`` keeps it a candidate
+        (reservations: the device stays usable for other windows)."""
+        if pinned is not None:
+            device = self.by_id.get(pinned)
+            if device is None or self.blocking_window(pinned, start, end, ignore) is not None:
+                return None
+            return self._taken(device, take)
+        for size in self.sizes:
+            cpu, memory, _ = size
+            if (min_cpu is not None and cpu < min_cpu) or (min_memory is not None and memory < min_memory):
+                continue
+            free = [d for d in self.by_size[size] if self.blocking_window(d.id, start, end, ignore) is None]
+            if free:
+                device = min(free, key=lambda d: (self.node_load[d.node_id], d.id))
+                return self._taken(device, take)
+        return None
+
+    def _taken(self, device: Candidate, take: bool) -> Candidate:
+        self.node_load[device.node_id] += 1
+        if take:
+            self.by_size[device.size].remove(device)
+            del self.by_id[device.id]
+        return device
+
+    def add_window(self, device_id: str, window: Window) -> None:
+        self.windows[device_id].append(window)
+
+    @property
+    def has_free(self) -> bool:
+        return bool(self.by_id)

@@ -1,0 +1,292 @@
+"""Advance reservations (seed 000 phase 3, "设备预约功能").
+
+A reservation holds a concrete device for ``[startAt, startAt + durationMinutes)``.
+It is placed like an allocation (best fit, then node spread) on a device whose
+window is free: no other live reservation overlaps it, and no running allocation
+reaches into it. The database refuses overlapping live reservations of one device
+(an exclusion constraint on PostgreSQL, a trigger on SQLite), and allocations and
+extensions never enter a reserved window (checked under the allocation lock).
+At ``startAt`` the worker turns it into an allocation through the same
+``AllocateWork`` as every allocation (quota, holds, event, notification).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from batchops.core.batch import BatchMode, BatchResult
+from batchops.core.db import advisory_lock, new_id, utcnow
+from batchops.core.errors import AppError, BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from batchops.core.events import event
+from batchops.core.outbox import enqueue
+from batchops.identity.models import User
+from batchops.identity.service import load_users
+from batchops.notifications.service import NewNotification
+from batchops.scheduler.models import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    FULFILLED,
+    OFFLINE,
+    RESERVED,
+    Allocation,
+    Device,
+    Reservation,
+)
+from batchops.scheduler.placement import Candidate, Placement, Window
+from batchops.scheduler.schemas import ReservationIn
+from batchops.scheduler.service import (
+    ALLOCATE_LOCK,
+    DOMAIN,
+    Allocated,
+    AllocateWork,
+    Ask,
+    SchedulerService,
+    iso,
+    node_loads,
+    reserved_windows,
+)
+
+log = structlog.get_logger(__name__)
+
+
+def reservation_payload(r: Reservation | dict[str, Any]) -> dict[str, Any]:
+    row = (
+        r
+        if isinstance(r, dict)
+        else {k: getattr(r, k) for k in ("id", "user_id", "device_id", "start_at", "end_at", "status")}
+    )
+    return {
+        "reservationId": row["id"],
+        "userId": row["user_id"],
+        "deviceId": row["device_id"],
+        "startAt": iso(row["start_at"]),
+        "endAt": iso(row["end_at"]),
+        "status": row["status"],
+    }
+
+
+class ReserveWork:
+    def __init__(self, session: AsyncSession, service: ReservationService, actor: User) -> None:
+        self.session = session
+        self.service = service
+        self.actor = actor
+        self.users: dict[str, User] = {}
+        self.placement = Placement([], {}, {})
+        self.now = utcnow()
+
+    async def load(self, requests: Sequence[ReservationIn]) -> ReserveWork:
+        session = self.session
+        await advisory_lock(session, ALLOCATE_LOCK)
+        self.users = await load_users(session, [r.user_id for r in requests])
+        starts = [r.start_at for r in requests]
+        ends = [r.start_at + timedelta(minutes=r.duration_minutes) for r in requests]
+        start, end = min(starts), max(ends)
+        rows = await session.execute(
+            select(Device.id, Device.name, Device.cpu_cores, Device.memory_mb, Device.storage_mb, Device.node_id)
+            .where(Device.status != OFFLINE, Device.maintenance.is_(False))
+            .order_by(Device.id)
+        )
+        windows: dict[str, list[Window]] = defaultdict(list, await reserved_windows(session, start, end))
+        running = await session.execute(
+            select(Allocation.device_id, Allocation.allocated_at, Allocation.expires_at, Allocation.id).where(
+                Allocation.status == ACTIVE, Allocation.expires_at > start
+            )
+        )
+        for device_id, a_start, a_end, owner in running:
+            windows[device_id].append(Window(a_start, a_end, owner))
+        self.placement = Placement([Candidate(*r) for r in rows], await node_loads(session), dict(windows))
+        return self
+
+    async def handle(self, request: ReservationIn) -> dict[str, Any]:
+        self.service.scheduler.ensure_actor_may_act_for(self.actor, request.user_id)
+        user = self.users.get(request.user_id)
+        if user is None:
+            raise NotFoundError("User not found")
+        if user.status != "active":
+            raise ForbiddenError(
+                "User account is suspended" if user.status == "suspended" else f"User account is {user.status}"
+            )
+        start = request.start_at
+        if start <= self.now:
+            raise BadRequestError("startAt must be in the future")
+        max_days = self.service.scheduler.rt.settings.reservation_max_days_ahead
+        if start > self.now + timedelta(days=max_days):
+            raise BadRequestError(f"startAt may be at most {max_days} days ahead")
+        end = start + timedelta(minutes=request.duration_minutes)
+        prefs = request.device_preferences
+        device = self.placement.choose(
+            min_cpu=prefs.cpu if prefs else None,
+            min_memory=prefs.memory if prefs else None,
+            start=start,
+            end=end,
+            take=False,
+        )
+        if device is None:
+            raise BadRequestError("No device available for the requested window")
+        reservation_id = new_id("resv")
+        self.placement.add_window(device.id, Window(start, end, reservation_id))
+        return {
+            "id": reservation_id,
+            "user_id": user.id,
+            "device_id": device.id,
+            "start_at": start,
+            "end_at": end,
+            "duration_minutes": request.duration_minutes,
+            "status": RESERVED,
+            "created_at": self.now,
+            "updated_at": self.now,
+        }
+
+    async def flush(self, results: list[dict[str, Any]]) -> None:
+        if not results:
+            return
+        session = self.session
+        try:
+            async with session.begin_nested():
+                await session.execute(insert(Reservation), results)
+        except IntegrityError as exc:  # the constraint: another process reserved the window first
+            raise ConflictError("The device is already reserved for an overlapping window") from exc
+        await enqueue(session, [event("scheduler.reservation.created", reservation_payload(r)) for r in results])
+        await self.service.scheduler.notifications.send(
+            session,
+            [
+                NewNotification(
+                    user_id=r["user_id"],
+                    type="scheduler.reservation.created",
+                    title="📅 设备预约成功",
+                    content=f"已为您预约设备，开始时间 {iso(r['start_at'])}，时长 {r['duration_minutes']} 分钟。",
+                    data=reservation_payload(r),
+                )
+                for r in results
+            ],
+        )
+
+
+class ReservationService:
+    def __init__(self, scheduler: SchedulerService) -> None:
+        self.scheduler = scheduler
+        self.db = scheduler.db
+
+    async def create(self, actor: User, request: ReservationIn) -> dict[str, Any]:
+        async with self.db.transaction() as session:
+            work = await ReserveWork(session, self, actor).load([request])
+            row = await work.handle(request)
+            await work.flush([row])
+        return row
+
+    async def batch_create(
+        self, actor: User, requests: list[ReservationIn], mode: BatchMode
+    ) -> BatchResult[ReservationIn, dict[str, Any]]:
+        async def prepare(session: AsyncSession) -> ReserveWork:
+            return await ReserveWork(session, self, actor).load(requests)
+
+        return await self.scheduler.rt.batch.run(
+            domain=DOMAIN, operation="reserve", actor_id=actor.id, items=requests, prepare=prepare, mode=mode
+        )
+
+    async def get(self, actor: User, reservation_id: str) -> Reservation:
+        async with self.db.transaction() as session:
+            reservation = await session.get(Reservation, reservation_id)
+        if reservation is None:
+            raise NotFoundError("Reservation not found")
+        self.scheduler.ensure_actor_may_act_for(actor, reservation.user_id)
+        return reservation
+
+    async def list_reservations(
+        self, *, user_id: str | None, status: str | None, offset: int, limit: int
+    ) -> tuple[list[Reservation], int]:
+        where = []
+        if user_id:
+            where.append(Reservation.user_id == user_id)
+        if status:
+            where.append(Reservation.status == status)
+        async with self.db.transaction() as session:
+            total = await session.scalar(select(func.count()).select_from(Reservation).where(*where))
+            rows = await session.scalars(
+                select(Reservation)
+                .where(*where)
+                .order_by(Reservation.start_at, Reservation.id)
+                .offset(offset)
+                .limit(limit)
+            )
+            return list(rows.all()), int(total or 0)
+
+    async def cancel(self, actor: User, reservation_id: str) -> Reservation:
+        async with self.db.transaction() as session:
+            reservation = await session.get(Reservation, reservation_id, with_for_update=True)
+            if reservation is None:
+                raise NotFoundError("Reservation not found")
+            self.scheduler.ensure_actor_may_act_for(actor, reservation.user_id)
+            if reservation.status != RESERVED:
+                raise ConflictError(f"Reservation is not active (status: {reservation.status})")
+            reservation.status = CANCELLED
+            await enqueue(session, [event("scheduler.reservation.cancelled", reservation_payload(reservation))])
+        return reservation
+
+    async def start_due(self, limit: int = 200) -> int:
+        """Turn reservations whose ``startAt`` has come into allocations."""
+        await self.scheduler.expire_due()  # free the devices whose allocations have ended first
+        now = utcnow()
+        async with self.db.transaction() as session:
+            due = list(
+                (
+                    await session.scalars(
+                        select(Reservation)
+                        .where(Reservation.status == RESERVED, Reservation.start_at <= now)
+                        .order_by(Reservation.start_at, Reservation.id)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).all()
+            )
+            if not due:
+                return 0
+            work = await AllocateWork(session, self.scheduler, None).load([r.user_id for r in due])
+            started: list[tuple[Reservation, Allocated]] = []
+            failed: list[tuple[Reservation, str]] = []
+            for r in due:
+                if r.end_at <= now:
+                    failed.append((r, "Reservation window has passed"))
+                    continue
+                ask = Ask(
+                    user_id=r.user_id,
+                    duration_minutes=max(1, int((r.end_at - now).total_seconds() // 60)),
+                    device_id=r.device_id,
+                    reservation_id=r.id,
+                    expires_at=r.end_at,
+                )
+                try:
+                    result = await work.allocate(ask)
+                except AppError as exc:
+                    failed.append((r, exc.message))
+                    continue
+                assert isinstance(result, Allocated)
+                started.append((r, result))
+            await work.flush([a for _, a in started])
+            changes = [{"id": r.id, "status": FULFILLED, "allocation_id": a.id} for r, a in started]
+            changes += [{"id": r.id, "status": FAILED, "failure_reason": reason} for r, reason in failed]
+            await session.execute(update(Reservation), changes)
+            await self.scheduler.notifications.send(
+                session,
+                [
+                    NewNotification(
+                        user_id=r.user_id,
+                        type="scheduler.reservation.failed",
+                        title="⚠️ 预约未能开始",
+                        content=f"您在 {iso(r.start_at)} 的设备预约未能开始：{reason}",
+                        data={"reservationId": r.id, "reason": reason},
+                    )
+                    for r, reason in failed
+                ],
+            )
+        log.info("reservations_started", started=len(started), failed=len(failed))
+        return len(started)

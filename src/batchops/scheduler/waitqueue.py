@@ -1,0 +1,233 @@
+"""The priority wait queue (seed 000 phase 3, "优先级队列").
+
+An allocation that opts in (``queueIfUnavailable``) waits here when nothing fits.
+Whenever devices free up (release, expiry, new devices: one outbox message per
+transaction) and on every scheduler tick, the worker grants waiting requests in
+order of priority (9 first), then age; a request that does not fit (size, quota,
+balance) is passed over, not blocked on, and expires after ``maxWaitMinutes``.
+Grants use the same ``AllocateWork`` as every other allocation, so quota, holds,
+events and notifications are the same.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from batchops.core.db import utcnow
+from batchops.core.errors import AppError, ConflictError, NotFoundError
+from batchops.core.events import event
+from batchops.core.outbox import Delivery, enqueue
+from batchops.identity.models import User
+from batchops.notifications.service import NewNotification
+from batchops.scheduler.models import CANCELLED, EXPIRED, GRANTED, WAITING, QueueEntry
+from batchops.scheduler.service import Allocated, AllocateWork, Ask, Queued, SchedulerService
+
+log = structlog.get_logger(__name__)
+
+GRANT_BATCH = 200
+
+
+def ahead_clause(entry: QueueEntry) -> Any:
+    """Waiting entries served before ``entry``: higher priority, or same and older."""
+    return and_(
+        QueueEntry.status == WAITING,
+        or_(
+            QueueEntry.priority > entry.priority,
+            and_(
+                QueueEntry.priority == entry.priority,
+                or_(
+                    QueueEntry.enqueued_at < entry.enqueued_at,
+                    and_(QueueEntry.enqueued_at == entry.enqueued_at, QueueEntry.id < entry.id),
+                ),
+            ),
+        ),
+    )
+
+
+class WaitQueue:
+    def __init__(self, scheduler: SchedulerService) -> None:
+        self.scheduler = scheduler
+        self.db = scheduler.db
+
+    async def write_entries(self, session: AsyncSession, queued: list[Queued]) -> None:
+        """Insert new entries and give each its position (two statements for any number)."""
+        waiting = Counter(
+            {
+                int(p): int(n)
+                for p, n in await session.execute(
+                    select(QueueEntry.priority, func.count())
+                    .where(QueueEntry.status == WAITING)
+                    .group_by(QueueEntry.priority)
+                )
+            }
+        )
+        for q in queued:  # the batch's entries are younger than every waiting one, in batch order
+            priority = q.entry["priority"]
+            q.position = sum(n for p, n in waiting.items() if p >= priority) + 1
+            waiting[priority] += 1
+        await session.execute(insert(QueueEntry), [q.entry for q in queued])
+        await enqueue(
+            session,
+            [
+                event(
+                    "scheduler.queue.entered",
+                    {
+                        "queueEntryId": q.id,
+                        "userId": q.entry["user_id"],
+                        "priority": q.entry["priority"],
+                        "position": q.position,
+                    },
+                )
+                for q in queued
+            ],
+        )
+        await self.scheduler.notifications.send(
+            session,
+            [
+                NewNotification(
+                    user_id=q.entry["user_id"],
+                    type="scheduler.queue.entered",
+                    title="⏳ 已进入排队",
+                    content=f"暂无可用设备，您的请求已排队，当前位置 {q.position}。",
+                    data={"queueEntryId": q.id, "position": q.position},
+                )
+                for q in queued
+            ],
+        )
+
+    async def position(self, session: AsyncSession, entry: QueueEntry) -> int | None:
+        if entry.status != WAITING:
+            return None
+        ahead = await session.scalar(select(func.count()).select_from(QueueEntry).where(ahead_clause(entry)))
+        return int(ahead or 0) + 1
+
+    async def list_entries(
+        self, *, user_id: str | None, status: str | None, offset: int, limit: int
+    ) -> tuple[list[tuple[QueueEntry, int | None]], int]:
+        """In service order (position 1 first) for waiting entries."""
+        where = []
+        if user_id:
+            where.append(QueueEntry.user_id == user_id)
+        if status:
+            where.append(QueueEntry.status == status)
+        async with self.db.transaction() as session:
+            total = await session.scalar(select(func.count()).select_from(QueueEntry).where(*where))
+            entries = (
+                await session.scalars(
+                    select(QueueEntry)
+                    .where(*where)
+                    .order_by(
+                        QueueEntry.status != WAITING, QueueEntry.priority.desc(), QueueEntry.enqueued_at, QueueEntry.id
+                    )
+                    .offset(offset)
+                    .limit(limit)
+                )
+            ).all()
+            rows = [(e, await self.position(session, e)) for e in entries]
+        return rows, int(total or 0)
+
+    async def get(self, actor: User, entry_id: str) -> tuple[QueueEntry, int | None]:
+        async with self.db.transaction() as session:
+            entry = await session.get(QueueEntry, entry_id)
+            if entry is None:
+                raise NotFoundError("Queue entry not found")
+            self.scheduler.ensure_actor_may_act_for(actor, entry.user_id)
+            return entry, await self.position(session, entry)
+
+    async def cancel(self, actor: User, entry_id: str) -> QueueEntry:
+        async with self.db.transaction() as session:
+            entry = await session.get(QueueEntry, entry_id, with_for_update=True)
+            if entry is None:
+                raise NotFoundError("Queue entry not found")
+            self.scheduler.ensure_actor_may_act_for(actor, entry.user_id)
+            if entry.status != WAITING:
+                raise ConflictError(f"Queue entry is not waiting (status: {entry.status})")
+            entry.status, entry.reason = CANCELLED, "cancelled by user"
+        return entry
+
+    async def on_devices_freed(self, deliveries: list[Delivery]) -> dict[int, str]:
+        """Outbox handler: any number of 'devices freed' messages → one grant pass."""
+        await self.grant_waiting()
+        return {}
+
+    async def grant_waiting(self) -> int:
+        """Expire overdue entries, then grant what fits, by priority then age."""
+        now = utcnow()
+        async with self.db.transaction() as session:
+            await self._expire(session, now)
+            entries = list(
+                (
+                    await session.scalars(
+                        select(QueueEntry)
+                        .where(QueueEntry.status == WAITING)
+                        .order_by(QueueEntry.priority.desc(), QueueEntry.enqueued_at, QueueEntry.id)
+                        .limit(GRANT_BATCH)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).all()
+            )
+            if not entries:
+                return 0
+            work = await AllocateWork(session, self.scheduler, None).load([e.user_id for e in entries])
+            granted: list[tuple[QueueEntry, Allocated]] = []
+            for entry in entries:
+                if not work.placement.has_free:
+                    break
+                ask = Ask(entry.user_id, entry.duration_minutes, entry.min_cpu, entry.min_memory_mb)
+                try:
+                    result = await work.allocate(ask)
+                except AppError:  # does not fit now (size, quota, balance): stays waiting
+                    continue
+                assert isinstance(result, Allocated)
+                granted.append((entry, result))
+            if not granted:
+                return 0
+            await work.flush([r for _, r in granted])
+            await session.execute(
+                update(QueueEntry),
+                [{"id": e.id, "status": GRANTED, "granted_at": now, "allocation_id": r.id} for e, r in granted],
+            )
+            await self.scheduler.notifications.send(
+                session,
+                [
+                    NewNotification(
+                        user_id=e.user_id,
+                        type="scheduler.queue.granted",
+                        title="🎉 排队请求已分配设备",
+                        content=f"您排队的请求已分配到设备 {r.device.name}，使用时长 {e.duration_minutes} 分钟。",
+                        data={"queueEntryId": e.id, "allocationId": r.id, "deviceId": r.device.id},
+                    )
+                    for e, r in granted
+                ],
+            )
+        log.info("queue_granted", count=len(granted))
+        return len(granted)
+
+    async def _expire(self, session: AsyncSession, now: Any) -> None:
+        expired = (
+            await session.execute(
+                update(QueueEntry)
+                .where(QueueEntry.status == WAITING, QueueEntry.expires_at <= now)
+                .values(status=EXPIRED, reason="Max wait exceeded")
+                .returning(QueueEntry.id, QueueEntry.user_id)
+            )
+        ).all()
+        if expired:
+            await self.scheduler.notifications.send(
+                session,
+                [
+                    NewNotification(
+                        user_id=user_id,
+                        type="scheduler.queue.expired",
+                        title="⌛ 排队已超时",
+                        content="您的排队请求在最长等待时间内未能分配到设备，已取消。",
+                        data={"queueEntryId": entry_id},
+                    )
+                    for entry_id, user_id in expired
+                ],
+            )
