@@ -156,10 +156,18 @@ class AllocateWork:
         self.now = utcnow()
 
     async def load(self, user_ids: Sequence[str]) -> AllocateWork:
+        await self.load_devices()
+        return await self.load_users(user_ids)
+
+    async def load_users(self, user_ids: Sequence[str]) -> AllocateWork:
+        self.users = await load_users(self.session, user_ids)
+        self.active = await active_counts(self.session, self.users)
+        return self
+
+    async def load_devices(self) -> AllocateWork:
+        """Take the allocation lock and load the free devices and the windows they must keep."""
         session = self.session
         await advisory_lock(session, ALLOCATE_LOCK)
-        self.users = await load_users(session, user_ids)
-        self.active = await active_counts(session, self.users)
         rows = await session.execute(
             select(Device.id, Device.name, Device.cpu_cores, Device.memory_mb, Device.storage_mb, Device.node_id)
             .where(Device.status == AVAILABLE, Device.maintenance.is_(False))

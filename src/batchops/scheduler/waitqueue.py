@@ -30,6 +30,7 @@ from batchops.scheduler.service import Allocated, AllocateWork, Ask, Queued, Sch
 log = structlog.get_logger(__name__)
 
 GRANT_BATCH = 200
+LOOKAHEAD = 4  # waiting entries considered per free device in one pass
 
 
 def ahead_clause(entry: QueueEntry) -> Any:
@@ -160,20 +161,26 @@ class WaitQueue:
         now = utcnow()
         async with self.db.transaction() as session:
             await self._expire(session, now)
+            waiting = await session.scalar(select(QueueEntry.id).where(QueueEntry.status == WAITING).limit(1))
+            if waiting is None:
+                return 0
+            work = await AllocateWork(session, self.scheduler, None).load_devices()
+            free = len(work.placement.by_id)
+            if not free:
+                return 0
+            # Look a little beyond the free devices: some heads of the queue may not fit.
             entries = list(
                 (
                     await session.scalars(
                         select(QueueEntry)
                         .where(QueueEntry.status == WAITING)
                         .order_by(QueueEntry.priority.desc(), QueueEntry.enqueued_at, QueueEntry.id)
-                        .limit(GRANT_BATCH)
+                        .limit(min(GRANT_BATCH, LOOKAHEAD * free))
                         .with_for_update(skip_locked=True)
                     )
                 ).all()
             )
-            if not entries:
-                return 0
-            work = await AllocateWork(session, self.scheduler, None).load([e.user_id for e in entries])
+            await work.load_users([e.user_id for e in entries])
             granted: list[tuple[QueueEntry, Allocated]] = []
             for entry in entries:
                 if not work.placement.has_free:
