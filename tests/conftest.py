@@ -105,7 +105,11 @@ async def _clean_tables(request: pytest.FixtureRequest) -> None:
     """Empty every table before each DB test (much faster than re-migrating)."""
     if "runtime" not in request.fixturenames:
         return
-    rt: Runtime = request.getfixturevalue("runtime")
+    await empty_tables(request.getfixturevalue("runtime"))
+
+
+async def empty_tables(rt: Runtime) -> None:
+    """Delete every row of every table (also used between hypothesis examples)."""
     tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
     async with rt.db.engine.begin() as conn:
         if rt.db.is_sqlite:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from sqlalchemy import Executable, text
 
 
 async def create_users(client: httpx.AsyncClient, admin: dict[str, str], users: list[dict[str, Any]]) -> None:
@@ -56,3 +57,37 @@ def error(response: httpx.Response, status: int, name: str) -> dict[str, Any]:
     assert body["success"] is False and body["error"] == name, body
     assert set(body) == {"success", "error", "message", "details"}
     return body
+
+
+async def sql(runtime: Any, query: str | Executable, **params: Any) -> list[Any]:
+    """Rows of a query straight from the database (not through the API): raw SQL text, or a
+    SQLAlchemy select when typed values (tz-aware datetimes, JSON) matter on both engines."""
+    async with runtime.db.engine.connect() as conn:
+        result = await conn.execute(text(query) if isinstance(query, str) else query, params)
+        return list(result.all())
+
+
+async def sql_value(runtime: Any, query: str | Executable, **params: Any) -> Any:
+    rows = await sql(runtime, query, **params)
+    return rows[0][0]
+
+
+async def execute(runtime: Any, statement: str, **params: Any) -> None:
+    async with runtime.db.engine.begin() as conn:
+        await conn.execute(text(statement), params)
+
+
+async def batch_allocate(
+    client: httpx.AsyncClient, admin: dict[str, str], user_ids: list[str], minutes: int = 60, **options: Any
+) -> dict[str, Any]:
+    requests = [{"userId": u, "durationMinutes": minutes} for u in user_ids]
+    r = await client.post("/scheduler/allocations/batch", json={"requests": requests, **options}, headers=admin)
+    result: dict[str, Any] = data(r)
+    return result
+
+
+async def allocation_ids(client: httpx.AsyncClient, admin: dict[str, str], user_ids: list[str]) -> list[str]:
+    """Allocate one device per user (all must succeed) and return the allocation ids in order."""
+    body = await batch_allocate(client, admin, user_ids)
+    assert body["failedCount"] == 0, body
+    return [s["allocationId"] for s in body["successes"]]

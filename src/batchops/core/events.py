@@ -41,6 +41,11 @@ class EventBus:
         """Listen to one event name, or to every event with ``"*"``."""
         self._subscribers[name].append(handler)
 
+    def unsubscribe(self, name: str, handler: Subscriber) -> None:
+        """Stop a subscription (a test or a closing component must not leave handlers behind)."""
+        if handler in self._subscribers.get(name, ()):
+            self._subscribers[name].remove(handler)
+
     async def start(self, amqp_url: str | None, exchange: str = "batchops.events") -> None:
         if not amqp_url:
             return

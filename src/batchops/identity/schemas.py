@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StrictInt, StringConstraints
 
 from batchops.core.schemas import Schema, StrictSchema
 
@@ -19,7 +19,7 @@ class UserIn(StrictSchema):
     role: Role | None = None
     status: Status | None = None
     department_id: Identifier | None = None
-    max_devices: int | None = Field(None, ge=0, le=10_000)
+    max_devices: StrictInt | None = Field(None, ge=0, le=10_000)
     plan: Plan | None = None
 
 

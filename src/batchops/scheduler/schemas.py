@@ -3,27 +3,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, Field, StrictBool, StrictInt, StringConstraints, model_validator
 
 from batchops.core.schemas import Schema, StrictSchema
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
-Minutes = Annotated[int, Field(ge=1, le=1440)]
+# JSON numbers and booleans are taken as they are: "60" or true is not a duration (no lax coercion).
+Minutes = Annotated[StrictInt, Field(ge=1, le=1440)]
 Reason = Annotated[str, StringConstraints(max_length=500)]
 
 
 class BatchOptions(StrictSchema):
-    continue_on_error: bool = True
-    atomic: bool = Field(False, description="all-or-nothing: any failure commits nothing")
+    continue_on_error: StrictBool = True
+    atomic: StrictBool = Field(False, description="all-or-nothing: any failure commits nothing")
 
 
 # --- devices ---------------------------------------------------------------------------
 class DeviceIn(StrictSchema):
     id: Identifier | None = None
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    cpu_cores: int = Field(ge=1, le=1024)
-    memory_mb: int = Field(alias="memoryMB", ge=1, le=10_000_000)
-    storage_mb: int = Field(alias="storageMB", ge=1, le=1_000_000_000)
+    cpu_cores: StrictInt = Field(ge=1, le=1024)
+    memory_mb: StrictInt = Field(alias="memoryMB", ge=1, le=10_000_000)
+    storage_mb: StrictInt = Field(alias="storageMB", ge=1, le=1_000_000_000)
     node_id: Identifier | None = None
 
 
@@ -44,7 +45,7 @@ class DeviceOut(Schema):
 
 
 class MaintenanceIn(StrictSchema):
-    maintenance: bool
+    maintenance: StrictBool
 
 
 class NodeOut(Schema):
@@ -73,16 +74,16 @@ class DevicesBatchOut(Schema):
 
 # --- allocate --------------------------------------------------------------------------
 class DevicePreferences(StrictSchema):
-    cpu: int | None = Field(None, ge=1, le=1024, description="minimum cpuCores")
-    memory: int | None = Field(None, ge=1, le=10_000_000, description="minimum memoryMB")
+    cpu: StrictInt | None = Field(None, ge=1, le=1024, description="minimum cpuCores")
+    memory: StrictInt | None = Field(None, ge=1, le=10_000_000, description="minimum memoryMB")
 
 
 class QueueFields(StrictSchema):
     """Phase 3: wait in the priority queue instead of failing when nothing fits."""
 
-    queue_if_unavailable: bool = False
-    priority: int = Field(0, ge=0, le=9, description="9 is served first")
-    max_wait_minutes: int = Field(60, ge=1, le=1440, description="a waiting request expires after this")
+    queue_if_unavailable: StrictBool = False
+    priority: StrictInt = Field(0, ge=0, le=9, description="9 is served first")
+    max_wait_minutes: StrictInt = Field(60, ge=1, le=1440, description="a waiting request expires after this")
 
 
 class AllocationRequest(QueueFields):
@@ -203,7 +204,7 @@ class BatchExtendOut(Schema):
 # --- query -------------------------------------------------------------------------------
 class BatchQueryIn(StrictSchema):
     user_ids: list[Identifier] = Field(min_length=1, max_length=100)
-    active_only: bool = True
+    active_only: StrictBool = True
 
 
 class AllocationView(Schema):
