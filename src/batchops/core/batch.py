@@ -89,6 +89,15 @@ class BatchResult(Generic[I, R]):
     def results(self) -> list[R]:
         return [r for _, r in self.successes]
 
+    def summary(self) -> dict[str, int]:
+        """Keyword arguments for a :class:`~batchops.core.schemas.BatchSummary` response."""
+        return {
+            "success_count": self.success_count,
+            "failed_count": self.failed_count,
+            "total_count": self.total_count,
+            "execution_time_ms": self.execution_time_ms,
+        }
+
 
 class _Discard(Exception):
     """Raised inside the transaction to roll an atomic batch back."""

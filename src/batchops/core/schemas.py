@@ -42,6 +42,15 @@ class Envelope(Schema, Generic[T]):
     message: str = "OK"
 
 
+class BatchSummary(Schema):
+    """The counts every batch response carries (successCount + failedCount == totalCount)."""
+
+    success_count: int
+    failed_count: int
+    total_count: int
+    execution_time_ms: int
+
+
 class Page(Schema, Generic[T]):
     items: list[T]
     page: int

@@ -12,7 +12,7 @@ from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, ok
 from batchops.identity.models import User
 from batchops.identity.schemas import UserOut, UsersBatchIn, UsersBatchOut
-from batchops.identity.service import IdentityService
+from batchops.identity.service import IdentityService, ensure_active
 
 
 async def current_user(request: Request, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
@@ -25,10 +25,7 @@ async def current_user(request: Request, rt: Annotated[Runtime, Depends(get_runt
         user = await session.get(User, user_id)
     if user is None:
         raise UnauthorizedError("Unknown user")
-    if user.status == "suspended":
-        raise ForbiddenError("User account is suspended")
-    if user.status != "active":
-        raise ForbiddenError(f"User account is {user.status}")
+    ensure_active(user)
     request.state.user_id = user.id
     return user
 

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.core.db import Database, is_postgres, utcnow
-from batchops.core.errors import BadRequestError, NotFoundError
+from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
 from batchops.identity.models import User
 from batchops.identity.schemas import UserIn
 
@@ -20,6 +20,17 @@ log = structlog.get_logger(__name__)
 
 DEFAULTS: dict[str, Any] = {"role": "user", "status": "active", "max_devices": 5, "plan": "free"}
 FIELDS = ("name", "role", "status", "department_id", "max_devices", "plan")
+
+
+def ensure_active(user: User | None) -> User:
+    """The user exists and may act: the one place the status rule lives."""
+    if user is None:
+        raise NotFoundError("User not found")
+    if user.status == "suspended":
+        raise ForbiddenError("User account is suspended")
+    if user.status != "active":
+        raise ForbiddenError(f"User account is {user.status}")
+    return user
 
 
 async def load_users(session: AsyncSession, user_ids: Iterable[str], *, lock: bool = False) -> dict[str, User]:

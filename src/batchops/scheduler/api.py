@@ -148,14 +148,11 @@ async def register_devices(
 ) -> Envelope[DevicesBatchOut]:
     result = await service.register_devices(actor, body.devices, mode_of(body))
     out = DevicesBatchOut(
-        success_count=result.success_count,
-        failed_count=result.failed_count,
-        total_count=result.total_count,
+        **result.summary(),
         devices=[DeviceOut.model_validate(d) for d in result.results],
         failures=[
             DeviceFailure(name=f.item.name, id=f.item.id, reason=f.reason, error=f.error) for f in result.failures
         ],
-        execution_time_ms=result.execution_time_ms,
     )
     return ok(out, completed("device registration", result))
 
@@ -179,13 +176,10 @@ async def batch_allocate(
 ) -> Envelope[BatchAllocateOut]:
     result = await service.batch_allocate(actor, body.requests, mode_of(body))
     out = BatchAllocateOut(
-        success_count=result.success_count,
-        failed_count=result.failed_count,
-        total_count=result.total_count,
+        **result.summary(),
         successes=[allocation_success(r) for r in result.results if isinstance(r, Allocated)],
         queued=[queued_out(r) for r in result.results if isinstance(r, Queued)],
         failures=[UserFailure(user_id=f.item.user_id, reason=f.reason, error=f.error) for f in result.failures],
-        execution_time_ms=result.execution_time_ms,
     )
     return ok(out, completed("allocation", result))
 
@@ -196,12 +190,9 @@ async def batch_release(
 ) -> Envelope[BatchReleaseOut]:
     result = await service.batch_release(actor, body.allocation_ids, body.reason, mode_of(body))
     out = BatchReleaseOut(
-        success_count=result.success_count,
-        failed_count=result.failed_count,
-        total_count=result.total_count,
+        **result.summary(),
         success_ids=[r.id for r in result.results],
         failures=allocation_failures(result),
-        execution_time_ms=result.execution_time_ms,
     )
     return ok(out, completed("release", result))
 
@@ -212,12 +203,9 @@ async def batch_extend(
 ) -> Envelope[BatchExtendOut]:
     result = await service.batch_extend(actor, body.allocation_ids, body.additional_minutes, mode_of(body))
     out = BatchExtendOut(
-        success_count=result.success_count,
-        failed_count=result.failed_count,
-        total_count=result.total_count,
+        **result.summary(),
         successes=[extend_success(r) for r in result.results],
         failures=allocation_failures(result),
-        execution_time_ms=result.execution_time_ms,
     )
     return ok(out, completed("extend", result))
 
@@ -326,15 +314,12 @@ async def batch_reservations(
 ) -> Envelope[ReservationsBatchOut]:
     result = await service.reservations.batch_create(actor, body.reservations, mode_of(body))
     out = ReservationsBatchOut(
-        success_count=result.success_count,
-        failed_count=result.failed_count,
-        total_count=result.total_count,
+        **result.summary(),
         successes=[reservation_out(r) for r in result.results],
         failures=[
             ReservationFailure(user_id=f.item.user_id, start_at=f.item.start_at, reason=f.reason, error=f.error)
             for f in result.failures
         ],
-        execution_time_ms=result.execution_time_ms,
     )
     return ok(out, completed("reservation", result))
 

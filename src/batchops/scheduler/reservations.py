@@ -24,11 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.core.batch import BatchMode, BatchResult
 from batchops.core.db import advisory_lock, new_id, utcnow
-from batchops.core.errors import AppError, BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from batchops.core.errors import AppError, BadRequestError, ConflictError, NotFoundError
 from batchops.core.events import event
 from batchops.core.outbox import enqueue
 from batchops.identity.models import User
-from batchops.identity.service import load_users
+from batchops.identity.service import ensure_active, load_users
 from batchops.notifications.service import NewNotification
 from batchops.scheduler.models import (
     ACTIVE,
@@ -108,13 +108,7 @@ class ReserveWork:
 
     async def handle(self, request: ReservationIn) -> dict[str, Any]:
         self.service.scheduler.ensure_actor_may_act_for(self.actor, request.user_id)
-        user = self.users.get(request.user_id)
-        if user is None:
-            raise NotFoundError("User not found")
-        if user.status != "active":
-            raise ForbiddenError(
-                "User account is suspended" if user.status == "suspended" else f"User account is {user.status}"
-            )
+        user = ensure_active(self.users.get(request.user_id))
         start = request.start_at
         if start <= self.now:
             raise BadRequestError("startAt must be in the future")

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, Field, StrictBool, StrictInt, StringConstraints, model_validator
 
-from batchops.core.schemas import Schema, StrictSchema
+from batchops.core.schemas import BatchSummary, Schema, StrictSchema
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 # JSON numbers and booleans are taken as they are: "60" or true is not a duration (no lax coercion).
@@ -63,13 +63,9 @@ class DeviceFailure(Schema):
     error: str
 
 
-class DevicesBatchOut(Schema):
-    success_count: int
-    failed_count: int
-    total_count: int
+class DevicesBatchOut(BatchSummary):
     devices: list[DeviceOut]
     failures: list[DeviceFailure]
-    execution_time_ms: int
 
 
 # --- allocate --------------------------------------------------------------------------
@@ -123,14 +119,10 @@ class QueuedOut(Schema):
     position: int
 
 
-class BatchAllocateOut(Schema):
-    success_count: int = Field(description="allocated + queued")
-    failed_count: int
-    total_count: int
+class BatchAllocateOut(BatchSummary):
     successes: list[AllocationSuccess]
     queued: list[QueuedOut]
     failures: list[UserFailure]
-    execution_time_ms: int
 
 
 # --- release -----------------------------------------------------------------------------
@@ -158,13 +150,9 @@ class AllocationFailure(Schema):
     error: str
 
 
-class BatchReleaseOut(Schema):
-    success_count: int
-    failed_count: int
-    total_count: int
+class BatchReleaseOut(BatchSummary):
     success_ids: list[str]
     failures: list[AllocationFailure]
-    execution_time_ms: int
 
 
 class ReleaseOut(Schema):
@@ -192,13 +180,9 @@ class ExtendSuccess(Schema):
     additional_minutes: int
 
 
-class BatchExtendOut(Schema):
-    success_count: int
-    failed_count: int
-    total_count: int
+class BatchExtendOut(BatchSummary):
     successes: list[ExtendSuccess]
     failures: list[AllocationFailure]
-    execution_time_ms: int
 
 
 # --- query -------------------------------------------------------------------------------
@@ -262,13 +246,9 @@ class ReservationFailure(Schema):
     error: str
 
 
-class ReservationsBatchOut(Schema):
-    success_count: int
-    failed_count: int
-    total_count: int
+class ReservationsBatchOut(BatchSummary):
     successes: list[ReservationOut]
     failures: list[ReservationFailure]
-    execution_time_ms: int
 
 
 class QueueEntryOut(Schema):

@@ -33,7 +33,7 @@ from batchops.core.events import event
 from batchops.core.outbox import OutboxItem, enqueue
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
-from batchops.identity.service import load_users
+from batchops.identity.service import ensure_active, load_users
 from batchops.notifications.service import NewNotification, NotificationService
 from batchops.scheduler.models import (
     ACTIVE,
@@ -127,12 +127,7 @@ def quota_exceeded(user: User, current: int) -> ForbiddenError:
 
 def check_user_can_allocate(user: User | None, active: int) -> User:
     """The admission rules every allocation path shares (seed 000 scenario 5)."""
-    if user is None:
-        raise NotFoundError("User not found")
-    if user.status == "suspended":
-        raise ForbiddenError("User account is suspended")
-    if user.status != "active":
-        raise ForbiddenError(f"User account is {user.status}")
+    user = ensure_active(user)
     if active >= user.max_devices:
         raise quota_exceeded(user, active)
     return user
