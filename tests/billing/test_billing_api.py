@@ -212,7 +212,7 @@ async def test_allocate_holds_release_captures(
     data(extended)
     assert (await balance(client, "u1"))["held"] == 0.94
     released = await client.post(
-        "/scheduler/devices/release", json={"deviceId": allocation["deviceId"]}, headers=auth("u1")
+        "/scheduler/devices/release", json={"allocationId": allocation["allocationId"]}, headers=auth("u1")
     )
     data(released)
     assert (await balance(client, "u1"))["held"] == 0.94  # until the usage report is delivered
@@ -235,7 +235,7 @@ async def test_a_small_balance_cannot_be_overspent_by_a_batch(
     assert {f["error"] for f in out["failures"]} == {"InsufficientBalanceException"}
     after = await balance(client, "u1")
     assert after["held"] == 1.41 and after["available"] == pytest.approx(0.09)
-    extend = {"allocationIds": [a["allocationId"] for a in out["allocations"]], "additionalMinutes": 30}
+    extend = {"allocationIds": [a["allocationId"] for a in out["successes"]], "additionalMinutes": 30}
     ext = data(await client.post("/scheduler/allocations/batch/extend", json=extend, headers=admin))
     assert ext["successCount"] == 0 and ext["failedCount"] == 3  # no room for another 0.47
 
@@ -243,7 +243,7 @@ async def test_a_small_balance_cannot_be_overspent_by_a_batch(
 # --- dead letters, replay, reconciliation -------------------------------------------------------
 async def release_all(client: httpx.AsyncClient, admin: dict[str, str], user: str, count: int) -> list[str]:
     body = {"requests": [{"userId": user, "durationMinutes": 30} for _ in range(count)]}
-    ids = [a["allocationId"] for a in data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))["allocations"]]
+    ids = [a["allocationId"] for a in data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))["successes"]]
     data(await client.post("/scheduler/allocations/batch/release", json={"allocationIds": ids}, headers=admin))
     return ids
 
