@@ -130,9 +130,8 @@ async def test_usage_report_rejects_bad_input(client: httpx.AsyncClient, admin: 
     for body in bad:
         r = await client.post("/api/internal/metering/device-usage", json=body, headers=INTERNAL)
         error(r, 400, "BadRequestException")
-    r = await client.post(
-        "/api/internal/metering/device-usage", content=b"{not json", headers={**INTERNAL, "content-type": "application/json"}
-    )
+    json_headers = {**INTERNAL, "content-type": "application/json"}
+    r = await client.post("/api/internal/metering/device-usage", content=b"{not json", headers=json_headers)
     error(r, 400, "BadRequestException")
     unknown = data(
         await client.post("/api/internal/metering/device-usage", json=usage("a1", "ghost"), headers=INTERNAL)
@@ -163,7 +162,8 @@ async def test_batch_report_per_event_results(
     events = [usage("n1"), usage("old"), usage("n2", "ghost"), usage("n1"), usage("n3", "u2", seconds=7200)]
     statements = statement_counter()
     statements.clear()
-    out = data(await client.post("/api/internal/metering/device-usage/batch", json={"events": events}, headers=INTERNAL))
+    url = "/api/internal/metering/device-usage/batch"
+    out = data(await client.post(url, json={"events": events}, headers=INTERNAL))
     writes = [s for s in statements if not s.lstrip().upper().startswith(("SELECT", "BEGIN", "SAVEPOINT", "RELEASE"))]
     assert len(statements) <= 12, statements  # constant: users, insert, accounts (2), holds, flush
     assert len(writes) <= 5
@@ -206,9 +206,8 @@ async def test_allocate_holds_release_captures(
     allocation = data(await allocate(client, "u1"))
     held = await balance(client, "u1")
     assert held["held"] == 0.47 and held["available"] == 1 - 0.47
-    extended = await client.post(
-        f"/scheduler/allocations/{allocation['allocationId']}/extend", json={"additionalMinutes": 30}, headers=auth("u1")
-    )
+    url = f"/scheduler/allocations/{allocation['allocationId']}/extend"
+    extended = await client.post(url, json={"additionalMinutes": 30}, headers=auth("u1"))
     data(extended)
     assert (await balance(client, "u1"))["held"] == 0.94
     released = await client.post(
@@ -243,7 +242,8 @@ async def test_a_small_balance_cannot_be_overspent_by_a_batch(
 # --- dead letters, replay, reconciliation -------------------------------------------------------
 async def release_all(client: httpx.AsyncClient, admin: dict[str, str], user: str, count: int) -> list[str]:
     body = {"requests": [{"userId": user, "durationMinutes": 30} for _ in range(count)]}
-    ids = [a["allocationId"] for a in data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))["successes"]]
+    allocated = data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))
+    ids = [a["allocationId"] for a in allocated["successes"]]
     data(await client.post("/scheduler/allocations/batch/release", json={"allocationIds": ids}, headers=admin))
     return ids
 
@@ -254,7 +254,11 @@ async def test_dead_letters_listed_and_replayed(
     await create_users(client, admin, [{"userId": "u1", "maxDevices": 5}])
     await create_devices(client, admin, 5)
     ids = await release_all(client, admin, "u1", 3)
-    await execute(runtime, "UPDATE outbox SET status = 'dead', attempts = 5, last_error = 'Connection refused' WHERE kind = 'billing.device_usage'")
+    await execute(
+        runtime,
+        "UPDATE outbox SET status = 'dead', attempts = 5, last_error = 'Connection refused'"
+        " WHERE kind = 'billing.device_usage'",
+    )
     dead = data(await client.get("/admin/billing/dead-letters?pageSize=2", headers=admin))
     assert dead["total"] == 3 and len(dead["items"]) == 2
     assert dead["items"][0]["lastError"] == "Connection refused" and dead["items"][0]["allocationId"] in ids
@@ -288,5 +292,6 @@ async def test_billing_metrics_are_exported(client: httpx.AsyncClient, admin: di
     await release_all(client, admin, "u1", 1)
     await runtime.worker.run_once()
     text = (await client.get("/metrics")).text
-    for name in ("billing_report_total{status=\"success\"}", "billing_report_duration_seconds_count", "billing_report_errors_total"):
+    names = ('billing_report_total{status="success"}', "billing_report_duration_seconds_count", "billing_report_errors")
+    for name in names:
         assert name in text
