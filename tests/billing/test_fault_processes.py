@@ -92,7 +92,8 @@ class Processes:
         )
 
     def start_billing(self) -> None:
-        self.start("billing", ["serve", "--no-worker", "--port", str(self.billing_port)], BATCHOPS_BILLING_ROLE="billing")
+        args = ["serve", "--no-worker", "--port", str(self.billing_port)]
+        self.start("billing", args, BATCHOPS_BILLING_ROLE="billing")
 
     def start_worker(self) -> None:
         self.start("worker", ["worker"])
@@ -107,9 +108,9 @@ class Processes:
             self.stop(name, signal.SIGKILL)
 
 
-async def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+async def wait_for(condition: Callable[[], Any], what: str, within: float = 60) -> Any:
     """Poll an observable condition (not a sleep standing in for one)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = await condition()
         if value:
@@ -186,7 +187,7 @@ async def test_no_charge_lost_or_doubled_when_billing_and_worker_die(pg_database
                 )
                 return bool(delivered == 200)
 
-            await wait_for(all_charged, "every usage report delivered", timeout=90)
+            await wait_for(all_charged, "every usage report delivered", within=90)
 
         # exactly once
         assert await db.fetchval("SELECT count(*) FROM billing_usage") == 200
@@ -196,7 +197,8 @@ async def test_no_charge_lost_or_doubled_when_billing_and_worker_die(pg_database
         # right to the fen: balance = top-up - price of the seconds the scheduler recorded
         pricing = Pricing.from_settings(Settings())
         spent: dict[str, int] = defaultdict(int)
-        for row in await db.fetch("SELECT user_id, duration_seconds, cpu_cores, memory_mb, storage_mb FROM device_usage"):
+        usage = await db.fetch("SELECT user_id, duration_seconds, cpu_cores, memory_mb, storage_mb FROM device_usage")
+        for row in usage:
             spent[row["user_id"]] += pricing.cost(
                 row["duration_seconds"], row["cpu_cores"], row["memory_mb"], row["storage_mb"]
             )
