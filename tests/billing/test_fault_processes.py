@@ -169,9 +169,7 @@ async def test_no_charge_lost_or_doubled_when_billing_and_worker_die(pg_database
 
             # the worker is trying (and failing) to deliver: kill it in the middle of that
             await wait_for(
-                lambda: db.fetchval(
-                    "SELECT count(*) FROM outbox WHERE kind = 'billing.device_usage' AND attempts > 0"
-                ),
+                lambda: db.fetchval("SELECT count(*) FROM outbox WHERE kind = 'billing.device_usage' AND attempts > 0"),
                 "delivery attempts",
             )
             procs.stop("worker", signal.SIGKILL)
