@@ -36,6 +36,7 @@ from batchops.core.db import Database, insert_new, new_id
 from batchops.core.errors import NotFoundError, ServiceUnavailableError
 from batchops.core.outbox import Delivery, Outbox, OutboxMessage
 from batchops.core.schemas import cents_to_decimal
+from batchops.identity.models import User
 from batchops.identity.service import load_users
 from batchops.settings import Settings
 
@@ -74,7 +75,7 @@ class BillingService:
     # --- ingestion ---------------------------------------------------------------------
     async def ingest(self, session: AsyncSession, events: list[DeviceUsageIn]) -> list[UsageResult]:
         """Charge every report not seen before, in a constant number of statements."""
-        users = await load_users(session, {e.user_id for e in events})
+        users = set(await session.scalars(select(User.id).where(User.id.in_({e.user_id for e in events}))))
         results: list[UsageResult | None] = [None] * len(events)
         fresh: dict[str, tuple[int, DeviceUsageIn, int]] = {}
         for i, e in enumerate(events):
