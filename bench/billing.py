@@ -26,7 +26,7 @@ from bench.harness import Server
 
 LAGO_EVENTS_PER_SECOND = 10_000
 BATCH = 100
-USERS = [f"meter-{i:03d}" for i in range(100)]
+USERS = [f"meter-{i:04d}" for i in range(1000)]
 SERVICE_TOKEN = "bench-service-token"
 
 
@@ -34,7 +34,7 @@ def events(count: int, run: str) -> list[dict[str, Any]]:
     return [
         {
             "deviceId": f"device-{i % 500:03d}",
-            "userId": USERS[i % len(USERS)],
+            "userId": USERS[i // 10 % len(USERS)],
             "allocationId": f"{run}-{i:06d}",
             "durationSeconds": 60 + i % 3600,
             "cpuCores": 2 + i % 4,
@@ -129,9 +129,10 @@ def _chunks(items: list[Any], size: int) -> Any:
         yield items[start : start + size]
 
 
-async def run(engine: str, count: int, clients: int, rounds: int) -> None:
+async def run(engine: str, count: int, clients: int, rounds: int, processes: int) -> None:
     env = {"BATCHOPS_SERVICE_TOKEN": SERVICE_TOKEN, "BATCHOPS_BILLING_ROLE": "billing"}
-    async with Server.start(engine, worker=False, env=env) as server:
+    serve_args = ["--processes", str(processes)]
+    async with Server.start(engine, worker=False, env=env, serve_args=serve_args) as server:
         r = await server.client.post("/admin/users/batch", json={"users": [{"userId": u} for u in USERS]})
         r.raise_for_status()
         await through_api(server, 2000, clients)  # warm-up: connections, accounts, caches
@@ -144,7 +145,8 @@ async def run(engine: str, count: int, clients: int, rounds: int) -> None:
                 floor.append(floor_sqlite(server.sqlite_path, count))
     api_median, floor_median = statistics.median(api), statistics.median(floor)
     table = Table(
-        title=f"Usage ingestion, {count:,} events × {rounds} rounds, {clients} clients, {BATCH}/call, {engine}",
+        title=f"Usage ingestion, {count:,} events × {rounds} rounds, {clients} clients, {BATCH}/call,"
+        f" {processes} server process(es), {engine}",
         caption=f"pricing: {Settings().price_cpu_core_hour} CNY/core-h; every event charged (ledger entry + balance)",
     )
     for column in ("path", "events/s (median)", "rounds", "÷ SQL floor", "vs Lago ~10k/s"):
@@ -167,8 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=2, help="server processes (the machine has 2 cores)")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.db, args.events, args.clients, args.rounds))
+    asyncio.run(run(args.db, args.events, args.clients, args.rounds, args.processes))
 
 
 if __name__ == "__main__":

@@ -62,18 +62,28 @@ class Server:
     workdir: Path
     worker: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    serve_args: list[str] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
     client: httpx.AsyncClient = field(init=False)
     _pg_name: str | None = None
 
     @classmethod
-    def start(cls, engine: str = "sqlite", *, worker: bool = True, env: Mapping[str, str] | None = None) -> Server:
+    def start(
+        cls,
+        engine: str = "sqlite",
+        *,
+        worker: bool = True,
+        env: Mapping[str, str] | None = None,
+        serve_args: list[str] | None = None,
+    ) -> Server:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}")
         workdir = Path(tempfile.mkdtemp(prefix="batchops-bench-"))
         pg_name = f"bench_{uuid.uuid4().hex[:10]}" if engine == "postgresql" else None
         url = _database(PG_ADMIN_URL, pg_name) if pg_name else f"sqlite:///{workdir / 'bench.db'}"
-        server = cls(engine, url, free_port(), workdir, worker, dict(env or {}), _pg_name=pg_name)
+        server = cls(
+            engine, url, free_port(), workdir, worker, dict(env or {}), list(serve_args or []), _pg_name=pg_name
+        )
         return server
 
     @property
@@ -115,6 +125,7 @@ class Server:
         cmd = [sys.executable, "-m", "batchops.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if not self.worker:
             cmd.append("--no-worker")
+        cmd += self.serve_args
         with (self.workdir / "server.log").open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
                 *cmd, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT

@@ -255,16 +255,9 @@ class Book:
         """Write every staged change: at most four statements, whatever the batch size.
 
         Accounts get relative updates in id order (no lost update without a lock, no
-        deadlock between two books); rows are Core executemany (no ORM bookkeeping)."""
+        deadlock between two books), last: their row locks are then held only until the
+        commit that follows. Rows are Core executemany (no ORM bookkeeping)."""
         session, now = self.session, utcnow()
-        changed = sorted((a for a in self.accounts.values() if a.balance_delta or a.held_delta), key=lambda a: a.id)
-        if changed:
-            await session.execute(
-                ACCOUNT_DELTA,
-                [{"b_id": a.id, "b_balance": a.balance_delta, "b_held": a.held_delta, "b_now": now} for a in changed],
-            )
-            for a in changed:
-                a.balance_delta = a.held_delta = 0
         if self.new_holds:
             await session.execute(insert(HOLDS), self.new_holds)
             self.new_holds = []
@@ -275,6 +268,14 @@ class Book:
         if self.entries:
             await session.execute(insert(ENTRIES), self.entries)
             self.entries = []
+        changed = sorted((a for a in self.accounts.values() if a.balance_delta or a.held_delta), key=lambda a: a.id)
+        if changed:
+            await session.execute(
+                ACCOUNT_DELTA,
+                [{"b_id": a.id, "b_balance": a.balance_delta, "b_held": a.held_delta, "b_now": now} for a in changed],
+            )
+            for a in changed:
+                a.balance_delta = a.held_delta = 0
 
 
 ACCOUNTS, HOLDS, ENTRIES = table_of(Account), table_of(Hold), table_of(LedgerEntry)
