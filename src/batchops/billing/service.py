@@ -38,6 +38,10 @@ from batchops.core.outbox import Delivery, Outbox, OutboxMessage
 from batchops.core.schemas import cents_to_decimal
 from batchops.identity.models import User
 from batchops.identity.service import load_users
+
+# Reconciliation compares the scheduler's usage facts with billing's charges: the one
+# place billing reads a scheduler table (models only, no service: no import cycle).
+from batchops.scheduler.models import DeviceUsage
 from batchops.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -257,8 +261,6 @@ class BillingService:
 
     async def unbilled(self) -> list[Unbilled]:
         """Released allocations whose usage was never charged (seed P1: reconciliation)."""
-        from batchops.scheduler.models import DeviceUsage  # the scheduler's facts; billing's charges
-
         async with self.db.transaction() as session:
             rows = await session.execute(
                 select(
@@ -280,8 +282,6 @@ class BillingService:
         missing = await self.unbilled()
         if not fix or not missing:
             return missing, 0
-        from batchops.scheduler.models import DeviceUsage
-
         charged = 0
         ids = [m.allocation_id for m in missing]
         for start in range(0, len(ids), 500):
