@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from batchops.core.auth import create_token
@@ -244,7 +245,7 @@ class CompareTable:
         return top / bottom if top is not None and bottom else None
 
     def render(self) -> Table:
-        table = Table(title=self.title, caption="\n".join(self.notes) or None)
+        table = Table(title=escape(self.title), caption=escape("\n".join(self.notes)) or None)
         table.add_column("operation", justify="left")
         text_columns = list(dict.fromkeys(k for _, _, t in self.rows for k in t))
         ratio_columns = [c for c in self.columns if self.floor and c != self.floor]
@@ -273,4 +274,4 @@ class CompareTable:
         return table
 
     def print(self, console: Console | None = None) -> None:
-        (console or Console()).print(self.render())
+        (console or Console(width=200)).print(self.render())
