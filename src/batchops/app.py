@@ -19,6 +19,7 @@ from batchops.assembly import build_runtime
 from batchops.core.errors import ErrorResponseDoc, error_body, install_error_handlers
 from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
+from batchops.dining.api import router as dining_router
 from batchops.identity.api import router as identity_router
 from batchops.identity.service import IdentityService
 from batchops.notifications.api import router as notifications_router
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = rt
     install_error_handlers(app)
-    for router in (identity_router, notifications_router, scheduler_router):
+    for router in (identity_router, notifications_router, scheduler_router, dining_router):
         app.include_router(router)
 
     @app.get("/health", tags=["ops"])
