@@ -65,11 +65,8 @@ def order(date: str, meal: str, *users: str, remark: str | None = None) -> dict[
 @pytest.fixture
 async def canteen(client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime) -> Canteen:
     c = Canteen(client, admin, runtime, local_today(runtime.settings.timezone))
-    r = await client.post(
-        "/api/dining/departments/batch",
-        json={"departments": [{"departmentId": "dept-a", "name": "研发部"}, {"departmentId": "dept-b", "name": "市场部"}]},
-        headers=admin,
-    )
+    departments = [{"departmentId": "dept-a", "name": "研发部"}, {"departmentId": "dept-b", "name": "市场部"}]
+    r = await client.post("/api/dining/departments/batch", json={"departments": departments}, headers=admin)
     data(r)
     users: list[dict[str, Any]] = [
         {"userId": "admin-a", "name": "部门管理员A", "role": "dept_admin", "departmentId": "dept-a"},

@@ -59,9 +59,8 @@ async def test_scenario_2_quick_batch_for_a_fixed_team(canteen: Canteen) -> None
         {"date": tomorrow, "mealType": "breakfast"},
         {"date": tomorrow, "mealType": "lunch"},
     ]
-    r = await canteen.quick(
-        {"members": [{"userId": "user1"}, {"userId": "user2"}, {"userId": "user3"}], "meals": meals, "remark": "团队批量报餐"}
-    )
+    members = [{"userId": "user1"}, {"userId": "user2"}, {"userId": "user3"}]
+    r = await canteen.quick({"members": members, "meals": meals, "remark": "团队批量报餐"})
     body = r.json()
     assert r.status_code == 200 and body["message"] == "快速批量报餐提交完成"
     assert_shape(body)

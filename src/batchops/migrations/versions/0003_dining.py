@@ -93,7 +93,6 @@ def upgrade() -> None:
         )
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("dining_order_lines", schema=None) as batch_op:
         batch_op.drop_index(
