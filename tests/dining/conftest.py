@@ -40,12 +40,12 @@ class Canteen:
 
     async def batch(self, orders: list[dict[str, Any]], headers: dict[str, str] | None = None, **extra: Any) -> Any:
         return await self.client.post(
-            "/api/dining/enhanced/batch-orders", json={"orders": orders, **extra}, headers=headers or self.dept_a
+            "/api/dining/enhanced/batch-orders", json={"orders": orders, **extra}, headers=self.dept_a if headers is None else headers
         )
 
     async def quick(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
         return await self.client.post(
-            "/api/dining/enhanced/quick-batch-orders", json=body, headers=headers or self.dept_a
+            "/api/dining/enhanced/quick-batch-orders", json=body, headers=self.dept_a if headers is None else headers
         )
 
     async def menus(self, menus: list[dict[str, Any]]) -> list[dict[str, Any]]:
