@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import pytest
-
 from batchops.dining.service import local_today
 from tests.conftest import auth
 from tests.dining.conftest import Canteen, order
@@ -26,59 +24,66 @@ async def active_lines(canteen: Canteen) -> int:
     return int(rows[0].n)
 
 
-@pytest.mark.parametrize(
-    ("bad", "message", "code"),
-    [
+ERROR_CASES: list[tuple[dict[str, Any], str, str]] = [
         ({"mealType": "lunch", "members": [{"userId": "user1"}]}, "缺少必要参数", "BadRequestException"),
         ({"date": "D0", "members": [{"userId": "user1"}]}, "缺少必要参数", "BadRequestException"),
         ({"date": "D0", "mealType": "lunch"}, "缺少必要参数", "BadRequestException"),
         ({"date": "D0", "mealType": "lunch", "members": []}, "缺少必要参数", "BadRequestException"),
         ({"date": "D0", "mealType": "lunch", "members": [{"name": "x"}]}, "缺少必要参数", "BadRequestException"),
         ({"date": "D0", "mealType": "lunch", "members": ["user1"]}, "缺少必要参数", "BadRequestException"),
-        ({"date": "2025/09/06", "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", None),
-        ({"date": "2025-02-30", "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", None),
-        ({"date": 20250906, "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", None),
-        ({"date": "D0", "mealType": "supper", "members": [{"userId": "user1"}]}, "餐次类型不正确", None),
-        ({"date": "D0", "mealType": "LUNCH", "members": [{"userId": "user1"}]}, "餐次类型不正确", None),
-        ({"date": "D-1", "mealType": "lunch", "members": [{"userId": "user1"}]}, "不能为过去的日期报餐", None),
-        ({"date": "D2", "mealType": "lunch", "members": [{"userId": "user1"}]}, "菜单尚未发布", None),
-        ({"date": "D2", "mealType": "dinner", "members": [{"userId": "user1"}]}, "菜单尚未发布", None),
+        ({"date": "2025/09/06", "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", ""),
+        ({"date": "2025-02-30", "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", ""),
+        ({"date": 20250906, "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", ""),
+        ({"date": "D0", "mealType": "supper", "members": [{"userId": "user1"}]}, "餐次类型不正确", ""),
+        ({"date": "D0", "mealType": "LUNCH", "members": [{"userId": "user1"}]}, "餐次类型不正确", ""),
+        ({"date": "D-1", "mealType": "lunch", "members": [{"userId": "user1"}]}, "不能为过去的日期报餐", ""),
+        ({"date": "D2", "mealType": "lunch", "members": [{"userId": "user1"}]}, "菜单尚未发布", ""),
+        ({"date": "D2", "mealType": "dinner", "members": [{"userId": "user1"}]}, "菜单尚未发布", ""),
         (
             {"date": "D0", "mealType": "lunch", "members": [{"userId": "user1"}, {"userId": "ghost"}]},
             "部分用户不存在或状态异常",
-            None,
+            "",
         ),
-        ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user6"}]}, "部分用户不存在或状态异常", None),
-        ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user7"}]}, "部分用户不存在或状态异常", None),
+        ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user6"}]}, "部分用户不存在或状态异常", ""),
+        ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user7"}]}, "部分用户不存在或状态异常", ""),
         (
             {"date": "D0", "mealType": "lunch", "members": [{"userId": "user1"}, {"userId": "user5"}]},
             "用户 孙七 不属于本部门",
             "ForbiddenException",
         ),
-        ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user8"}]}, "用户 郑十 不属于本部门", None),
+        ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user8"}]}, "用户 郑十 不属于本部门", ""),
         (
             {"date": "D0", "mealType": "lunch", "members": [{"userId": "user2"}, {"userId": "user2"}]},
             "用户 李四 在本订单中重复出现",
-            None,
+            "",
         ),
-    ],
-)
-async def test_each_error_of_the_table_names_its_order(
-    canteen: Canteen, bad: dict[str, Any], message: str, code: str | None
-) -> None:
-    for key in ("date",):
-        if isinstance(bad.get(key), str) and bad[key].startswith("D"):
-            bad = {**bad, key: canteen.day(int(bad[key][1:]))}
+]
+
+
+def dated(canteen: Canteen, bad: dict[str, Any]) -> dict[str, Any]:
+    """``"D-1"`` / ``"D0"`` / ``"D2"`` stand for yesterday / today / the day after tomorrow."""
+    value = bad.get("date")
+    if isinstance(value, str) and value.startswith("D"):
+        return {**bad, "date": canteen.day(int(value[1:]))}
+    return bad
+
+
+async def test_each_error_of_the_table_names_its_order(canteen: Canteen) -> None:
     good = order(canteen.day(1), "dinner", "user3")
-    result = data(await canteen.batch([good, good | {"mealType": "lunch"}, bad]))
-    assert (result["successCount"], result["failedCount"]) == (2, 1)
-    (err,) = result["errors"]
-    assert err["orderIndex"] == 3
-    assert err["error"] == f"订单 3: {message}"
-    assert err["date"] == bad.get("date") and err["mealType"] == bad.get("mealType")
-    if code:
-        assert err["code"] == code
-    assert await active_lines(canteen) == 2  # the failed order left nothing
+    for chunk in (ERROR_CASES[:10], ERROR_CASES[10:]):
+        bad_orders = [dated(canteen, bad) for bad, _, _ in chunk]
+        result = data(await canteen.batch([*bad_orders, good]))
+        assert (result["successCount"], result["failedCount"]) == (1, len(chunk)), result
+        good = order(canteen.day(1), "lunch", "user3")
+        for index, ((bad, message, code), err) in enumerate(zip(chunk, result["errors"], strict=True), start=1):
+            assert err["orderIndex"] == index
+            assert err["error"] == f"订单 {index}: {message}"
+            assert err["date"] == bad_orders[index - 1].get("date")
+            assert err["mealType"] == bad.get("mealType")
+            if code:
+                assert err["code"] == code
+        assert result["orders"][0]["orderIndex"] == len(chunk) + 1
+    assert await active_lines(canteen) == 2  # the failed orders left nothing
 
 
 async def test_already_ordered_in_an_earlier_request_and_in_the_same_request(canteen: Canteen) -> None:
@@ -230,85 +235,78 @@ def many_orders(canteen: Canteen, n: int) -> list[dict[str, Any]]:
     return [order(canteen.day(slots[i % 6][0]), slots[i % 6][1], users[i // 6]) for i in range(n)]
 
 
-@pytest.mark.parametrize(("n", "status"), [(0, 400), (1, 200), (20, 200), (21, 400)])
-async def test_order_count_limits(canteen: Canteen, n: int, status: int) -> None:
-    r = await canteen.batch(many_orders(canteen, n))
-    if status == 200:
-        result = data(r)
-        assert result["successCount"] == n, result["errors"]
-    else:
-        body = error(r, 400, "BadRequestException")
+async def test_order_count_limits_0_1_20_21(canteen: Canteen) -> None:
+    for n in (0, 21):
+        body = error(await canteen.batch(many_orders(canteen, n)), 400, "BadRequestException")
         assert body["details"][0]["field"] == "orders"
-        assert await active_lines(canteen) == 0
+    assert await active_lines(canteen) == 0
+    twenty_one = many_orders(canteen, 21)
+    assert data(await canteen.batch(twenty_one[20:]))["successCount"] == 1
+    result = data(await canteen.batch(twenty_one[:20]))
+    assert (result["totalOrders"], result["successCount"]) == (20, 20), result["errors"]
+    assert await active_lines(canteen) == 21
 
 
-@pytest.mark.parametrize(("members", "meals", "status"), [(0, 1, 400), (1, 0, 400), (1, 1, 200), (50, 10, 200), (51, 1, 400), (1, 11, 400)])
-async def test_quick_batch_limits(canteen: Canteen, members: int, meals: int, status: int) -> None:
-    if members > 4:  # enough members in dept-a for the maximum
-        extra = [{"userId": f"m{i:02d}", "departmentId": "dept-a"} for i in range(members)]
-        data(await canteen.client.post("/admin/users/batch", json={"users": extra}, headers=canteen.admin))
-        member_ids = [f"m{i:02d}" for i in range(members)]
-    else:
-        member_ids = ["user1", "user2", "user3", "user4"][:members]
+async def test_quick_batch_limits_at_their_edges(canteen: Canteen) -> None:
+    extra = [{"userId": f"m{i:02d}", "departmentId": "dept-a"} for i in range(51)]
+    data(await canteen.client.post("/admin/users/batch", json={"users": extra}, headers=canteen.admin))
     menus = [
         {"date": canteen.day(d), "mealType": m, "price": "10.00", "published": True}
         for d in range(4)
         for m in ("breakfast", "lunch", "dinner")
     ]
     await canteen.menus(menus)
-    meal_list = [{"date": mm["date"], "mealType": mm["mealType"]} for mm in menus][:meals]
-    r = await canteen.quick({"members": [{"userId": u} for u in member_ids], "meals": meal_list})
-    if status == 200:
-        result = data(r)
-        assert result["successCount"] == meals and result["failedCount"] == 0
-        assert all(o["memberCount"] == members and o["totalAmount"] == 10.0 * members for o in result["orders"])
-        assert await active_lines(canteen) == members * meals
-    else:
+    meals = [{"date": mm["date"], "mealType": mm["mealType"]} for mm in menus]
+    members = [{"userId": f"m{i:02d}"} for i in range(51)]
+    for bad in ((0, 1), (1, 0), (51, 1), (1, 11)):
+        r = await canteen.quick({"members": members[: bad[0]], "meals": meals[: bad[1]]})
         error(r, 400, "BadRequestException")
+    assert await active_lines(canteen) == 0
+    for n_members, meal_slice in ((1, slice(11, 12)), (50, slice(0, 10))):
+        result = data(await canteen.quick({"members": members[-n_members:], "meals": meals[meal_slice]}))
+        n_meals = meal_slice.stop - meal_slice.start
+        assert (result["successCount"], result["failedCount"]) == (n_meals, 0), result["errors"]
+        assert all(o["memberCount"] == n_members for o in result["orders"])
+        assert all(o["totalAmount"] == 10 * n_members for o in result["orders"])
+    assert await active_lines(canteen) == 1 + 500
 
 
-@pytest.mark.parametrize(("length", "status"), [(0, 200), (500, 200), (501, 400)])
-async def test_remark_length(canteen: Canteen, length: int, status: int) -> None:
-    r = await canteen.batch([order(canteen.day(0), "lunch", "user1", remark="备" * length)])
-    assert r.status_code == status, r.text
-    r = await canteen.quick(
-        {"members": [{"userId": "user2"}], "meals": [{"date": canteen.day(0), "mealType": "lunch"}], "remark": "注" * length}
-    )
-    assert r.status_code == status, r.text
+async def test_remark_length_0_500_501(canteen: Canteen) -> None:
+    for length, status, member in ((0, 200, "user1"), (500, 200, "user2"), (501, 400, "user3")):
+        r = await canteen.batch([order(canteen.day(0), "lunch", member, remark="备" * length)])
+        assert r.status_code == status, r.text
+        meals = [{"date": canteen.day(0), "mealType": "dinner"}]
+        r = await canteen.quick({"members": [{"userId": member}], "meals": meals, "remark": "注" * length})
+        assert r.status_code == status, r.text
+    assert await active_lines(canteen) == 4
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {},
-        {"orders": "all"},
-        {"orders": [1, 2]},
-        {"orders": [{"date": "2025-09-06", "mealType": "lunch", "members": [], "colour": "red"}]},
-        {"orders": [{"date": "2025-09-06", "mealType": "lunch", "members": {"userId": "user1"}}]},
-        {"orders": [], "allOrNone": True},
-        {"orders": [{"date": "2025-09-06"}], "allOrNone": "yes"},
-    ],
-)
-async def test_malformed_batch_request_is_a_400(canteen: Canteen, body: dict[str, Any]) -> None:
-    r = await canteen.client.post("/api/dining/enhanced/batch-orders", json=body, headers=canteen.dept_a)
-    error(r, 400, "BadRequestException")
+MALFORMED_BATCH: list[dict[str, Any]] = [
+    {},
+    {"orders": "all"},
+    {"orders": [1, 2]},
+    {"orders": [{"date": "2025-09-06", "mealType": "lunch", "members": [], "colour": "red"}]},
+    {"orders": [{"date": "2025-09-06", "mealType": "lunch", "members": {"userId": "user1"}}]},
+    {"orders": [], "allOrNone": True},
+    {"orders": [{"date": "2025-09-06"}], "allOrNone": "yes"},
+]
+MEAL = [{"date": "2025-09-06", "mealType": "lunch"}]
+MALFORMED_QUICK: list[dict[str, Any]] = [
+    {"members": [{"userId": "user1"}]},
+    {"meals": MEAL},
+    {"members": [{"userId": "user1"}, {"userId": "user1"}], "meals": MEAL},
+    {"members": [{"user": "user1"}], "meals": MEAL},
+    {"members": [{"userId": ""}], "meals": MEAL},
+    {"members": [{"userId": "user1"}], "meals": MEAL, "remark": 5},
+]
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"members": [{"userId": "user1"}]},
-        {"meals": [{"date": "2025-09-06", "mealType": "lunch"}]},
-        {"members": [{"userId": "user1"}, {"userId": "user1"}], "meals": [{"date": "2025-09-06", "mealType": "lunch"}]},
-        {"members": [{"user": "user1"}], "meals": [{"date": "2025-09-06", "mealType": "lunch"}]},
-        {"members": [{"userId": ""}], "meals": [{"date": "2025-09-06", "mealType": "lunch"}]},
-    ],
-)
-async def test_malformed_quick_request_is_a_400(canteen: Canteen, body: dict[str, Any]) -> None:
-    error(await canteen.quick(body), 400, "BadRequestException")
-
-
-async def test_not_json_is_a_400(canteen: Canteen) -> None:
+async def test_malformed_requests_are_a_400(canteen: Canteen) -> None:
+    for body in MALFORMED_BATCH:
+        r = await canteen.client.post("/api/dining/enhanced/batch-orders", json=body, headers=canteen.dept_a)
+        error(r, 400, "BadRequestException")
+    for body in MALFORMED_QUICK:
+        error(await canteen.quick(body), 400, "BadRequestException")
     r = await canteen.client.post(
         "/api/dining/enhanced/batch-orders",
         content=b"{orders:",
