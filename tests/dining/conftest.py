@@ -39,14 +39,13 @@ class Canteen:
         return auth("admin-a")
 
     async def batch(self, orders: list[dict[str, Any]], headers: dict[str, str] | None = None, **extra: Any) -> Any:
-        return await self.client.post(
-            "/api/dining/enhanced/batch-orders", json={"orders": orders, **extra}, headers=self.dept_a if headers is None else headers
-        )
+        headers = self.dept_a if headers is None else headers
+        body = {"orders": orders, **extra}
+        return await self.client.post("/api/dining/enhanced/batch-orders", json=body, headers=headers)
 
     async def quick(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
-        return await self.client.post(
-            "/api/dining/enhanced/quick-batch-orders", json=body, headers=self.dept_a if headers is None else headers
-        )
+        headers = self.dept_a if headers is None else headers
+        return await self.client.post("/api/dining/enhanced/quick-batch-orders", json=body, headers=headers)
 
     async def menus(self, menus: list[dict[str, Any]]) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = data(

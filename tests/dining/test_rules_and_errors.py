@@ -25,38 +25,38 @@ async def active_lines(canteen: Canteen) -> int:
 
 
 ERROR_CASES: list[tuple[dict[str, Any], str, str]] = [
-        ({"mealType": "lunch", "members": [{"userId": "user1"}]}, "缺少必要参数", "BadRequestException"),
-        ({"date": "D0", "members": [{"userId": "user1"}]}, "缺少必要参数", "BadRequestException"),
-        ({"date": "D0", "mealType": "lunch"}, "缺少必要参数", "BadRequestException"),
-        ({"date": "D0", "mealType": "lunch", "members": []}, "缺少必要参数", "BadRequestException"),
-        ({"date": "D0", "mealType": "lunch", "members": [{"name": "x"}]}, "缺少必要参数", "BadRequestException"),
-        ({"date": "D0", "mealType": "lunch", "members": ["user1"]}, "缺少必要参数", "BadRequestException"),
-        ({"date": "2025/09/06", "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", ""),
-        ({"date": "2025-02-30", "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", ""),
-        ({"date": 20250906, "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", ""),
-        ({"date": "D0", "mealType": "supper", "members": [{"userId": "user1"}]}, "餐次类型不正确", ""),
-        ({"date": "D0", "mealType": "LUNCH", "members": [{"userId": "user1"}]}, "餐次类型不正确", ""),
-        ({"date": "D-1", "mealType": "lunch", "members": [{"userId": "user1"}]}, "不能为过去的日期报餐", ""),
-        ({"date": "D2", "mealType": "lunch", "members": [{"userId": "user1"}]}, "菜单尚未发布", ""),
-        ({"date": "D2", "mealType": "dinner", "members": [{"userId": "user1"}]}, "菜单尚未发布", ""),
-        (
-            {"date": "D0", "mealType": "lunch", "members": [{"userId": "user1"}, {"userId": "ghost"}]},
-            "部分用户不存在或状态异常",
-            "",
-        ),
-        ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user6"}]}, "部分用户不存在或状态异常", ""),
-        ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user7"}]}, "部分用户不存在或状态异常", ""),
-        (
-            {"date": "D0", "mealType": "lunch", "members": [{"userId": "user1"}, {"userId": "user5"}]},
-            "用户 孙七 不属于本部门",
-            "ForbiddenException",
-        ),
-        ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user8"}]}, "用户 郑十 不属于本部门", ""),
-        (
-            {"date": "D0", "mealType": "lunch", "members": [{"userId": "user2"}, {"userId": "user2"}]},
-            "用户 李四 在本订单中重复出现",
-            "",
-        ),
+    ({"mealType": "lunch", "members": [{"userId": "user1"}]}, "缺少必要参数", "BadRequestException"),
+    ({"date": "D0", "members": [{"userId": "user1"}]}, "缺少必要参数", "BadRequestException"),
+    ({"date": "D0", "mealType": "lunch"}, "缺少必要参数", "BadRequestException"),
+    ({"date": "D0", "mealType": "lunch", "members": []}, "缺少必要参数", "BadRequestException"),
+    ({"date": "D0", "mealType": "lunch", "members": [{"name": "x"}]}, "缺少必要参数", "BadRequestException"),
+    ({"date": "D0", "mealType": "lunch", "members": ["user1"]}, "缺少必要参数", "BadRequestException"),
+    ({"date": "2025/09/06", "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", ""),
+    ({"date": "2025-02-30", "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", ""),
+    ({"date": 20250906, "mealType": "lunch", "members": [{"userId": "user1"}]}, "日期格式不正确", ""),
+    ({"date": "D0", "mealType": "supper", "members": [{"userId": "user1"}]}, "餐次类型不正确", ""),
+    ({"date": "D0", "mealType": "LUNCH", "members": [{"userId": "user1"}]}, "餐次类型不正确", ""),
+    ({"date": "D-1", "mealType": "lunch", "members": [{"userId": "user1"}]}, "不能为过去的日期报餐", ""),
+    ({"date": "D2", "mealType": "lunch", "members": [{"userId": "user1"}]}, "菜单尚未发布", ""),
+    ({"date": "D2", "mealType": "dinner", "members": [{"userId": "user1"}]}, "菜单尚未发布", ""),
+    (
+        {"date": "D0", "mealType": "lunch", "members": [{"userId": "user1"}, {"userId": "ghost"}]},
+        "部分用户不存在或状态异常",
+        "",
+    ),
+    ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user6"}]}, "部分用户不存在或状态异常", ""),
+    ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user7"}]}, "部分用户不存在或状态异常", ""),
+    (
+        {"date": "D0", "mealType": "lunch", "members": [{"userId": "user1"}, {"userId": "user5"}]},
+        "用户 孙七 不属于本部门",
+        "ForbiddenException",
+    ),
+    ({"date": "D0", "mealType": "lunch", "members": [{"userId": "user8"}]}, "用户 郑十 不属于本部门", ""),
+    (
+        {"date": "D0", "mealType": "lunch", "members": [{"userId": "user2"}, {"userId": "user2"}]},
+        "用户 李四 在本订单中重复出现",
+        "",
+    ),
 ]
 
 
@@ -97,7 +97,8 @@ async def test_already_ordered_in_an_earlier_request_and_in_the_same_request(can
     errors = await errors_of(canteen, [order(today, "dinner", "user1", "user3"), order(today, "dinner", "user3")])
     assert [(e["orderIndex"], e["error"]) for e in errors] == [(2, "订单 2: 用户 王五 已经报餐")]
     # the same member for another meal or date is fine
-    assert await errors_of(canteen, [order(today, "breakfast", "user3"), order(canteen.day(1), "dinner", "user3")]) == []
+    other_slots = [order(today, "breakfast", "user3"), order(canteen.day(1), "dinner", "user3")]
+    assert await errors_of(canteen, other_slots) == []
     assert await active_lines(canteen) == 1 + 2 + 2
 
 
@@ -167,7 +168,8 @@ async def test_quick_batch_reports_each_meal_as_an_order(canteen: Canteen) -> No
         "订单 5: 缺少必要参数",
         "订单 6: 用户 张三 已经报餐",
     ]
-    result = data(await canteen.quick({"members": [{"userId": "user5"}], "meals": [{"date": today, "mealType": "lunch"}]}))
+    body = {"members": [{"userId": "user5"}], "meals": [{"date": today, "mealType": "lunch"}]}
+    result = data(await canteen.quick(body))
     assert result["errors"][0]["error"] == "订单 1: 用户 孙七 不属于本部门"
 
 
@@ -186,7 +188,8 @@ async def test_only_a_department_admin_orders(canteen: Canteen) -> None:
     r = await canteen.batch(orders, headers=canteen.admin)  # a global admin has no department to order for
     assert error(r, 403, "ForbiddenException")["message"] == "只有部门管理员可以报餐"
     error(await canteen.batch(orders, headers={}), 401, "UnauthorizedException")
-    error(await canteen.quick({"members": [{"userId": "user1"}], "meals": []}, headers={}), 401, "UnauthorizedException")
+    quick = {"members": [{"userId": "user1"}], "meals": [{"date": canteen.day(0), "mealType": "lunch"}]}
+    error(await canteen.quick(quick, headers={}), 401, "UnauthorizedException")
 
 
 async def test_department_admin_without_a_registered_department(canteen: Canteen) -> None:
