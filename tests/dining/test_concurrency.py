@@ -111,7 +111,8 @@ async def test_the_index_is_the_last_line_of_defence(canteen: Canteen, monkeypat
         return work
 
     monkeypatch.setattr(dining_service.OrderWork, "load", forgetful_load)
-    result = data(await canteen.batch([order(canteen.day(0), "dinner", "user2"), order(canteen.day(0), "lunch", "user1")]))
+    orders = [order(canteen.day(0), "dinner", "user2"), order(canteen.day(0), "lunch", "user1")]
+    result = data(await canteen.batch(orders))
     assert len(calls) == 2
     assert result["successCount"] == 1
     assert [e["error"] for e in result["errors"]] == ["订单 2: 用户 张三 已经报餐"]
