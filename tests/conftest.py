@@ -88,6 +88,8 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "embedded_worker": False,
         "batch_rate_limit_per_minute": 0,
         "log_level": "WARNING",
+        # Scheduler tests are about scheduling; billing tests turn pre-authorisation on.
+        "billing_enforce_balance": False,
     }
     values.update(overrides)
     return Settings(**values)

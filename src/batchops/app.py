@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from batchops import __version__
 from batchops.assembly import build_runtime
+from batchops.billing.api import internal as billing_internal
+from batchops.billing.api import public as billing_public
 from batchops.core.errors import ErrorResponseDoc, error_body, install_error_handlers
 from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
@@ -73,7 +75,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = rt
     install_error_handlers(app)
-    for router in (identity_router, notifications_router, scheduler_router, dining_router):
+    routers = [billing_internal, billing_public, identity_router]
+    if settings.billing_role == "all":  # a billing-only process serves billing (and who's calling) only
+        routers += [notifications_router, scheduler_router, dining_router]
+    for router in routers:
         app.include_router(router)
 
     @app.get("/health", tags=["ops"])

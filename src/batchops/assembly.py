@@ -4,6 +4,8 @@ process is wired the same way."""
 
 from __future__ import annotations
 
+from batchops.billing.ledger import Ledger
+from batchops.billing.service import USAGE_KIND, BillingService
 from batchops.core.runtime import Runtime, create_runtime
 from batchops.core.worker import PeriodicJob
 from batchops.dining.service import DiningService
@@ -21,7 +23,13 @@ def build_runtime(settings: Settings) -> Runtime:
     scheduler = SchedulerService(rt, notifications)
     scheduler.queue = WaitQueue(scheduler)
     scheduler.reservations = ReservationService(scheduler)
+    ledger = Ledger()
+    billing = BillingService(rt.db, rt.outbox, settings, ledger)
+    scheduler.billing = billing
+    rt.closers.append(billing.close)
     rt.services.update(
+        ledger=ledger,
+        billing=billing,
         identity=IdentityService(rt.db),
         notifications=notifications,
         scheduler=scheduler,
@@ -29,12 +37,14 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     rt.worker.add_job(PeriodicJob("scheduler.expire", settings.sweep_interval_seconds, scheduler.expire_due))
     rt.worker.add_job(PeriodicJob("scheduler.tick", settings.scheduler_tick_seconds, PolicyJobs(scheduler).tick))
+    rt.outbox.register(USAGE_KIND, billing.deliver)
     rt.outbox.register(DEVICES_FREED_KIND, scheduler.queue.on_devices_freed)
     return rt
 
 
 def import_all_models() -> None:
     """Make every table known to ``Base.metadata`` (Alembic, tests)."""
+    import batchops.billing.models
     import batchops.core.audit
     import batchops.core.outbox
     import batchops.dining.models

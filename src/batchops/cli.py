@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -88,6 +88,56 @@ def demo(admin: Annotated[str, typer.Option(help="admin user id to create")] = "
     summary = asyncio.run(load_demo(settings, admin))
     for line in summary:
         console.print(line)
+
+
+billing_app = typer.Typer(help="Billing tools: dead-letter replay and reconciliation.", no_args_is_help=True)
+app.add_typer(billing_app, name="billing")
+
+
+@billing_app.command("replay")
+def billing_replay() -> None:
+    """Redeliver every dead-lettered usage report now."""
+    settings = get_settings()
+    configure_logging("WARNING", settings.log_json)
+
+    async def run() -> tuple[int, int]:
+        rt = build_runtime(settings)
+        try:
+            result: tuple[int, int] = await rt.services["billing"].replay()
+            return result
+        finally:
+            await rt.stop()
+
+    requeued, delivered = asyncio.run(run())
+    console.print(f"requeued {requeued} dead-lettered usage reports; {delivered} outbox rows delivered")
+
+
+@billing_app.command("reconcile")
+def billing_reconcile(
+    fix: Annotated[bool, typer.Option("--fix", help="charge what was never charged")] = False,
+) -> None:
+    """List released allocations whose usage was never charged (and charge them with --fix)."""
+    from rich.table import Table
+
+    settings = get_settings()
+    configure_logging("WARNING", settings.log_json)
+
+    async def run() -> tuple[list[Any], int]:
+        rt = build_runtime(settings)
+        try:
+            result: tuple[list[Any], int] = await rt.services["billing"].reconcile(fix=fix)
+            return result
+        finally:
+            await rt.stop()
+
+    missing, charged = asyncio.run(run())
+    table = Table("allocationId", "userId", "durationSeconds", "releasedAt", "report")
+    for m in missing:
+        table.add_row(m.allocation_id, m.user_id, str(m.duration_seconds), str(m.released_at), m.outbox_status or "-")
+    console.print(table)
+    console.print(f"{len(missing)} released allocations never charged" + (f"; charged {charged} now" if fix else ""))
+    if missing and not fix:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from batchops.assembly import build_runtime
+from batchops.billing.ledger import CNY, Book
 from batchops.core.batch import BatchMode
 from batchops.identity.models import User
 from batchops.identity.schemas import UserIn
@@ -16,6 +17,9 @@ from batchops.settings import Settings
 
 # cpu / memory / storage profiles, so device preferences have something to choose from
 PROFILES = [(2, 4096, 32768), (4, 8192, 65536), (8, 16384, 131072)]
+
+
+DEMO_BALANCE_FEN = 100_000
 
 
 async def load_demo(settings: Settings, admin_id: str) -> list[str]:
@@ -34,6 +38,12 @@ async def load_demo(settings: Settings, admin_id: str) -> list[str]:
         ]
         users += [UserIn(user_id=f"tenant-{i:03d}") for i in range(1, 101)]
         await identity.upsert_users(users)
+        async with rt.db.transaction() as session:  # 1000 CNY each, once (the reference makes it idempotent)
+            book = await Book(session, CNY).load([u.user_id for u in users])
+            await book.load_references([f"topup:demo:{u.user_id}" for u in users])
+            for u in users:
+                book.topup(u.user_id, DEMO_BALANCE_FEN, f"topup:demo:{u.user_id}")
+            await book.flush()
         async with rt.db.transaction() as session:
             admin = await session.get(User, admin_id)
             busy = await session.scalar(
@@ -55,7 +65,8 @@ async def load_demo(settings: Settings, admin_id: str) -> list[str]:
         lines = [
             f"admin: {admin_id}",
             f"devices: {registered.success_count} new, {registered.failed_count} already there (100 in the demo)",
-            f"users: {len(users)} (user-001…020, normal-user-1…3, quota-exceeded-user, suspended-user, tenant-001…100)",
+            f"users: {len(users)} (user-001…020, normal-user-1…3, quota-exceeded-user, suspended-user, tenant-001…100),"
+            f" {DEMO_BALANCE_FEN // 100} CNY each",
         ]
         if not busy:
             fill = [AllocationRequest(user_id="quota-exceeded-user", duration_minutes=1440) for _ in range(5)]

@@ -8,6 +8,7 @@ them from the original system's ``.env``.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 
 from pydantic import AliasChoices, Field
@@ -82,7 +83,19 @@ class Settings(BaseSettings):
     circuit_breaker_threshold: int = Field(
         5, ge=1, validation_alias=_alias("BATCHOPS_CIRCUIT_BREAKER_THRESHOLD", "CIRCUIT_BREAKER_THRESHOLD")
     )
-    circuit_breaker_reset_seconds: float = Field(30.0, gt=0)
+    http_retry_base_seconds: float = Field(1.0, ge=0, description="first retry delay; doubles per retry")
+    circuit_breaker_reset_seconds: float = Field(30.0, gt=0, description="an open circuit half-opens after this")
+    billing_enforce_balance: bool = Field(
+        True, description="allocate holds the estimated cost and fails without enough balance (seed P1/P2)"
+    )
+    billing_role: str = Field(
+        "all", pattern="^(all|billing)$", description="`billing`: this process serves only the billing API"
+    )
+    # Pricing (CNY per hour, exact decimals): cost = (cores*cpu + memGB*mem + storageGB*storage) * hours,
+    # rounded up to the fen.
+    price_cpu_core_hour: Decimal = Field(Decimal("0.10"), ge=0, description="CNY per CPU core-hour")
+    price_memory_gb_hour: Decimal = Field(Decimal("0.05"), ge=0, description="CNY per GB-memory-hour")
+    price_storage_gb_hour: Decimal = Field(Decimal("0.002"), ge=0, description="CNY per GB-storage-hour")
 
     @property
     def is_sqlite(self) -> bool:

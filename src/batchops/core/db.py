@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import structlog
 from sqlalchemy import JSON, DateTime, MetaData, event, text
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -169,3 +171,25 @@ async def advisory_lock(session: AsyncSession, name: str) -> None:
     """
     if is_postgres(session):
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(name.encode())})
+
+
+async def insert_new(
+    session: AsyncSession,
+    model: type[Base],
+    rows: list[dict[str, Any]],
+    *,
+    conflict_on: list[str],
+    returning: Any = None,
+) -> list[Any]:
+    """Insert rows, silently skipping those whose ``conflict_on`` key already exists
+    (``ON CONFLICT DO NOTHING``, one statement on both engines). With ``returning``
+    (a column), the values of the rows actually inserted: the winners of a race."""
+    if not rows:
+        return []
+    dialect = session.get_bind().dialect.name
+    ins: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
+    stmt = ins.values(rows).on_conflict_do_nothing(index_elements=conflict_on)
+    if returning is None:
+        await session.execute(stmt)
+        return []
+    return list((await session.execute(stmt.returning(returning))).scalars().all())

@@ -4,6 +4,7 @@ handed to each domain service."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ class Runtime:
     limiter: RateLimiter
     worker: Worker
     services: dict[str, Any] = field(default_factory=dict)
+    # Called by stop(): services' own clients (HTTP pools) registered by assembly.
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.bus.start(self.settings.amqp_url, self.settings.amqp_exchange)
@@ -39,6 +42,8 @@ class Runtime:
         await self.bus.stop()
         await self.push.stop()
         await self.limiter.close()
+        for close in self.closers:
+            await close()
         await self.db.dispose()
 
 

@@ -103,6 +103,13 @@ class Placement:
             del self.by_id[device.id]
         return device
 
+    def give_back(self, device: Candidate) -> None:
+        """Undo a ``choose`` whose allocation was refused afterwards (no balance)."""
+        self.node_load[device.node_id] -= 1
+        if device.id not in self.by_id:
+            self.by_id[device.id] = device
+            self.by_size[device.size].append(device)
+
     def add_window(self, device_id: str, window: Window) -> None:
         self.windows[device_id].append(window)
 

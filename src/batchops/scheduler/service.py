@@ -9,6 +9,7 @@ so a rule lives in exactly one place.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import structlog
 from sqlalchemy import and_, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from batchops.billing.ledger import CNY, Book, InsufficientBalance
+from batchops.billing.service import USAGE_KIND, BillingService, allocation_hold
 from batchops.core.batch import BatchMode, BatchResult
 from batchops.core.db import advisory_lock, new_id, utcnow
 from batchops.core.errors import (
@@ -58,7 +61,6 @@ log = structlog.get_logger(__name__)
 
 DOMAIN = "scheduler"
 ALLOCATE_LOCK = "scheduler.allocate"
-USAGE_KIND = "billing.device_usage"
 DEVICES_FREED_KIND = "scheduler.devices_freed"
 # One message per transaction that frees devices: the worker then grants waiting requests.
 DEVICES_FREED = OutboxItem(kind=DEVICES_FREED_KIND, name="devices-freed", payload={})
@@ -148,6 +150,7 @@ class AllocateWork:
         self.users: dict[str, User] = {}
         self.active: dict[str, int] = {}
         self.placement = Placement([], {}, {})
+        self.book: Book | None = None
         self.now = utcnow()
 
     async def load(self, user_ids: Sequence[str]) -> AllocateWork:
@@ -157,6 +160,7 @@ class AllocateWork:
     async def load_users(self, user_ids: Sequence[str]) -> AllocateWork:
         self.users = await load_users(self.session, user_ids)
         self.active = await active_counts(self.session, self.users)
+        self.book = await self.service.holds_book(self.session, list(self.users))
         return self
 
     async def load_devices(self) -> AllocateWork:
@@ -194,10 +198,18 @@ class AllocateWork:
             if ask.queue is None:
                 raise BadRequestError(NO_DEVICE)
             return self._queue(ask)
+        allocation_id = new_id("alloc")
+        if self.book is not None:
+            minutes = max(1, math.ceil((expires_at - self.now).total_seconds() / 60))
+            try:
+                self.book.hold(user.id, self.service.estimate(device, minutes), allocation_hold(allocation_id))
+            except InsufficientBalance:
+                self.placement.give_back(device)
+                raise
         self.active[user.id] = self.active.get(user.id, 0) + 1
         return Allocated(
             allocation={
-                "id": new_id("alloc"),
+                "id": allocation_id,
                 "device_id": device.id,
                 "user_id": user.id,
                 "status": ACTIVE,
@@ -244,6 +256,8 @@ class AllocateWork:
         if claimed.rowcount != len(device_ids):  # type: ignore[attr-defined]
             raise ConflictError("A chosen device was taken concurrently; retry the request")
         await session.execute(insert(Allocation), [r.allocation for r in results])
+        if self.book is not None:
+            await self.book.flush()
         await enqueue(session, [event("device.allocated", allocated_payload(r)) for r in results])
         await self.service.notifications.send(
             session,
@@ -406,6 +420,7 @@ class ExtendWork:
         self.loaded: dict[str, LoadedAllocation] = {}
         self.extended: dict[str, datetime] = {}
         self.windows: dict[str, list[Window]] = {}
+        self.book: Book | None = None
         self.now = utcnow()
 
     async def load(self, ids: Sequence[str]) -> ExtendWork:
@@ -415,6 +430,11 @@ class ExtendWork:
             horizon = latest + timedelta(minutes=self.minutes * len(ids))
             self.windows = await reserved_windows(
                 self.session, self.now, horizon, [la.device.id for la in self.loaded.values()]
+            )
+            self.book = await self.service.holds_book(
+                self.session,
+                [la.allocation.user_id for la in self.loaded.values()],
+                [allocation_hold(i) for i in self.loaded],
             )
         return self
 
@@ -429,6 +449,8 @@ class ExtendWork:
         taken = next((w for w in self.windows.get(loaded.device.id, ()) if w.overlaps(old, new)), None)
         if taken is not None:
             raise ConflictError(f"Device {loaded.device.name} is reserved from {iso(taken.start)}")
+        if self.book is not None:
+            self.book.add_to_hold(allocation_hold(allocation.id), self.service.estimate(loaded.device, self.minutes))
         self.extended[allocation.id] = new
         return Extended(loaded, old, new, self.minutes)
 
@@ -441,6 +463,8 @@ class ExtendWork:
             update(Allocation),
             [{"id": i, "expires_at": expires, "reminder_sent_at": None} for i, expires in final.items()],
         )
+        if self.book is not None:
+            await self.book.flush()
         await enqueue(
             session,
             [
@@ -544,6 +568,7 @@ class SchedulerService:
     # Set by assembly.py: the wait queue and reservations build on this service.
     queue: WaitQueue
     reservations: ReservationService
+    billing: BillingService
 
     def __init__(self, rt: Runtime, notifications: NotificationService) -> None:
         self.rt = rt
@@ -556,10 +581,22 @@ class SchedulerService:
         if actor is not None and not actor.is_admin and actor.id != user_id:
             raise ForbiddenError("You may only act on your own allocations")
 
+    async def holds_book(self, session: AsyncSession, user_ids: Sequence[str], refs: Sequence[str] = ()) -> Book | None:
+        """The locked ledger accounts allocations and extensions hold against (None: billing not enforced)."""
+        if not self.rt.settings.billing_enforce_balance:
+            return None
+        return await Book(session, CNY).load(user_ids, hold_references=refs)
+
+    def estimate(self, device: Candidate | Device, minutes: int) -> int:
+        """The pre-authorised cost of ``minutes`` on ``device`` (seed 001 P2)."""
+        return self.billing.pricing.cost(minutes * 60, device.cpu_cores, device.memory_mb, device.storage_mb)
+
     # batch operations ----------------------------------------------------------------------
     async def batch_allocate(
         self, actor: User, requests: list[AllocationRequest], mode: BatchMode
     ) -> BatchResult[AllocationRequest, Allocated | Queued]:
+        await self.billing.check_remote_balances({r.user_id for r in requests})
+
         async def prepare(session: AsyncSession) -> AllocateWork:
             return await AllocateWork(session, self, actor).load([r.user_id for r in requests])
 
@@ -628,6 +665,7 @@ class SchedulerService:
 
     # single-item forms: the same work objects, one item, errors raised as HTTP errors ------------
     async def allocate(self, actor: User, request: AllocationRequest) -> Allocated | Queued:
+        await self.billing.check_remote_balances({request.user_id})
         async with self.db.transaction() as session:
             work = await AllocateWork(session, self, actor).load([request.user_id])
             result = await work.handle(request)

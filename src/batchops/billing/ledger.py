@@ -1,0 +1,333 @@
+"""The ledger: balances, holds and charges in exact minor units.
+
+Two ways in:
+
+* :class:`Book` for batch work: ``load`` the accounts (and holds) of every user a
+  batch touches in a constant number of queries, with their rows locked; decide
+  each item in memory (``hold`` raises :class:`InsufficientBalance` before
+  anything is staged, so a failed item leaves no trace); ``flush`` writes
+  everything in bulk. This is what the scheduler's batch allocate uses, and why
+  many allocations at once can never overspend: the account rows stay locked
+  until the transaction commits.
+* :class:`Ledger` for one operation at a time (topup, a studio task's capture):
+  each call is a tiny Book in the caller's session.
+
+Every entry carries a unique reference (``topup:…``, ``hold:…``, ``capture:…``),
+so a replayed operation finds its entry and does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
+from batchops.core.db import insert_new, utcnow
+from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
+
+CNY, CREDITS = "CNY", "CREDITS"
+CURRENCIES = (CNY, CREDITS)
+
+
+class InsufficientBalance(ForbiddenError):
+    name = "InsufficientBalanceException"
+
+    def __init__(self, currency: str, needed: int, available: int) -> None:
+        self.needed, self.available, self.shortfall = needed, available, needed - available
+        super().__init__(
+            f"Insufficient balance: {format_amount(needed, currency)} {currency} needed, "
+            f"{format_amount(available, currency)} available (short by {format_amount(needed - available, currency)})",
+            details=[{"needed": needed, "available": available, "shortfall": needed - available, "currency": currency}],
+        )
+
+
+def format_amount(minor: int, currency: str) -> str:
+    """Minor units as the JSON contract shows them: two decimals for money, whole credits."""
+    if currency == CREDITS:
+        return str(minor)
+    sign = "-" if minor < 0 else ""
+    return f"{sign}{abs(minor) // 100}.{abs(minor) % 100:02d}"
+
+
+@dataclass(frozen=True)
+class Balance:
+    balance: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+@dataclass
+class _Account:
+    id: int
+    user_id: str
+    balance: int
+    held: int
+    dirty: bool = False
+
+
+@dataclass
+class Book:
+    """Accounts of a set of users in one currency, locked, changed in memory, written once."""
+
+    session: AsyncSession
+    currency: str
+    accounts: dict[str, _Account] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    new_holds: list[dict[str, Any]] = field(default_factory=list)
+    changed_holds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    known_references: set[str] = field(default_factory=set)
+
+    async def load(self, user_ids: Iterable[str], *, hold_references: Iterable[str] = ()) -> Book:
+        """Create missing accounts, then lock and read them (and the named holds): 2–3 queries."""
+        ids = sorted(set(user_ids) - set(self.accounts))
+        if ids:
+            now = utcnow()
+            await insert_new(
+                self.session,
+                Account,
+                [{"user_id": u, "currency": self.currency, "balance": 0, "held": 0, "updated_at": now} for u in ids],
+                conflict_on=["user_id", "currency"],
+            )
+            rows = await self.session.execute(
+                select(Account.id, Account.user_id, Account.balance, Account.held)
+                .where(Account.user_id.in_(ids), Account.currency == self.currency)
+                .order_by(Account.id)
+                .with_for_update()
+            )
+            for account_id, user_id, balance, held in rows:
+                self.accounts[user_id] = _Account(account_id, user_id, balance, held)
+        refs = sorted(set(hold_references) - set(self.holds))
+        if refs:
+            found = await self.session.scalars(select(Hold).where(Hold.reference.in_(refs)).with_for_update())
+            self.holds.update({h.reference: h for h in found})
+        return self
+
+    async def load_references(self, references: Iterable[str]) -> None:
+        """Remember which entry references exist already (replays become no-ops)."""
+        refs = sorted(set(references))
+        if refs:
+            found = await self.session.scalars(select(LedgerEntry.reference).where(LedgerEntry.reference.in_(refs)))
+            self.known_references.update(found)
+
+    # --- decisions in memory -------------------------------------------------------------
+    def balance(self, user_id: str) -> Balance:
+        a = self.accounts.get(user_id)
+        return Balance(a.balance, a.held) if a else Balance(0, 0)
+
+    def _account(self, user_id: str) -> _Account:
+        account = self.accounts.get(user_id)
+        if account is None:
+            raise NotFoundError(f"No {self.currency} account loaded for user {user_id}")
+        return account
+
+    def hold(self, user_id: str, amount: int, reference: str, memo: dict[str, Any] | None = None) -> None:
+        if amount < 0:
+            raise BadRequestError("A hold cannot be negative")
+        if reference in self.holds:
+            return  # replayed
+        account = self._account(user_id)
+        if account.balance - account.held < amount:
+            raise InsufficientBalance(self.currency, amount, account.balance - account.held)
+        account.held += amount
+        account.dirty = True
+        now = utcnow()
+        row = {
+            "reference": reference,
+            "account_id": account.id,
+            "amount": amount,
+            "status": OPEN,
+            "captured": 0,
+            "created_at": now,
+            "closed_at": None,
+        }
+        self.new_holds.append(row)
+        self.holds[reference] = Hold(**row)
+        self._entry(account, "hold", amount, f"hold:{reference}", memo)
+
+    def add_to_hold(self, reference: str, amount: int, memo: dict[str, Any] | None = None) -> None:
+        """Raise an open hold (an extension). A missing or closed hold is left alone."""
+        hold = self.holds.get(reference)
+        if hold is None or hold.status != OPEN or amount <= 0:
+            return
+        account = self._account_by_id(hold.account_id)
+        if account.balance - account.held < amount:
+            raise InsufficientBalance(self.currency, amount, account.balance - account.held)
+        account.held += amount
+        account.dirty = True
+        hold.amount += amount
+        self._changed(hold)
+        # the hold only grows, so its new total makes the entry's reference unique
+        self._entry(account, "hold", amount, f"hold:{reference}:{hold.amount}", memo)
+
+    def capture(self, reference: str, amount: int, memo: dict[str, Any] | None = None) -> int:
+        """Charge up to ``amount`` from an open hold and free the rest. Returns what was charged."""
+        hold = self.holds.get(reference)
+        if hold is None or hold.status != OPEN:
+            return 0
+        account = self._account_by_id(hold.account_id)
+        charged = max(0, amount)
+        account.held -= hold.amount
+        account.balance -= charged
+        account.dirty = True
+        hold.status, hold.captured, hold.closed_at = CAPTURED, charged, utcnow()
+        self._changed(hold)
+        self._entry(account, "capture", -charged, f"capture:{reference}", memo)
+        return charged
+
+    def release(self, reference: str, memo: dict[str, Any] | None = None) -> None:
+        hold = self.holds.get(reference)
+        if hold is None or hold.status != OPEN:
+            return
+        account = self._account_by_id(hold.account_id)
+        account.held -= hold.amount
+        account.dirty = True
+        hold.status, hold.closed_at = RELEASED, utcnow()
+        self._changed(hold)
+        self._entry(account, "release", 0, f"release:{reference}", memo)
+
+    def charge(self, user_id: str, amount: int, reference: str, memo: dict[str, Any] | None = None) -> None:
+        """A debit without a hold (usage that was never pre-authorised). May go below zero: usage happened."""
+        if reference in self.known_references:
+            return
+        account = self._account(user_id)
+        account.balance -= amount
+        account.dirty = True
+        self._entry(account, "charge", -amount, reference, memo)
+
+    def topup(self, user_id: str, amount: int, reference: str, memo: dict[str, Any] | None = None) -> bool:
+        if amount <= 0:
+            raise BadRequestError("amount must be greater than 0")
+        if reference in self.known_references:
+            return False
+        account = self._account(user_id)
+        account.balance += amount
+        account.dirty = True
+        self._entry(account, "topup", amount, reference, memo)
+        return True
+
+    def _account_by_id(self, account_id: int) -> _Account:
+        return next(a for a in self.accounts.values() if a.id == account_id)
+
+    def _changed(self, hold: Hold) -> None:
+        values = {"amount": hold.amount, "status": hold.status, "captured": hold.captured, "closed_at": hold.closed_at}
+        staged = next((h for h in self.new_holds if h["reference"] == hold.reference), None)
+        if staged is not None:  # not written yet: change the row to insert
+            staged.update(values)
+        else:
+            self.changed_holds[hold.reference] = {"reference": hold.reference, **values}
+
+    def _entry(self, account: _Account, kind: str, amount: int, reference: str, memo: dict[str, Any] | None) -> None:
+        self.known_references.add(reference)
+        self.entries.append(
+            {
+                "account_id": account.id,
+                "kind": kind,
+                "amount": amount,
+                "reference": reference,
+                "memo": memo,
+                "created_at": utcnow(),
+            }
+        )
+
+    # --- one write ----------------------------------------------------------------------
+    async def flush(self) -> None:
+        """Write every staged change: at most four statements, whatever the batch size."""
+        session, now = self.session, utcnow()
+        dirty = [a for a in self.accounts.values() if a.dirty]
+        if dirty:
+            await session.execute(
+                update(Account),
+                [{"id": a.id, "balance": a.balance, "held": a.held, "updated_at": now} for a in dirty],
+            )
+            for a in dirty:
+                a.dirty = False
+        if self.new_holds:
+            await session.execute(insert(Hold).execution_options(render_nulls=True), self.new_holds)
+            self.new_holds = []
+        if self.changed_holds:
+            await session.execute(update(Hold), list(self.changed_holds.values()))
+            self.changed_holds = {}
+        if self.entries:
+            await session.execute(insert(LedgerEntry).execution_options(render_nulls=True), self.entries)
+            self.entries = []
+
+
+class Ledger:
+    """One operation at a time, in the caller's session (which the caller commits)."""
+
+    async def _book(self, session: AsyncSession, currency: str, users: Iterable[str], refs: Iterable[str] = ()) -> Book:
+        return await Book(session, currency).load(users, hold_references=refs)
+
+    async def _hold_book(self, session: AsyncSession, reference: str) -> Book | None:
+        row = (
+            await session.execute(
+                select(Account.user_id, Account.currency)
+                .join(Hold, Hold.account_id == Account.id)
+                .where(Hold.reference == reference)
+            )
+        ).first()
+        if row is None:
+            return None
+        return await self._book(session, row.currency, [row.user_id], [reference])
+
+    async def hold(
+        self, session: AsyncSession, user_id: str, currency: str, amount: int, reference: str, memo: Any = None
+    ) -> None:
+        book = await self._book(session, currency, [user_id], [reference])
+        book.hold(user_id, amount, reference, memo)
+        await book.flush()
+
+    async def add_to_hold(self, session: AsyncSession, reference: str, amount: int) -> None:
+        book = await self._hold_book(session, reference)
+        if book is not None:
+            book.add_to_hold(reference, amount)
+            await book.flush()
+
+    async def capture(self, session: AsyncSession, reference: str, amount: int, memo: Any = None) -> int:
+        book = await self._hold_book(session, reference)
+        if book is None:
+            return 0
+        charged = book.capture(reference, amount, memo)
+        await book.flush()
+        return charged
+
+    async def release(self, session: AsyncSession, reference: str) -> None:
+        book = await self._hold_book(session, reference)
+        if book is not None:
+            book.release(reference)
+            await book.flush()
+
+    async def charge(
+        self, session: AsyncSession, user_id: str, currency: str, amount: int, reference: str, memo: Any = None
+    ) -> None:
+        book = await self._book(session, currency, [user_id])
+        await book.load_references([reference])
+        book.charge(user_id, amount, reference, memo)
+        await book.flush()
+
+    async def topup(
+        self, session: AsyncSession, user_id: str, currency: str, amount: int, reference: str, memo: Any = None
+    ) -> bool:
+        book = await self._book(session, currency, [user_id])
+        await book.load_references([reference])
+        done = book.topup(user_id, amount, reference, memo)
+        await book.flush()
+        return done
+
+    async def balances(self, session: AsyncSession, user_ids: Iterable[str], currency: str) -> dict[str, Balance]:
+        ids = sorted(set(user_ids))
+        rows = await session.execute(
+            select(Account.user_id, Account.balance, Account.held).where(
+                Account.user_id.in_(ids), Account.currency == currency
+            )
+        )
+        found = {u: Balance(b, h) for u, b, h in rows}
+        return {u: found.get(u, Balance(0, 0)) for u in ids}

@@ -1,0 +1,123 @@
+"""Billing request and response bodies (seed 001 field names)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from batchops.core.schemas import Money, Schema, StrictSchema
+
+Id = Field(min_length=1, max_length=128)
+
+
+class DeviceUsageIn(StrictSchema):
+    """``POST /api/internal/metering/device-usage`` (the seed's ``DeviceUsageBilling``)."""
+
+    device_id: str = Id
+    user_id: str = Id
+    tenant_id: str | None = Field(None, max_length=128)
+    allocation_id: str = Field(min_length=1, max_length=64)
+    duration_seconds: int = Field(ge=0, le=10 * 365 * 86400)
+    cpu_cores: int = Field(ge=0, le=1024)
+    memory_mb: int = Field(alias="memoryMB", ge=0, le=64 * 1024 * 1024)
+    storage_mb: int = Field(alias="storageMB", ge=0, le=1024 * 1024 * 1024)
+    allocated_at: datetime
+    released_at: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeviceUsageIn:
+        if self.released_at < self.allocated_at:
+            raise ValueError("releasedAt must not be before allocatedAt")
+        return self
+
+
+class DeviceUsageBatchIn(StrictSchema):
+    events: list[DeviceUsageIn] = Field(min_length=1, max_length=100)
+
+
+class UsageResult(Schema):
+    allocation_id: str
+    status: Literal["charged", "duplicate", "failed"]
+    cost: Money | None = None
+    error: str | None = None
+
+
+class DeviceUsageBatchOut(Schema):
+    """The seed's ``{success, failed, errors}``, plus one result per event in order."""
+
+    success: int
+    failed: int
+    errors: list[str]
+    results: list[UsageResult]
+
+
+class BalanceOut(Schema):
+    has_balance: bool
+    balance: Money
+    held: Money
+    available: Money
+    currency: str
+    reason: str | None = None
+
+
+class TopupIn(StrictSchema):
+    user_id: str = Id
+    amount: Decimal = Field(gt=0, le=Decimal("100000000"), decimal_places=2)
+    currency: Literal["CNY", "CREDITS"] = "CNY"
+    reference: str | None = Field(None, min_length=1, max_length=128, description="idempotency key")
+
+
+class TopupOut(Schema):
+    user_id: str
+    currency: str
+    applied: bool
+    balance: Money
+    available: Money
+
+
+class UsageItem(Schema):
+    allocation_id: str
+    device_id: str
+    duration_seconds: int
+    cpu_cores: int
+    memory_mb: int = Field(serialization_alias="memoryMB")
+    storage_mb: int = Field(serialization_alias="storageMB")
+    allocated_at: datetime
+    released_at: datetime
+    cost: Money
+    currency: str
+
+
+class UsageTotals(Schema):
+    count: int
+    duration_seconds: int
+    cost: Money
+
+
+class UsageHistoryOut(Schema):
+    user_id: str
+    items: list[UsageItem]
+    page: int
+    page_size: int
+    total: int
+    total_pages: int
+    totals: UsageTotals
+    balance: BalanceOut
+
+
+class DeadLetterOut(Schema):
+    id: int
+    allocation_id: str | None
+    user_id: str | None
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    payload: dict[str, object]
+
+
+class ReplayOut(Schema):
+    requeued: int
+    delivered: int

@@ -1,0 +1,308 @@
+"""Billing rules (seed 001): charge each usage report exactly once, pre-authorise
+allocations, answer balance checks, keep undeliverable reports visible and
+replayable, and find anything that was never charged.
+
+How a charge can be neither lost nor doubled:
+
+* the scheduler writes the usage report into the outbox in the same transaction
+  as the release, so a report exists if and only if the release committed;
+* the worker delivers it (in-process, or over HTTP to a billing process) until
+  it succeeds; failures back off, then wait in a dead-letter state that is
+  retried every ``BATCHOPS_DEAD_LETTER_RETRY_SECONDS`` or replayed on demand;
+* ingestion inserts the usage row keyed by ``allocationId`` with ON CONFLICT DO
+  NOTHING and charges only the rows it actually inserted, in one transaction:
+  a redelivered or concurrent duplicate report inserts nothing and charges nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from batchops.billing.client import BillingClient, BillingRejected, BillingUnavailable
+from batchops.billing.ledger import CNY, Balance, Book, Ledger, format_amount
+from batchops.billing.models import UsageRecord
+from batchops.billing.pricing import Pricing
+from batchops.billing.schemas import DeviceUsageIn, UsageResult
+from batchops.core.db import Database, insert_new, new_id
+from batchops.core.errors import NotFoundError, ServiceUnavailableError
+from batchops.core.outbox import Delivery, Outbox, OutboxMessage
+from batchops.core.schemas import cents_to_decimal
+from batchops.identity.service import load_users
+from batchops.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+USAGE_KIND = "billing.device_usage"
+
+REPORTS = Counter("billing_report_total", "Usage reports delivered to billing", ["status"])
+REPORT_SECONDS = Histogram("billing_report_duration_seconds", "Time to deliver one batch of usage reports")
+REPORT_ERRORS = Counter("billing_report_errors_total", "Usage report deliveries that failed")
+
+
+def allocation_hold(allocation_id: str) -> str:
+    """The hold reference of an allocation's pre-authorisation."""
+    return f"alloc:{allocation_id}"
+
+
+@dataclass(frozen=True)
+class Unbilled:
+    allocation_id: str
+    user_id: str
+    duration_seconds: int
+    released_at: Any
+    outbox_status: str | None
+
+
+class BillingService:
+    def __init__(self, db: Database, outbox: Outbox, settings: Settings, ledger: Ledger) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.settings = settings
+        self.ledger = ledger
+        self.pricing = Pricing.from_settings(settings)
+        self.client: BillingClient | None = BillingClient(settings) if settings.billing_url else None
+
+    # --- ingestion ---------------------------------------------------------------------
+    async def ingest(self, session: AsyncSession, events: list[DeviceUsageIn]) -> list[UsageResult]:
+        """Charge every report not seen before, in a constant number of statements."""
+        users = await load_users(session, {e.user_id for e in events})
+        results: list[UsageResult | None] = [None] * len(events)
+        fresh: dict[str, tuple[int, DeviceUsageIn, int]] = {}
+        for i, e in enumerate(events):
+            if e.user_id not in users:
+                results[i] = UsageResult(allocation_id=e.allocation_id, status="failed", error="User not found")
+            elif e.allocation_id in fresh:
+                results[i] = UsageResult(allocation_id=e.allocation_id, status="duplicate")
+            else:
+                cost = self.pricing.cost(e.duration_seconds, e.cpu_cores, e.memory_mb, e.storage_mb)
+                fresh[e.allocation_id] = (i, e, cost)
+        inserted = set(
+            await insert_new(
+                session,
+                UsageRecord,
+                [
+                    {
+                        "allocation_id": e.allocation_id,
+                        "user_id": e.user_id,
+                        "device_id": e.device_id,
+                        "tenant_id": e.tenant_id,
+                        "duration_seconds": e.duration_seconds,
+                        "cpu_cores": e.cpu_cores,
+                        "memory_mb": e.memory_mb,
+                        "storage_mb": e.storage_mb,
+                        "allocated_at": e.allocated_at,
+                        "released_at": e.released_at,
+                        "cost": cost,
+                        "currency": CNY,
+                    }
+                    for _, e, cost in fresh.values()
+                ],
+                conflict_on=["allocation_id"],
+                returning=UsageRecord.allocation_id,
+            )
+        )
+        book = await Book(session, CNY).load(
+            {fresh[a][1].user_id for a in inserted}, hold_references=[allocation_hold(a) for a in inserted]
+        )
+        for allocation_id, (i, e, cost) in fresh.items():
+            if allocation_id not in inserted:
+                results[i] = UsageResult(allocation_id=allocation_id, status="duplicate")
+                continue
+            memo = {"allocationId": allocation_id, "durationSeconds": e.duration_seconds}
+            if not book.capture(allocation_hold(allocation_id), cost, memo):
+                book.charge(e.user_id, cost, f"usage:{allocation_id}", memo)
+            results[i] = UsageResult(allocation_id=allocation_id, status="charged", cost=cents_to_decimal(cost))
+            log.info("billing_usage_charged", user_id=e.user_id, allocation_id=allocation_id, fen=cost)
+        await book.flush()
+        return [r for r in results if r is not None]
+
+    async def report(self, events: list[DeviceUsageIn]) -> list[UsageResult]:
+        async with self.db.transaction() as session:
+            return await self.ingest(session, events)
+
+    # --- the outbox handler: local or remote --------------------------------------------
+    async def deliver(self, deliveries: list[Delivery]) -> dict[int, str]:
+        """Deliver usage reports; returns the error of each one that must be retried."""
+        started = time.perf_counter()
+        errors: dict[int, str] = {}
+        try:
+            parsed: list[tuple[Delivery, DeviceUsageIn]] = []
+            for d in deliveries:
+                try:
+                    parsed.append((d, DeviceUsageIn.model_validate(d.payload)))
+                except ValidationError as exc:
+                    errors[d.id] = f"invalid usage report: {exc.errors()[0]['msg']}"
+            for start in range(0, len(parsed), 100):
+                chunk = parsed[start : start + 100]
+                errors.update(await self._deliver_chunk(chunk))
+        finally:
+            REPORT_SECONDS.observe(time.perf_counter() - started)
+        failed = len(errors)
+        REPORTS.labels(status="success").inc(len(deliveries) - failed)
+        if failed:
+            REPORTS.labels(status="failure").inc(failed)
+            REPORT_ERRORS.inc(failed)
+            for d in deliveries:
+                if d.id in errors:
+                    log.error(
+                        "billing_report_failed",
+                        allocation_id=d.payload.get("allocationId"),
+                        attempt=d.attempts,
+                        error=errors[d.id],
+                    )
+        return errors
+
+    async def _deliver_chunk(self, chunk: list[tuple[Delivery, DeviceUsageIn]]) -> dict[int, str]:
+        events = [e for _, e in chunk]
+        if self.client is None:
+            results = await self.report(events)
+            outcomes = [(r.status, r.error) for r in results]
+        else:
+            try:
+                body = await self.client.report_usage([e.model_dump(mode="json", by_alias=True) for e in events])
+            except (BillingUnavailable, BillingRejected) as exc:
+                return {d.id: str(exc) for d, _ in chunk}
+            outcomes = [(r["status"], r.get("error")) for r in body["results"]]
+        pairs = zip(chunk, outcomes, strict=True)
+        return {d.id: error or status for (d, _), (status, error) in pairs if status == "failed"}
+
+    # --- balances ------------------------------------------------------------------------
+    async def balance(self, user_id: str, currency: str = CNY) -> tuple[Balance, str | None]:
+        """The seed's ``checkUserBalance``: (balance, reason it is not enough or None)."""
+        async with self.db.transaction() as session:
+            if not await load_users(session, [user_id]):
+                raise NotFoundError("User not found")
+            bal = (await self.ledger.balances(session, [user_id], currency))[user_id]
+        if bal.available > 0:
+            return bal, None
+        if bal.balance < 0:
+            return bal, f"Account in arrears: {format_amount(bal.balance, currency)} {currency}"
+        return bal, "Insufficient balance"
+
+    async def check_remote_balances(self, user_ids: set[str]) -> None:
+        """With a remote billing service, ask it first (seed: checkUserBalance before
+        allocating). Holds are still taken in the shared ledger, so a remote answer can
+        never let anyone overspend; this only decides what an outage does."""
+        if self.client is None or not self.settings.billing_enforce_balance:
+            return
+        client = self.client
+        try:
+            answers = await asyncio.gather(*(client.balance(u) for u in sorted(user_ids)))
+        except (BillingUnavailable, BillingRejected) as exc:
+            if self.settings.billing_allow_on_error:
+                log.warning("billing_unavailable_allowing", users=len(user_ids), error=str(exc))
+                return
+            raise ServiceUnavailableError(f"Billing service unavailable: {exc}") from exc
+        log.debug("billing_remote_balances", answers=answers)
+
+    async def topup(self, user_id: str, amount: int, currency: str, reference: str | None) -> tuple[bool, Balance]:
+        async with self.db.transaction() as session:
+            if not await load_users(session, [user_id]):
+                raise NotFoundError("User not found")
+            ref = f"topup:{reference or new_id('t')}"
+            applied = await self.ledger.topup(session, user_id, currency, amount, ref)
+            bal = (await self.ledger.balances(session, [user_id], currency))[user_id]
+        log.info("billing_topup", user_id=user_id, amount=amount, currency=currency, applied=applied)
+        return applied, bal
+
+    # --- history ---------------------------------------------------------------------------
+    async def usage(self, user_id: str, *, offset: int, limit: int) -> tuple[list[UsageRecord], int, int, int]:
+        """(page of records newest first, total count, total seconds, total cost)."""
+        async with self.db.transaction() as session:
+            if not await load_users(session, [user_id]):
+                raise NotFoundError("User not found")
+            count, seconds, cost = (
+                await session.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(func.sum(UsageRecord.duration_seconds), 0),
+                        func.coalesce(func.sum(UsageRecord.cost), 0),
+                    ).where(UsageRecord.user_id == user_id)
+                )
+            ).one()
+            rows = await session.scalars(
+                select(UsageRecord)
+                .where(UsageRecord.user_id == user_id)
+                .order_by(UsageRecord.released_at.desc(), UsageRecord.allocation_id)
+                .offset(offset)
+                .limit(limit)
+            )
+            return list(rows), int(count), int(seconds), int(cost)
+
+    # --- dead letters, replay, reconciliation -------------------------------------------------
+    async def dead_letters(self, *, offset: int, limit: int) -> tuple[list[OutboxMessage], int]:
+        return await self.outbox.list_dead(USAGE_KIND, offset=offset, limit=limit)
+
+    async def replay(self) -> tuple[int, int]:
+        """Requeue every dead-lettered usage report and deliver what is due now."""
+        requeued = await self.outbox.requeue_dead(USAGE_KIND)
+        delivered = await self.outbox.drain() if requeued else 0
+        log.info("billing_replay", requeued=requeued, delivered=delivered)
+        return requeued, delivered
+
+    async def unbilled(self) -> list[Unbilled]:
+        """Released allocations whose usage was never charged (seed P1: reconciliation)."""
+        from batchops.scheduler.models import DeviceUsage  # the scheduler's facts; billing's charges
+
+        async with self.db.transaction() as session:
+            rows = await session.execute(
+                select(
+                    DeviceUsage.allocation_id,
+                    DeviceUsage.user_id,
+                    DeviceUsage.duration_seconds,
+                    DeviceUsage.released_at,
+                    OutboxMessage.status,
+                )
+                .outerjoin(UsageRecord, UsageRecord.allocation_id == DeviceUsage.allocation_id)
+                .outerjoin(OutboxMessage, OutboxMessage.dedup_key == "usage:" + DeviceUsage.allocation_id)
+                .where(UsageRecord.allocation_id.is_(None))
+                .order_by(DeviceUsage.released_at)
+            )
+            return [Unbilled(*row) for row in rows]
+
+    async def reconcile(self, *, fix: bool) -> tuple[list[Unbilled], int]:
+        """List what was never charged; with ``fix``, charge it now (idempotently)."""
+        missing = await self.unbilled()
+        if not fix or not missing:
+            return missing, 0
+        from batchops.scheduler.models import DeviceUsage
+
+        charged = 0
+        ids = [m.allocation_id for m in missing]
+        for start in range(0, len(ids), 500):
+            async with self.db.transaction() as session:
+                usage = await session.scalars(
+                    select(DeviceUsage).where(DeviceUsage.allocation_id.in_(ids[start : start + 500]))
+                )
+                events = [usage_event(u) for u in usage]
+                results = await self.ingest(session, events)
+                charged += sum(r.status == "charged" for r in results)
+        log.info("billing_reconciled", missing=len(missing), charged=charged)
+        return missing, charged
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+
+def usage_event(u: Any) -> DeviceUsageIn:
+    return DeviceUsageIn(
+        device_id=u.device_id,
+        user_id=u.user_id,
+        allocation_id=u.allocation_id,
+        duration_seconds=u.duration_seconds,
+        cpu_cores=u.cpu_cores,
+        memory_mb=u.memory_mb,
+        storage_mb=u.storage_mb,
+        allocated_at=u.allocated_at,
+        released_at=u.released_at,
+    )
