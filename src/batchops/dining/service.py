@@ -24,12 +24,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import structlog
 from pydantic import JsonValue
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -53,7 +53,6 @@ from batchops.dining.models import (
 )
 from batchops.dining.schemas import DepartmentIn, MenuIn
 from batchops.identity.models import User
-from batchops.identity.service import load_users
 
 log = structlog.get_logger(__name__)
 
@@ -120,6 +119,19 @@ def cents(amount: Decimal) -> int:
     return decimal_to_cents(amount)
 
 
+ACTIVE_USER = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """What the rules need of a member, read once (plain values, not ORM objects)."""
+
+    id: str
+    name: str
+    status: str
+    department_id: str | None
+
+
 @dataclass(frozen=True)
 class OrderSpec:
     """One order as asked: ``index`` is 1-based (the seed's ``orderIndex``)."""
@@ -170,7 +182,8 @@ class OrderWork:
         self.today = today
         self.now = utcnow()
         self.menus: dict[tuple[dt.date, str], Menu] = {}
-        self.users: dict[str, User] = {}
+        self.users: dict[str, Member] = {}
+        self.member_ids: dict[int, list[str] | None] = {}
         self.taken: set[tuple[str, dt.date, str]] = set()
 
     async def load(self, specs: Sequence[OrderSpec]) -> OrderWork:
@@ -181,10 +194,18 @@ class OrderWork:
         if days:
             menus = await session.scalars(select(Menu).where(Menu.date.in_(days)))
             self.menus = {(m.date, m.meal_type): m for m in menus}
-        ids = sorted({u for s in specs for u in member_ids(s.members) or ()})
+        self.member_ids = {s.index: member_ids(s.members) for s in specs}
+        ids = sorted({u for found in self.member_ids.values() for u in found or ()})
         # Lock the members first, then read their orders: a concurrent batch for the
         # same members waits here and then sees what the other one committed.
-        self.users = await load_users(session, ids, lock=True)
+        if ids:
+            found = await session.execute(
+                select(User.id, User.name, User.status, User.department_id)
+                .where(User.id.in_(ids))
+                .order_by(User.id)
+                .with_for_update()
+            )
+            self.users = {r.id: Member(r.id, r.name or r.id, r.status, r.department_id) for r in found}
         if ids and days:
             rows = await session.execute(
                 select(OrderLine.user_id, OrderLine.date, OrderLine.meal_type).where(
@@ -198,7 +219,7 @@ class OrderWork:
         def fail(error: type[BadRequestError | ForbiddenError | ConflictError], message: str) -> Exception:
             return error(f"订单 {spec.index}: {message}")
 
-        ids = member_ids(spec.members)
+        ids = self.member_ids[spec.index] if spec.index in self.member_ids else member_ids(spec.members)
         if spec.date is None or spec.meal_type is None or ids is None:
             raise fail(BadRequestError, MISSING)
         day = parse_day(spec.date)
@@ -213,20 +234,20 @@ class OrderWork:
         if menu is None or not menu.published:
             raise fail(BadRequestError, MENU_UNPUBLISHED)
         users = [self.users.get(i) for i in ids]
-        if any(u is None or u.status != "active" for u in users):
+        if any(u is None or u.status != ACTIVE_USER for u in users):
             raise fail(BadRequestError, BAD_USERS)
         members = [u for u in users if u is not None]
         for user in members:
             if user.department_id != self.department_id:
-                raise fail(ForbiddenError, not_in_department(user.display_name))
+                raise fail(ForbiddenError, not_in_department(user.name))
         seen: set[str] = set()
         for user in members:
             if user.id in seen:
-                raise fail(BadRequestError, repeated_in_order(user.display_name))
+                raise fail(BadRequestError, repeated_in_order(user.name))
             seen.add(user.id)
         for user in members:
             if (user.id, day, meal) in self.taken:
-                raise fail(ConflictError, already_ordered(user.display_name))
+                raise fail(ConflictError, already_ordered(user.name))
         # Every check passed: stage the order (later orders of this batch see it).
         self.taken.update((u.id, day, meal) for u in members)
         order_id = new_id("order")
@@ -246,22 +267,24 @@ class OrderWork:
         }
         lines = [
             {
-                "id": new_id("line"),
+                "id": f"{order_id}-{n}",
                 "order_id": order_id,
                 "user_id": u.id,
                 "date": day,
                 "meal_type": meal,
                 "status": LINE_ACTIVE,
             }
-            for u in members
+            for n, u in enumerate(members, start=1)
         ]
         return Placed(spec.index, order, lines)
 
     async def flush(self, results: list[Placed]) -> None:
         if not results:
             return
-        await self.session.execute(insert(Order), [r.order for r in results])
-        await self.session.execute(insert(OrderLine), [line for r in results for line in r.lines])
+        # Core executemany on the tables: no ORM bookkeeping for a thousand plain rows.
+        lines = [line for r in results for line in r.lines]
+        await self.session.execute(insert(cast(Table, Order.__table__)), [r.order for r in results])
+        await self.session.execute(insert(cast(Table, OrderLine.__table__)), lines)
 
 
 @dataclass
