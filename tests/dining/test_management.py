@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
+from batchops.core.outbox import OutboxMessage
 from tests.conftest import auth
 from tests.dining.conftest import Canteen, order
-from tests.helpers import data, error
+from tests.helpers import data, error, sql
 
 
 class API:
@@ -187,3 +189,16 @@ async def test_menu_and_department_validation_and_permissions(canteen: Canteen) 
     assert renamed["name"] == "财务中心"
     listed = data(await API(canteen).get("departments", headers=canteen.dept_a))
     assert [d["departmentId"] for d in listed] == ["dept-a", "dept-b", "dept-c"]
+
+
+async def test_placed_and_cancelled_orders_are_events_in_the_outbox(canteen: Canteen) -> None:
+    (order_id,) = await place(canteen, [order(canteen.day(1), "lunch", "user1", "user2")])
+    data(await cancel(canteen, order_id, canteen.dept_a))
+    rows = await sql(
+        canteen.runtime, select(OutboxMessage.name, OutboxMessage.payload).order_by(OutboxMessage.created_at)
+    )
+    events = [(name, payload["data"]) for name, payload in rows if name.startswith("dining.")]
+    assert [name for name, _ in events] == ["dining.order.created", "dining.order.cancelled"]
+    created = events[0][1]
+    assert (created["orderId"], created["userIds"], created["totalAmount"]) == (order_id, ["user1", "user2"], "25.00")
+    assert events[1][1]["cancelledBy"] == "admin-a"

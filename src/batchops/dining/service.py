@@ -38,8 +38,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from batchops.core.batch import ROLLED_BACK, SKIPPED, BatchMode, BatchResult, ItemFailure
 from batchops.core.db import is_postgres, new_id, utcnow
 from batchops.core.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
+from batchops.core.events import event
+from batchops.core.outbox import enqueue
 from batchops.core.runtime import Runtime
-from batchops.core.schemas import decimal_to_cents
+from batchops.core.schemas import cents_to_decimal, decimal_to_cents
 from batchops.dining.models import (
     CANCELLED,
     LINE_ACTIVE,
@@ -285,6 +287,20 @@ class OrderWork:
         lines = [line for r in results for line in r.lines]
         await self.session.execute(insert(cast(Table, Order.__table__)), [r.order for r in results])
         await self.session.execute(insert(cast(Table, OrderLine.__table__)), lines)
+        await enqueue(self.session, [event("dining.order.created", order_payload(r.order, r.lines)) for r in results])
+
+
+def order_payload(order: dict[str, Any], lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "orderId": order["id"],
+        "departmentId": order["department_id"],
+        "date": order["date"].isoformat(),
+        "mealType": order["meal_type"],
+        "memberCount": order["member_count"],
+        "totalAmount": str(cents_to_decimal(order["total_cents"])),
+        "userIds": [line["user_id"] for line in lines],
+        "createdBy": order["created_by"],
+    }
 
 
 @dataclass
@@ -488,6 +504,15 @@ class DiningService:
                     select(OrderLine.user_id).where(OrderLine.order_id == order.id).order_by(OrderLine.user_id)
                 )
             )
+            payload = {
+                "orderId": order.id,
+                "departmentId": order.department_id,
+                "date": order.date.isoformat(),
+                "mealType": order.meal_type,
+                "userIds": members,
+                "cancelledBy": caller.id,
+            }
+            await enqueue(session, [event("dining.order.cancelled", payload)])
         log.info("dining_order_cancelled", order_id=order_id, by=caller.id)
         return order, members
 
