@@ -388,7 +388,9 @@ def verdict(engine: str, table: CompareTable, op: str, n: int, cells: Cells) -> 
         if engine == "sqlite":
             passed = passed and batch.median < target
         parts.insert(0, f"{'<' if batch.median < target else '≥'}{target:g} ms")
-    return {"target": ("PASS " if passed else "FAIL ") + ", ".join(parts)}
+    seed = SEED_MS.get((op, n))
+    faster = f"{seed / batch.median:.0f}x faster" if seed else ""
+    return {"batch API vs seed": faster, "target": ("PASS " if passed else "FAIL ") + ", ".join(parts)}
 
 
 async def run(engine: str, reps: int, single_reps: int) -> CompareTable:

@@ -17,10 +17,10 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import structlog
-from sqlalchemy import JSON, DateTime, MetaData, event, text
+from sqlalchemy import JSON, DateTime, MetaData, Table, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -68,6 +68,12 @@ class Base(DeclarativeBase):
         dict[str, Any]: JSONType,
         list[Any]: JSONType,
     }
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's Core table: ``insert(table_of(M))`` with a list of dicts is one plain
+    executemany, without the ORM bulk path's per-row bookkeeping (hot in big batches)."""
+    return cast(Table, model.__table__)
 
 
 def utcnow() -> datetime:
