@@ -273,6 +273,10 @@ class Api:
 async def setup(api: Api) -> None:
     users = [{"userId": user(i), "name": user(i), "maxDevices": 100} for i in range(USERS)]
     ok(await api.c.post("/admin/users/batch", json={"users": users}))
+    # allocations pre-authorise their cost (billing holds are part of the measured path)
+    await asyncio.gather(
+        *(api.c.post("/admin/billing/topup", json={"userId": user(i), "amount": 1_000_000}) for i in range(USERS))
+    )
     devices = [
         {"id": f"bench-d{i:03d}", "name": f"Device-{i:03d}", "cpuCores": 4, "memoryMB": 8192, "storageMB": 65536}
         for i in range(DEVICES)
