@@ -151,7 +151,10 @@ class Engine:
                         select(func.count())
                         .select_from(StudioTask)
                         .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
-                        .where(StudioTask.state.not_in(FINAL_STATES), StudioBatch.status != B_PAUSED)
+                        .where(
+                            StudioTask.state.not_in(FINAL_STATES),
+                            or_(StudioTask.state != QUEUED, StudioBatch.status != B_PAUSED),
+                        )
                     )
                 if not left:
                     return
