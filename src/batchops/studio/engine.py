@@ -35,6 +35,7 @@ import structlog
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from batchops.billing.ledger import CREDITS, Book
 from batchops.core.db import Database, is_postgres, new_id, on_commit, utcnow
 from batchops.core.push import PushHub
 from batchops.identity.models import User
@@ -70,6 +71,7 @@ from batchops.studio.models import (
     StudioTask,
 )
 from batchops.studio.providers import (
+    RETRYABLE_KINDS,
     SERVER_ERROR,
     TIMEOUT,
     Provider,
@@ -355,6 +357,7 @@ class Engine:
         return now + self.seconds(max(polling.interval(0.0), expected * FIRST_POLL_SHARE))
 
     async def record(self, outcomes: list[Outcome]) -> None:
+        """Write every outcome of a tick in one transaction, a constant number of statements."""
         if not outcomes:
             return
         orphans: list[str] = []
@@ -366,13 +369,48 @@ class Engine:
                     select(StudioBatch).where(StudioBatch.id.in_(batch_ids)).order_by(StudioBatch.id).with_for_update()
                 )
                 batches = {b.id: b for b in found}
+            # still ours, in the state we saw? (a cancel, or a lease lost meanwhile, wins)
+            current = dict(
+                (
+                    await session.execute(
+                        select(StudioTask.id, StudioTask.state)
+                        .where(
+                            StudioTask.id.in_([o.claim.task.id for o in outcomes]),
+                            StudioTask.lease_owner == self.owner,
+                        )
+                        .order_by(StudioTask.id)
+                        .with_for_update()
+                    )
+                ).all()
+            )
+            writes: list[dict[str, Any]] = []
+            captures: list[tuple[str, int]] = []
+            releases: list[str] = []
             touched: set[str] = set()
             for outcome in outcomes:
-                applied = await self._apply(session, outcome, batches)
-                if applied and outcome.kind != "poll":
-                    touched.add(outcome.claim.task.batch_id)
-                elif outcome.kind == "submitted" and outcome.provider_task_id:
-                    orphans.append(outcome.provider_task_id)  # cancelled meanwhile: stop the render
+                task = outcome.claim.task
+                if current.get(task.id) != task.state:
+                    if outcome.kind == "submitted" and outcome.provider_task_id:
+                        orphans.append(outcome.provider_task_id)  # cancelled meanwhile: stop the render
+                    continue
+                writes.append({"id": task.id, **self._apply(outcome, batches, captures, releases)})
+                if outcome.kind != "poll":
+                    touched.add(task.batch_id)
+            by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row in writes:
+                by_keys.setdefault(tuple(sorted(row)), []).append(row)
+            for rows in by_keys.values():
+                await session.execute(update(StudioTask), rows)
+            if captures or releases:
+                users = {o.claim.task.user_id for o in outcomes}
+                book = await Book(session, CREDITS).load(
+                    users, hold_references=[r for r, _ in captures] + releases
+                )
+                for reference, amount in captures:
+                    book.capture(reference, amount, {"source": "studio"})
+                for reference in releases:
+                    book.release(reference, {"source": "studio"})
+                await book.flush()
             for batch in batches.values():
                 batch.updated_at = utcnow()
             if touched:
@@ -383,63 +421,47 @@ class Engine:
             except Exception:
                 log.warning("studio_orphan_cancel_failed", provider_task_id=provider_task_id)
 
-    async def _guarded(self, session: AsyncSession, task: StudioTask, values: dict[str, Any]) -> bool:
-        result = await session.execute(
-            update(StudioTask)
-            .where(StudioTask.id == task.id, StudioTask.state == task.state, StudioTask.lease_owner == self.owner)
-            .values(**values)
-        )
-        return bool(getattr(result, "rowcount", 0))
-
-    async def _apply(self, session: AsyncSession, outcome: Outcome, batches: dict[str, StudioBatch]) -> bool:
+    def _apply(
+        self, outcome: Outcome, batches: dict[str, StudioBatch], captures: list[tuple[str, int]], releases: list[str]
+    ) -> dict[str, Any]:
+        """The new column values of one task (and the ledger work it implies)."""
         task, now = outcome.claim.task, outcome.at
         free = {"lease_owner": None, "lease_until": None}
         if outcome.kind == "submitted":
-            return await self._guarded(
-                session,
-                task,
-                {
-                    **free,
-                    "state": RUNNING,
-                    "provider_task_id": outcome.provider_task_id,
-                    "submitted_at": now,
-                    "deadline_at": now + self.seconds(get_polling_config(task.resolution).timeout_seconds),
-                    "due_at": self._first_poll(task, now),
-                },
-            )
+            return {
+                **free,
+                "state": RUNNING,
+                "provider_task_id": outcome.provider_task_id,
+                "submitted_at": now,
+                "deadline_at": now + self.seconds(get_polling_config(task.resolution).timeout_seconds),
+                "due_at": self._first_poll(task, now),
+            }
         if outcome.kind == "poll":
-            return await self._guarded(
-                session, task, {**free, "polls": task.polls + 1, "due_at": self._next_poll(task, now)}
-            )
+            return {**free, "polls": task.polls + 1, "due_at": self._next_poll(task, now)}
         batch = batches[task.batch_id]
         polled = task.polls + (1 if task.state == RUNNING else 0)
         if outcome.kind == "succeeded":
-            ok = await self._guarded(
-                session,
-                task,
-                {
-                    **free,
-                    "state": SUCCEEDED,
-                    "polls": polled,
-                    "result_url": outcome.result_url,
-                    "finished_at": now,
-                    "error": None,
-                    "error_kind": None,
-                },
-            )
-            if ok:
-                await self.ledger.capture(session, task.hold_ref, task.credits)
-                self._observe(batch, failed=False)
-                self._finished(task, SUCCEEDED, now)
-            return ok
+            captures.append((task.hold_ref, task.credits))
+            self._observe(batch, failed=False)
+            self._finished(task, SUCCEEDED, now)
+            return {
+                **free,
+                "state": SUCCEEDED,
+                "polls": polled,
+                "result_url": outcome.result_url,
+                "finished_at": now,
+                "error": None,
+                "error_kind": None,
+            }
         # an error: retry with backoff, or give up
         kind = outcome.error_kind or SERVER_ERROR
-        retryable = kind in ("timeout", "rate_limited", "server_error")
         entry = {"attempt": task.attempts, "errorKind": kind, "error": outcome.error, "at": _stamp(now)}
-        if retryable and task.attempts <= MAX_RETRIES:
+        self._observe(batch, failed=True)
+        metrics.ATTEMPTS.labels(outcome=kind).inc()
+        if kind in RETRYABLE_KINDS and task.attempts <= MAX_RETRIES:
             retry_at = now + self.seconds(retry_backoff(task.attempts))
             entry["retryAt"] = _stamp(retry_at)
-            values = {
+            return {
                 **free,
                 "state": QUEUED,
                 "polls": polled,
@@ -450,26 +472,17 @@ class Engine:
                 "error_kind": kind,
                 "history": [*(task.history or []), entry],
             }
-            final = None
-        else:
-            values = {
-                **free,
-                "state": FAILED,
-                "polls": polled,
-                "finished_at": now,
-                "error": outcome.error,
-                "error_kind": kind,
-                "history": [*(task.history or []), entry],
-            }
-            final = FAILED
-        ok = await self._guarded(session, task, values)
-        if ok:
-            if final:
-                await self.ledger.release(session, task.hold_ref)
-                self._finished(task, FAILED, now)
-            self._observe(batch, failed=True)
-            metrics.ATTEMPTS.labels(outcome=kind).inc()
-        return ok
+        releases.append(task.hold_ref)
+        self._finished(task, FAILED, now)
+        return {
+            **free,
+            "state": FAILED,
+            "polls": polled,
+            "finished_at": now,
+            "error": outcome.error,
+            "error_kind": kind,
+            "history": [*(task.history or []), entry],
+        }
 
     def _finished(self, task: StudioTask, state: str, now: datetime) -> None:
         metrics.TASKS_FINISHED.labels(state=state, model=task.model).inc()
