@@ -52,6 +52,5 @@ async def studio_user(
 
 def rows(*specs: tuple[str, str, int], prompt: str = "a cat surfing") -> list[dict[str, Any]]:
     return [
-        {"prompt": f"{prompt} #{i}", "model": m, "resolution": r, "duration": d}
-        for i, (m, r, d) in enumerate(specs)
+        {"prompt": f"{prompt} #{i}", "model": m, "resolution": r, "duration": d} for i, (m, r, d) in enumerate(specs)
     ]

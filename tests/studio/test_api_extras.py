@@ -17,9 +17,7 @@ from tests.studio.conftest import rows, studio_user
 from tests.studio.test_flow import SORA2, batch, submit
 
 
-async def test_list_is_paginated_and_scoped(
-    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime
-) -> None:
+async def test_list_is_paginated_and_scoped(client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime) -> None:
     a = await studio_user(client, admin, "a")
     b = await studio_user(client, admin, "b")
     for _ in range(3):

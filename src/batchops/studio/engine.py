@@ -403,9 +403,7 @@ class Engine:
                 await session.execute(update(StudioTask), rows)
             if captures or releases:
                 users = {o.claim.task.user_id for o in outcomes}
-                book = await Book(session, CREDITS).load(
-                    users, hold_references=[r for r, _ in captures] + releases
-                )
+                book = await Book(session, CREDITS).load(users, hold_references=[r for r, _ in captures] + releases)
                 for reference, amount in captures:
                     book.capture(reference, amount, {"source": "studio"})
                 for reference in releases:

@@ -343,9 +343,9 @@ class StudioService:
                 raise ConflictError(f"Batch cannot be paused (status: {batch.status})")
             batch.status, batch.updated_at = B_PAUSED, utcnow()
             waiting = await session.scalar(
-                select(func.count()).select_from(StudioTask).where(
-                    StudioTask.batch_id == batch_id, StudioTask.state == QUEUED
-                )
+                select(func.count())
+                .select_from(StudioTask)
+                .where(StudioTask.batch_id == batch_id, StudioTask.state == QUEUED)
             )
         return BatchActionOut(batch_id=batch_id, status=B_PAUSED, affected_count=int(waiting or 0))
 
@@ -356,9 +356,9 @@ class StudioService:
                 raise ConflictError(f"Batch is not paused (status: {batch.status})")
             batch.status, batch.updated_at = B_RUNNING, utcnow()
             waiting = await session.scalar(
-                select(func.count()).select_from(StudioTask).where(
-                    StudioTask.batch_id == batch_id, StudioTask.state == QUEUED
-                )
+                select(func.count())
+                .select_from(StudioTask)
+                .where(StudioTask.batch_id == batch_id, StudioTask.state == QUEUED)
             )
         return BatchActionOut(batch_id=batch_id, status=B_RUNNING, affected_count=int(waiting or 0))
 
