@@ -134,13 +134,19 @@ class Engine:
 
     # --- the periodic job -----------------------------------------------------------------
     async def tick(self) -> int:
-        claims = await self.admit()
-        claims += await self.claim_due()
-        if not claims:
-            return 0
-        outcomes = await asyncio.gather(*(self.step(c) for c in claims))
-        await self.record(list(outcomes))
-        return len(claims)
+        """Admit, claim, call the provider, record; once more at once if slots were freed."""
+        handled = 0
+        for _ in range(2):
+            claims = await self.admit()
+            claims += await self.claim_due()
+            if not claims:
+                break
+            outcomes = await asyncio.gather(*(self.step(c) for c in claims))
+            await self.record(list(outcomes))
+            handled += len(claims)
+            if not any(o.kind in ("succeeded", "error") for o in outcomes):
+                break
+        return handled
 
     async def run_until_idle(self, *, limit_seconds: float = 60.0, idle_sleep: float = 0.01) -> None:
         """Tick until no task of any batch is left unfinished (tests, CLI)."""
@@ -210,19 +216,32 @@ class Engine:
         return claims
 
     async def _admit_user(self, session: AsyncSession, user_id: str, due: Any, now: datetime) -> list[StudioTask]:
+        """The user's next tasks in queue order while they fit.
+
+        Each running task takes ``plan concurrency / actual concurrency of its kind`` slots
+        (a 720p task 1, an Enterprise 1080p 15 s task 10/7), the plan has ``concurrency``
+        slots: so the user never has more than the plan's tasks at the provider, nor more
+        of one kind than ``calculate_actual_concurrency`` allows.
+        """
         plan = await session.scalar(select(User.plan).where(User.id == user_id))
         cfg = get_batch_config(plan)
-        active = dict(
-            (
-                await session.execute(
-                    select(StudioTask.batch_id, func.count())
-                    .where(StudioTask.user_id == user_id, StudioTask.state.in_(ACTIVE_STATES))
-                    .group_by(StudioTask.batch_id)
-                )
-            ).all()
-        )
-        running = sum(active.values())
-        if running >= cfg.concurrency:
+
+        def weight(model: str, resolution: str | None, duration: int | None) -> float:
+            return cfg.concurrency / calculate_actual_concurrency(plan, model, resolution, duration)
+
+        rows = (
+            await session.execute(
+                select(StudioTask.batch_id, StudioTask.model, StudioTask.resolution, StudioTask.duration, func.count())
+                .where(StudioTask.user_id == user_id, StudioTask.state.in_(ACTIVE_STATES))
+                .group_by(StudioTask.batch_id, StudioTask.model, StudioTask.resolution, StudioTask.duration)
+            )
+        ).all()
+        active: dict[str, int] = {}
+        used = 0.0
+        for batch_id, model, resolution, duration, n in rows:
+            active[batch_id] = active.get(batch_id, 0) + n
+            used += n * weight(model, resolution, duration)
+        if used + 1 > cfg.concurrency + 1e-9:
             return []
         candidates = list(
             await session.scalars(
@@ -247,14 +266,13 @@ class Engine:
         )
         admitted: list[StudioTask] = []
         for task in candidates:
-            if running >= cfg.concurrency:
-                break
-            if running >= calculate_actual_concurrency(plan, task.model, task.resolution, task.duration):
+            w = weight(task.model, task.resolution, task.duration)
+            if used + w > cfg.concurrency + 1e-9:
                 break  # strict order: nothing jumps ahead of a heavier task that waits
             if active.get(task.batch_id, 0) >= limits.get(task.batch_id, cfg.concurrency):
                 continue  # this batch is degraded; another batch of the user may go
             active[task.batch_id] = active.get(task.batch_id, 0) + 1
-            running += 1
+            used += w
             admitted.append(task)
         return admitted
 
