@@ -14,7 +14,7 @@ from batchops.studio.providers import SimulatedProvider
 from tests.conftest import auth
 from tests.helpers import create_users, data
 
-SCALE = 0.001  # 60 s of provider time = 0.06 s
+SCALE = 0.0005  # 60 s of provider time = 0.03 s
 
 
 def make_engine(runtime: Runtime, *, failure_rate: float = 0.0, scale: float = SCALE, lease: float = 30.0) -> Engine:

@@ -61,6 +61,15 @@ async def test_download_zip_events_and_push(
     assert any(m.get("notificationType") == "studio.batch.completed" for m in pushed)
     runtime.push.unsubscribe("u1", inbox)
 
+    metrics = (await client.get("/metrics")).text
+    for name in (
+        "studio_failure_rate",
+        "studio_task_processing_seconds_bucket",
+        "studio_provider_calls_total",
+        "studio_credits_consumed_total",
+    ):
+        assert name in metrics, name
+
     r = await client.get(f"/api/v1/workflow/batches/{batch_id}/download", headers=user)
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     archive = zipfile.ZipFile(io.BytesIO(r.content))
