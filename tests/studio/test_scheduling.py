@@ -9,6 +9,7 @@ from datetime import datetime
 import httpx
 from sqlalchemy import select, update
 
+from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
 from batchops.studio.models import SimJob, StudioBatch, StudioTask
@@ -194,6 +195,7 @@ async def test_cancel_returns_credits_of_everything_not_succeeded(
         await asyncio.sleep(0.01)
     spent = view["credits"]["spent"]
     assert spent and await client.get("/health")
+    cancelled_at = utcnow()
     out = data(await client.post(f"/api/v1/workflow/batches/{batch_id}/cancel", headers=user))
     assert out["status"] == "cancelled" and out["creditsReturned"] == 45 + 390 - spent
     await engine.run_until_idle(limit_seconds=10)
@@ -201,8 +203,10 @@ async def test_cancel_returns_credits_of_everything_not_succeeded(
     assert view["status"] == "cancelled" and view["counts"]["queued"] == view["counts"]["running"] == 0
     assert view["credits"] == {"held": 0, "spent": spent, "returned": 435 - spent}
     assert await balance(runtime, "u1") == (1000 - spent, 0)
-    running = [j for j in await sim_jobs(runtime) if j.ended_at is not None]
-    assert running  # renders in flight were stopped at the provider
+    cancelled = {t["taskId"] for t in view["tasks"] if t["status"] == "cancelled"}
+    for job in await sim_jobs(runtime):  # renders in flight were stopped at the provider
+        if job.task_ref in cancelled:
+            assert job.ended_at is not None or job.ready_at <= cancelled_at
     r = await client.post(f"/api/v1/workflow/batches/{batch_id}/cancel", headers=user)
     assert r.status_code == 409
 

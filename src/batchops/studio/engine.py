@@ -171,6 +171,7 @@ class Engine:
 
     # --- 1. admission ---------------------------------------------------------------------
     async def admit(self) -> list[Claim]:
+        """Admit the next tasks of up to 100 users with due work: a constant number of statements."""
         now = utcnow()
         due = and_(
             StudioTask.state == QUEUED,
@@ -178,8 +179,9 @@ class Engine:
             StudioBatch.status.in_(RUNNABLE_BATCH),
         )
         claims: list[Claim] = []
+        updates: list[dict[str, Any]] = []
         async with self.db.transaction() as session:
-            users = list(
+            users = sorted(
                 await session.scalars(
                     select(StudioTask.user_id)
                     .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
@@ -188,14 +190,16 @@ class Engine:
                     .limit(100)
                 )
             )
-            updates: list[dict[str, Any]] = []
-            for user_id in sorted(users):
-                if is_postgres(session):
-                    key = zlib.crc32(f"studio:user:{user_id}".encode())
-                    got = await session.scalar(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key})
-                    if not got:
-                        continue  # another worker is admitting this user's tasks right now
-                for task in await self._admit_user(session, user_id, due, now):
+            if users and is_postgres(session):
+                # one admitter per user at a time: count-and-claim must not interleave across workers
+                keys = {zlib.crc32(f"studio:user:{u}".encode()): u for u in users}
+                got = await session.scalars(
+                    text("SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k WHERE pg_try_advisory_xact_lock(k)"),
+                    {"keys": sorted(keys)},
+                )
+                users = sorted(keys[k] for k in got)
+            if users:
+                for task in await self._admit_users(session, users, due):
                     updates.append(
                         {
                             "id": task.id,
@@ -215,46 +219,67 @@ class Engine:
                 setattr(claim.task, column, value)
         return claims
 
-    async def _admit_user(self, session: AsyncSession, user_id: str, due: Any, now: datetime) -> list[StudioTask]:
-        """The user's next tasks in queue order while they fit.
+    async def _admit_users(self, session: AsyncSession, users: list[str], due: Any) -> list[StudioTask]:
+        """Each user's next tasks in queue order while they fit.
 
         Each running task takes ``plan concurrency / actual concurrency of its kind`` slots
         (a 720p task 1, an Enterprise 1080p 15 s task 10/7), the plan has ``concurrency``
-        slots: so the user never has more than the plan's tasks at the provider, nor more
-        of one kind than ``calculate_actual_concurrency`` allows.
+        slots: so a user never has more than the plan's tasks at the provider, nor more of
+        one kind than ``calculate_actual_concurrency`` allows. Counted in the database, so
+        it holds across every worker.
         """
-        plan = await session.scalar(select(User.plan).where(User.id == user_id))
-        cfg = get_batch_config(plan)
+        plans: dict[str, str | None] = dict(
+            (await session.execute(select(User.id, User.plan).where(User.id.in_(users)))).all()
+        )
 
-        def weight(model: str, resolution: str | None, duration: int | None) -> float:
-            return cfg.concurrency / calculate_actual_concurrency(plan, model, resolution, duration)
+        def weight(user_id: str, model: str, resolution: str | None, duration: int | None) -> float:
+            plan = plans.get(user_id)
+            return get_batch_config(plan).concurrency / calculate_actual_concurrency(plan, model, resolution, duration)
 
+        kind = (StudioTask.batch_id, StudioTask.model, StudioTask.resolution, StudioTask.duration)
         rows = (
             await session.execute(
-                select(StudioTask.batch_id, StudioTask.model, StudioTask.resolution, StudioTask.duration, func.count())
-                .where(StudioTask.user_id == user_id, StudioTask.state.in_(ACTIVE_STATES))
-                .group_by(StudioTask.batch_id, StudioTask.model, StudioTask.resolution, StudioTask.duration)
+                select(StudioTask.user_id, *kind, func.count())
+                .where(StudioTask.user_id.in_(users), StudioTask.state.in_(ACTIVE_STATES))
+                .group_by(StudioTask.user_id, *kind)
             )
         ).all()
+        used: dict[str, float] = dict.fromkeys(users, 0.0)
         active: dict[str, int] = {}
-        used = 0.0
-        for batch_id, model, resolution, duration, n in rows:
+        for user_id, batch_id, model, resolution, duration, n in rows:
             active[batch_id] = active.get(batch_id, 0) + n
-            used += n * weight(model, resolution, duration)
-        if used + 1 > cfg.concurrency + 1e-9:
+            used[user_id] += n * weight(user_id, model, resolution, duration)
+        open_users = [u for u in users if used[u] + 1 <= get_batch_config(plans.get(u)).concurrency + 1e-9]
+        if not open_users:
+            return []
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=StudioTask.user_id,
+                order_by=(StudioTask.sort_key, StudioBatch.created_at, StudioTask.batch_id, StudioTask.index),
+            )
+            .label("rank")
+        )
+        ranked = (
+            select(StudioTask.id, rank)
+            .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
+            .where(due, StudioTask.user_id.in_(open_users))
+            .subquery()
+        )
+        head = max(get_batch_config(plans.get(u)).concurrency for u in open_users) * 2
+        ids = list(await session.scalars(select(ranked.c.id).where(ranked.c.rank <= head)))
+        if not ids:
             return []
         candidates = list(
             await session.scalars(
                 select(StudioTask)
                 .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
-                .where(due, StudioTask.user_id == user_id)
-                .order_by(StudioTask.sort_key, StudioBatch.created_at, StudioTask.batch_id, StudioTask.index)
-                .limit(cfg.concurrency * 4)
+                .where(StudioTask.id.in_(ids), due)
+                .order_by(StudioTask.user_id, StudioTask.sort_key, StudioBatch.created_at, StudioTask.batch_id)
+                .order_by(StudioTask.index)
                 .with_for_update(skip_locked=True, of=StudioTask)
             )
         )
-        if not candidates:
-            return []
         limits = dict(
             (
                 await session.execute(
@@ -265,14 +290,18 @@ class Engine:
             ).all()
         )
         admitted: list[StudioTask] = []
+        blocked: set[str] = set()
         for task in candidates:
-            w = weight(task.model, task.resolution, task.duration)
-            if used + w > cfg.concurrency + 1e-9:
-                break  # strict order: nothing jumps ahead of a heavier task that waits
-            if active.get(task.batch_id, 0) >= limits.get(task.batch_id, cfg.concurrency):
+            if task.user_id in blocked:
+                continue
+            w = weight(task.user_id, task.model, task.resolution, task.duration)
+            if used[task.user_id] + w > get_batch_config(plans.get(task.user_id)).concurrency + 1e-9:
+                blocked.add(task.user_id)  # strict order: nothing jumps ahead of a heavier task that waits
+                continue
+            if active.get(task.batch_id, 0) >= limits.get(task.batch_id, 1):
                 continue  # this batch is degraded; another batch of the user may go
             active[task.batch_id] = active.get(task.batch_id, 0) + 1
-            used += w
+            used[task.user_id] += w
             admitted.append(task)
         return admitted
 
