@@ -121,15 +121,39 @@ async def makespan(url: str, scale: float) -> list[tuple[str, str, str, str]]:
         r / calculate_actual_concurrency("enterprise", tasks[t].model, tasks[t].resolution, tasks[t].duration)
         for t, r in render.items()
     )
+    ideal = policy_makespan(tasks, render, plan.concurrency)
     polls = sum(j.polls for j in jobs)
     fixed = sum(math.ceil(r / scale / 3.0) for r in render.values())
     ok = sum(1 for t in tasks.values() if t.state == "succeeded")
     return [
         ("makespan (s, scaled)", f"{elapsed:.2f}", f"{lb_actual:.2f} (Σ render / actual concurrency)", ""),
         ("makespan / lower bound", f"{elapsed / lb_actual:.3f}x", "target ≤ 1.05x", f"{ok}/100 succeeded"),
+        ("makespan / same policy, zero overhead", f"{elapsed / ideal:.3f}x", f"{ideal:.2f} s", "engine cost alone"),
         ("makespan / Σ render ÷ plan 10", f"{elapsed / lb_plan:.3f}x", f"{lb_plan:.2f} s", "1080p capped at 9 / 7"),
         ("status polls", str(polls), f"{fixed} with fixed 3 s polling", f"{polls / fixed:.3f}x (target ≤ 0.55x)"),
     ]
+
+
+def policy_makespan(tasks: dict[str, StudioTask], render: dict[str, float], slots: int) -> float:
+    """The makespan the admission policy itself allows (queue order, weighted slots, no
+    latency at all), by event simulation over the same render times: what remains of the
+    gap to the lower bound once the engine's own cost is taken out."""
+    order = sorted(render, key=lambda t: (tasks[t].sort_key, tasks[t].created_at, tasks[t].index))
+    weight = {
+        t: slots / calculate_actual_concurrency("enterprise", tasks[t].model, tasks[t].resolution, tasks[t].duration)
+        for t in order
+    }
+    now, used, running, end = 0.0, 0.0, [], 0.0
+    queue = list(order)
+    while queue or running:
+        while queue and used + weight[queue[0]] <= slots + 1e-9:
+            t = queue.pop(0)
+            used += weight[t]
+            running.append((now + render[t], t))
+        running.sort()
+        finish, t = running.pop(0)
+        now, used, end = finish, used - weight[t], max(end, finish)
+    return end
 
 
 # --- 3: throughput ------------------------------------------------------------------------------
