@@ -12,7 +12,7 @@
    ledger; beside procrastinate (same DB, same number of workers, 10,000 no-op
    jobs) and a plain-SQL floor (claim 200 with SKIP LOCKED, then complete).
 
-    python -m bench.studio [--scale 0.05] [--engines 4] [--tasks 10000] [--part all|makespan|throughput]
+    python -m bench.studio [--db postgresql|sqlite] [--scale 0.02] [--engines 4] [--tasks 10000] [--part all|makespan|throughput]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,15 @@ MIX = [("sora-2", "720p", 10), ("sora-2-pro", "720p", 15), ("sora-2-pro", "1080p
 console = Console()
 
 
-async def fresh_database() -> tuple[str, Callable[[], Awaitable[None]]]:
+async def fresh_database(sqlite: bool = False) -> tuple[str, Callable[[], Awaitable[None]]]:
+    if sqlite:
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-studio-')}/bench.db"
+
+        async def nothing() -> None:
+            return None
+
+        await asyncio.to_thread(upgrade, url)
+        return url, nothing
     name = f"bench_studio_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(PG)
     await conn.execute(f'CREATE DATABASE "{name}"')
@@ -256,21 +265,25 @@ async def floor_throughput(url: str, n: int, n_workers: int) -> float:
     return n / seconds
 
 
-async def run(scale: float, n_engines: int, n_tasks: int, part: str = "all") -> None:
+async def run(scale: float, n_engines: int, n_tasks: int, part: str = "all", db: str = "postgresql") -> None:
     configure_logging("WARNING", False)
     if part in ("all", "makespan"):
-        await run_makespan(scale)
+        await run_makespan(scale, db == "sqlite")
     if part in ("all", "throughput"):
-        await run_throughput(n_engines, n_tasks)
+        if db == "sqlite":
+            console.print("throughput: PostgreSQL only (beside procrastinate); run with --db postgresql")
+        else:
+            await run_throughput(n_engines, n_tasks)
 
 
-async def run_makespan(scale: float) -> None:
-    url, drop = await fresh_database()
+async def run_makespan(scale: float, sqlite: bool = False) -> None:
+    url, drop = await fresh_database(sqlite)
     try:
         first = await makespan(url, scale)
     finally:
         await drop()
-    table = Table(title=f"studio: 100-video mixed batch, Enterprise (10 at once), time scale {scale}")
+    engine = "SQLite" if sqlite else "PostgreSQL"
+    table = Table(title=f"studio: 100-video mixed batch, Enterprise (10 at once), time scale {scale}, {engine}")
     for column in ("measure", "value", "reference", "note"):
         table.add_column(column)
     for row in first:
@@ -302,12 +315,13 @@ async def run_throughput(n_engines: int, n_tasks: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", type=float, default=0.05, help="simulated time scale (0.05: 60 s → 3 s)")
+    parser.add_argument("--scale", type=float, default=0.02, help="simulated time scale (0.02: 60 s → 1.2 s)")
     parser.add_argument("--engines", type=int, default=4, help="concurrent engines / workers")
     parser.add_argument("--tasks", type=int, default=10_000, help="no-op tasks for the throughput run")
     parser.add_argument("--part", choices=("all", "makespan", "throughput"), default="all")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="postgresql")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.scale, args.engines, args.tasks, args.part))
+    asyncio.run(run(args.scale, args.engines, args.tasks, args.part, args.db))
 
 
 if __name__ == "__main__":

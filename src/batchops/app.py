@@ -21,6 +21,7 @@ from batchops.billing.api import public as billing_public
 from batchops.core.errors import ErrorResponseDoc, error_body, install_error_handlers
 from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
+from batchops.dining.api import router as dining_router
 from batchops.identity.api import router as identity_router
 from batchops.identity.service import IdentityService
 from batchops.notifications.api import router as notifications_router
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_error_handlers(app)
     routers = [billing_internal, billing_public, identity_router]
     if settings.billing_role == "all":  # a billing-only process serves billing (and who's calling) only
-        routers += [notifications_router, scheduler_router, studio_router]
+        routers += [notifications_router, scheduler_router, dining_router, studio_router]
     for router in routers:
         app.include_router(router)
 

@@ -8,6 +8,7 @@ from batchops.billing.ledger import Ledger
 from batchops.billing.service import USAGE_KIND, BillingService
 from batchops.core.runtime import Runtime, create_runtime
 from batchops.core.worker import PeriodicJob
+from batchops.dining.service import DiningService
 from batchops.identity.service import IdentityService
 from batchops.notifications.service import NotificationService
 from batchops.scheduler.reservations import ReservationService
@@ -33,6 +34,7 @@ def build_runtime(settings: Settings) -> Runtime:
         identity=IdentityService(rt.db),
         notifications=notifications,
         scheduler=scheduler,
+        dining=DiningService(rt),
     )
     rt.worker.add_job(PeriodicJob("scheduler.expire", settings.sweep_interval_seconds, scheduler.expire_due))
     rt.worker.add_job(PeriodicJob("scheduler.tick", settings.scheduler_tick_seconds, PolicyJobs(scheduler).tick))
@@ -47,6 +49,7 @@ def import_all_models() -> None:
     import batchops.billing.models
     import batchops.core.audit
     import batchops.core.outbox
+    import batchops.dining.models
     import batchops.identity.models
     import batchops.notifications.models
     import batchops.scheduler.models

@@ -3,51 +3,15 @@ pre-authorisation of allocations, dead letters, reconciliation, bad input."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from batchops.core.runtime import Runtime
-from tests.conftest import SERVICE_TOKEN, auth
+from tests.billing.conftest import INTERNAL, balance, topup, usage
+from tests.conftest import auth
 from tests.helpers import create_devices, create_users, data, error, execute, sql_value
-
-INTERNAL = {"X-Service-Token": SERVICE_TOKEN}
-# The default device of tests.helpers (4 cores, 8 GB, 64 GB) costs 0.928 CNY per hour.
-FEN_PER_30_MIN = 47  # 46.4 rounded up to the fen
-FEN_PER_HOUR = 93  # 92.8 rounded up
-
-
-@pytest.fixture
-def billing_on(runtime: Runtime) -> Iterator[None]:
-    """Pre-authorisation on (the scheduler's own tests run without it)."""
-    runtime.settings.billing_enforce_balance = True
-    yield
-    runtime.settings.billing_enforce_balance = False
-
-
-def usage(allocation_id: str, user_id: str = "u1", seconds: int = 3600, **extra: Any) -> dict[str, Any]:
-    return {
-        "deviceId": "device-001",
-        "userId": user_id,
-        "allocationId": allocation_id,
-        "durationSeconds": seconds,
-        "cpuCores": 4,
-        "memoryMB": 8192,
-        "storageMB": 65536,
-        "allocatedAt": "2026-11-23T08:00:00Z",
-        "releasedAt": "2026-11-23T09:00:00Z",
-        **extra,
-    }
-
-
-async def topup(client: httpx.AsyncClient, admin: dict[str, str], user_id: str, amount: float | str) -> Any:
-    return data(await client.post("/admin/billing/topup", json={"userId": user_id, "amount": amount}, headers=admin))
-
-
-async def balance(client: httpx.AsyncClient, user_id: str) -> Any:
-    return data(await client.get(f"/api/internal/balance/user/{user_id}", headers=INTERNAL))
 
 
 async def test_topup_balance_and_idempotent_reference(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
@@ -130,9 +94,8 @@ async def test_usage_report_rejects_bad_input(client: httpx.AsyncClient, admin: 
     for body in bad:
         r = await client.post("/api/internal/metering/device-usage", json=body, headers=INTERNAL)
         error(r, 400, "BadRequestException")
-    r = await client.post(
-        "/api/internal/metering/device-usage", content=b"{not json", headers={**INTERNAL, "content-type": "application/json"}
-    )
+    json_headers = {**INTERNAL, "content-type": "application/json"}
+    r = await client.post("/api/internal/metering/device-usage", content=b"{not json", headers=json_headers)
     error(r, 400, "BadRequestException")
     unknown = data(
         await client.post("/api/internal/metering/device-usage", json=usage("a1", "ghost"), headers=INTERNAL)
@@ -163,7 +126,8 @@ async def test_batch_report_per_event_results(
     events = [usage("n1"), usage("old"), usage("n2", "ghost"), usage("n1"), usage("n3", "u2", seconds=7200)]
     statements = statement_counter()
     statements.clear()
-    out = data(await client.post("/api/internal/metering/device-usage/batch", json={"events": events}, headers=INTERNAL))
+    url = "/api/internal/metering/device-usage/batch"
+    out = data(await client.post(url, json={"events": events}, headers=INTERNAL))
     writes = [s for s in statements if not s.lstrip().upper().startswith(("SELECT", "BEGIN", "SAVEPOINT", "RELEASE"))]
     assert len(statements) <= 12, statements  # constant: users, insert, accounts (2), holds, flush
     assert len(writes) <= 5
@@ -206,13 +170,12 @@ async def test_allocate_holds_release_captures(
     allocation = data(await allocate(client, "u1"))
     held = await balance(client, "u1")
     assert held["held"] == 0.47 and held["available"] == 1 - 0.47
-    extended = await client.post(
-        f"/scheduler/allocations/{allocation['allocationId']}/extend", json={"additionalMinutes": 30}, headers=auth("u1")
-    )
+    url = f"/scheduler/allocations/{allocation['allocationId']}/extend"
+    extended = await client.post(url, json={"additionalMinutes": 30}, headers=auth("u1"))
     data(extended)
     assert (await balance(client, "u1"))["held"] == 0.94
     released = await client.post(
-        "/scheduler/devices/release", json={"deviceId": allocation["deviceId"]}, headers=auth("u1")
+        "/scheduler/devices/release", json={"allocationId": allocation["allocationId"]}, headers=auth("u1")
     )
     data(released)
     assert (await balance(client, "u1"))["held"] == 0.94  # until the usage report is delivered
@@ -235,7 +198,7 @@ async def test_a_small_balance_cannot_be_overspent_by_a_batch(
     assert {f["error"] for f in out["failures"]} == {"InsufficientBalanceException"}
     after = await balance(client, "u1")
     assert after["held"] == 1.41 and after["available"] == pytest.approx(0.09)
-    extend = {"allocationIds": [a["allocationId"] for a in out["allocations"]], "additionalMinutes": 30}
+    extend = {"allocationIds": [a["allocationId"] for a in out["successes"]], "additionalMinutes": 30}
     ext = data(await client.post("/scheduler/allocations/batch/extend", json=extend, headers=admin))
     assert ext["successCount"] == 0 and ext["failedCount"] == 3  # no room for another 0.47
 
@@ -243,7 +206,8 @@ async def test_a_small_balance_cannot_be_overspent_by_a_batch(
 # --- dead letters, replay, reconciliation -------------------------------------------------------
 async def release_all(client: httpx.AsyncClient, admin: dict[str, str], user: str, count: int) -> list[str]:
     body = {"requests": [{"userId": user, "durationMinutes": 30} for _ in range(count)]}
-    ids = [a["allocationId"] for a in data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))["allocations"]]
+    allocated = data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))
+    ids = [a["allocationId"] for a in allocated["successes"]]
     data(await client.post("/scheduler/allocations/batch/release", json={"allocationIds": ids}, headers=admin))
     return ids
 
@@ -254,7 +218,11 @@ async def test_dead_letters_listed_and_replayed(
     await create_users(client, admin, [{"userId": "u1", "maxDevices": 5}])
     await create_devices(client, admin, 5)
     ids = await release_all(client, admin, "u1", 3)
-    await execute(runtime, "UPDATE outbox SET status = 'dead', attempts = 5, last_error = 'Connection refused' WHERE kind = 'billing.device_usage'")
+    await execute(
+        runtime,
+        "UPDATE outbox SET status = 'dead', attempts = 5, last_error = 'Connection refused'"
+        " WHERE kind = 'billing.device_usage'",
+    )
     dead = data(await client.get("/admin/billing/dead-letters?pageSize=2", headers=admin))
     assert dead["total"] == 3 and len(dead["items"]) == 2
     assert dead["items"][0]["lastError"] == "Connection refused" and dead["items"][0]["allocationId"] in ids
@@ -288,5 +256,28 @@ async def test_billing_metrics_are_exported(client: httpx.AsyncClient, admin: di
     await release_all(client, admin, "u1", 1)
     await runtime.worker.run_once()
     text = (await client.get("/metrics")).text
-    for name in ("billing_report_total{status=\"success\"}", "billing_report_duration_seconds_count", "billing_report_errors_total"):
+    names = ('billing_report_total{status="success"}', "billing_report_duration_seconds_count", "billing_report_errors")
+    for name in names:
         assert name in text
+
+
+async def test_queue_grants_never_exceed_the_balance(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, billing_on: None
+) -> None:
+    """Issue 6: a grant takes the same hold as any allocation; without room it stays waiting."""
+    await create_users(client, admin, [{"userId": "holder", "maxDevices": 3}, {"userId": "q", "maxDevices": 5}])
+    await create_devices(client, admin, 3)
+    await topup(client, admin, "holder", 10)
+    await topup(client, admin, "q", "1.00")  # room for two 30-minute holds (0.47 each), not three
+    held = [data(await allocate(client, "holder", 60)) for _ in range(3)]
+    asks = {"userId": "q", "durationMinutes": 30, "queueIfUnavailable": True}
+    entries = [data(await client.post("/scheduler/devices/allocate", json=asks, headers=admin), 202) for _ in range(3)]
+    ids = [h["allocationId"] for h in held]
+    data(await client.post("/scheduler/allocations/batch/release", json={"allocationIds": ids}, headers=admin))
+    await runtime.worker.run_once()
+    statuses = [
+        data(await client.get(f"/scheduler/queue/{e['queueEntryId']}", headers=admin))["status"] for e in entries
+    ]
+    assert statuses == ["granted", "granted", "waiting"]
+    after = await balance(client, "q")
+    assert after["held"] == 0.94 and after["available"] == pytest.approx(0.06)

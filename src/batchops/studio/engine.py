@@ -449,7 +449,8 @@ class Engine:
             for rows in by_keys.values():
                 await session.execute(update(StudioTask), rows)
             if captures or releases:
-                users = {o.claim.task.user_id for o in outcomes}
+                settled = {r for r, _ in captures} | set(releases)
+                users = {o.claim.task.user_id for o in outcomes if o.claim.task.hold_ref in settled}
                 book = await Book(session, CREDITS).load(users, hold_references=[r for r, _ in captures] + releases)
                 for reference, amount in captures:
                     book.capture(reference, amount, {"source": "studio"})

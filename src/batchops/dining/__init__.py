@@ -1,0 +1,1 @@
+"""Canteen batch meal ordering by department admins (seed 002)."""

@@ -1,0 +1,147 @@
+"""Alert rules parse and name real metrics; the circuit breaker and the HTTP client
+follow the seed's rules (5 failures open for 30 s, half-open trial, 3 retries)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from batchops.billing import service as billing_service
+from batchops.billing.client import BillingClient, BillingUnavailable
+from batchops.billing.service import BillingService
+from batchops.core.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from batchops.core.runtime import Runtime
+from tests.conftest import auth, make_settings
+from tests.helpers import create_devices, create_users, error
+
+ALERTS = Path(__file__).parents[2] / "deploy" / "prometheus" / "alerts.yml"
+
+
+def test_alert_rules_are_valid_and_use_exported_metrics() -> None:
+    if shutil.which("promtool"):
+        subprocess.run(["promtool", "check", "rules", str(ALERTS)], check=True)
+    doc = yaml.safe_load(ALERTS.read_text())
+    rules = {r["alert"]: r for g in doc["groups"] for r in g["rules"]}
+    assert {"BillingReportFailureRateHigh", "BillingDataLoss"} <= set(rules)
+    assert rules["BillingReportFailureRateHigh"]["for"] == "5m"
+    exported = {
+        billing_service.REPORTS._name + "_total",
+        billing_service.REPORT_ERRORS._name + "_total",
+        "outbox_dead_lettered_total",
+    }
+    for rule in rules.values():
+        assert rule["annotations"]["summary"]
+        used = set(re.findall(r"[a-z_]+_total", rule["expr"]))
+        assert used and used <= exported, (rule["alert"], used)
+        assert rule["expr"].count("(") == rule["expr"].count(")")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_threshold_then_half_opens() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(5, 30, clock)
+    for _ in range(4):
+        breaker.before_call()
+        breaker.failed()
+    assert breaker.state == CLOSED
+    breaker.before_call()
+    breaker.failed()
+    assert breaker.state == OPEN
+    with pytest.raises(Exception, match="circuit open"):
+        breaker.before_call()
+    clock.now = 30
+    assert breaker.state == HALF_OPEN
+    breaker.before_call()  # the one trial call
+    with pytest.raises(Exception, match="circuit open"):
+        breaker.before_call()  # no second call while the trial runs
+    breaker.failed()
+    assert breaker.state == OPEN  # re-opened for another 30 s
+    clock.now = 60
+    breaker.before_call()
+    breaker.succeeded()
+    assert breaker.state == CLOSED and breaker.failures == 0
+
+
+async def test_client_retries_then_opens_the_circuit() -> None:
+    calls: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    settings = make_settings(
+        "sqlite:///unused.db", billing_url="http://billing.test", http_retries=3, http_retry_base_seconds=0
+    )
+    client = BillingClient(settings, transport=httpx.MockTransport(refuse))
+    with pytest.raises(BillingUnavailable):
+        await client.balance("u1")
+    assert len(calls) == 4  # the call and 3 retries
+    with pytest.raises(BillingUnavailable):
+        await client.balance("u1")
+    assert len(calls) == 5  # the 5th failure opened the circuit: no further attempts
+    with pytest.raises(BillingUnavailable, match="circuit open"):
+        await client.balance("u1")
+    assert len(calls) == 5
+    await client.close()
+
+
+async def test_client_does_not_retry_a_rejection() -> None:
+    calls: list[str] = []
+
+    def reject(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(400, json={"success": False, "error": "BadRequestException", "message": "bad"})
+
+    settings = make_settings("sqlite:///unused.db", billing_url="http://billing.test", http_retry_base_seconds=0)
+    client = BillingClient(settings, transport=httpx.MockTransport(reject))
+    with pytest.raises(Exception, match="billing answered 400"):
+        await client.report_usage([])
+    assert len(calls) == 1 and client.breaker.state == CLOSED
+    await client.close()
+
+
+@pytest.mark.parametrize("allow", [False, True])
+async def test_allow_on_error_decides_when_remote_billing_cannot_answer(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, allow: bool
+) -> None:
+    """BILLING_ALLOW_ON_ERROR: a real refused connection to a remote billing service."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    settings = make_settings(
+        runtime.settings.database_url,
+        billing_url=f"http://127.0.0.1:{closed}",
+        billing_enforce_balance=True,
+        billing_allow_on_error=allow,
+        http_retries=1,
+        http_retry_base_seconds=0,
+    )
+    scheduler = runtime.services["scheduler"]
+    local = scheduler.billing
+    scheduler.billing = BillingService(runtime.db, runtime.outbox, settings, local.ledger)
+    try:
+        await create_users(client, admin, [{"userId": "u1"}])
+        await create_devices(client, admin, 1)
+        await client.post("/admin/billing/topup", json={"userId": "u1", "amount": 5}, headers=admin)
+        r = await client.post("/scheduler/devices/allocate", json={"durationMinutes": 30}, headers=auth("u1"))
+        if allow:
+            assert r.status_code == 200, r.text  # allowed; the hold is still taken in the shared ledger
+        else:
+            error(r, 503, "ServiceUnavailableException")
+    finally:
+        await scheduler.billing.close()
+        scheduler.billing = local
