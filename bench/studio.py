@@ -12,7 +12,8 @@
    ledger; beside procrastinate (same DB, same number of workers, 10,000 no-op
    jobs) and a plain-SQL floor (claim 200 with SKIP LOCKED, then complete).
 
-    python -m bench.studio [--db postgresql|sqlite] [--scale 0.02] [--engines 4] [--tasks 10000] [--part all|makespan|throughput]
+    python -m bench.studio [--db postgresql|sqlite] [--scale 0.02] [--engines 4] [--tasks 10000]
+                           [--part all|makespan|throughput]
 """
 
 from __future__ import annotations
