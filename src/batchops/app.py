@@ -27,6 +27,7 @@ from batchops.identity.service import IdentityService
 from batchops.notifications.api import router as notifications_router
 from batchops.scheduler.api import router as scheduler_router
 from batchops.settings import Settings, get_settings
+from batchops.studio.api import router as studio_router
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     install_error_handlers(app)
     routers = [billing_internal, billing_public, identity_router]
     if settings.billing_role == "all":  # a billing-only process serves billing (and who's calling) only
-        routers += [notifications_router, scheduler_router, dining_router]
+        routers += [notifications_router, scheduler_router, dining_router, studio_router]
     for router in routers:
         app.include_router(router)
 

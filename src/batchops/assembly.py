@@ -15,6 +15,7 @@ from batchops.scheduler.reservations import ReservationService
 from batchops.scheduler.service import DEVICES_FREED_KIND, PolicyJobs, SchedulerService
 from batchops.scheduler.waitqueue import WaitQueue
 from batchops.settings import Settings
+from batchops.studio.assembly import build_studio
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -39,6 +40,7 @@ def build_runtime(settings: Settings) -> Runtime:
     rt.worker.add_job(PeriodicJob("scheduler.tick", settings.scheduler_tick_seconds, PolicyJobs(scheduler).tick))
     rt.outbox.register(USAGE_KIND, billing.deliver)
     rt.outbox.register(DEVICES_FREED_KIND, scheduler.queue.on_devices_freed)
+    build_studio(rt, ledger, notifications)
     return rt
 
 
@@ -50,4 +52,5 @@ def import_all_models() -> None:
     import batchops.dining.models
     import batchops.identity.models
     import batchops.notifications.models
-    import batchops.scheduler.models  # noqa: F401
+    import batchops.scheduler.models
+    import batchops.studio.models  # noqa: F401

@@ -15,9 +15,11 @@ from batchops.assembly import build_runtime
 from batchops.core.auth import create_token
 from batchops.core.logging import configure_logging
 from batchops.settings import Settings, get_settings
+from batchops.studio.cli import app as studio_app
 
 app = typer.Typer(help="batchops: batch operations for multi-tenant platforms.", no_args_is_help=True)
 console = Console()
+app.add_typer(studio_app, name="studio")
 
 
 @app.command()

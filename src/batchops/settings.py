@@ -97,6 +97,17 @@ class Settings(BaseSettings):
     price_memory_gb_hour: Decimal = Field(Decimal("0.05"), ge=0, description="CNY per GB-memory-hour")
     price_storage_gb_hour: Decimal = Field(Decimal("0.002"), ge=0, description="CNY per GB-storage-hour")
 
+    # --- studio (seed 003) ------------------------------------------------------------------
+    video_provider: str = Field("simulated", pattern="^(simulated|kie)$", description="simulated (offline) or kie")
+    sim_time_scale: float = Field(
+        1.0, gt=0, description="simulated provider: render times (and the engine's clock) scaled by this"
+    )
+    sim_failure_rate: float = Field(0.0, ge=0, le=1, description="simulated provider: share of renders that fail")
+    kie_api_key: str | None = Field(None, validation_alias=_alias("BATCHOPS_KIE_API_KEY", "KIE_API_KEY"))
+    kie_base_url: str = Field("https://api.kie.ai", validation_alias=_alias("BATCHOPS_KIE_BASE_URL", "KIE_BASE_URL"))
+    studio_tick_seconds: float = Field(0.5, gt=0, description="how often a worker claims due studio tasks")
+    studio_lease_seconds: float = Field(60.0, gt=0, description="a claimed studio task is re-offered after this")
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

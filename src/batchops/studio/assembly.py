@@ -1,0 +1,30 @@
+"""Wire the studio into a runtime: provider, engine (a PeriodicJob), service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchops.core.runtime import Runtime
+from batchops.core.worker import PeriodicJob
+from batchops.notifications.service import NotificationService
+from batchops.studio.engine import Engine
+from batchops.studio.providers import KieProvider, Provider, SimulatedProvider
+from batchops.studio.service import StudioService
+
+
+def build_studio(rt: Runtime, ledger: Any, notifications: NotificationService) -> Engine:
+    s = rt.settings
+    provider: Provider
+    if s.video_provider == "kie":
+        provider = KieProvider(s.kie_base_url, s.kie_api_key, timeout_seconds=min(30.0, s.studio_lease_seconds / 2))
+        scale = 1.0
+    else:
+        provider = SimulatedProvider(rt.db, time_scale=s.sim_time_scale, failure_rate=s.sim_failure_rate)
+        scale = s.sim_time_scale
+    engine = Engine(
+        rt.db, ledger, provider, notifications, rt.push, time_scale=scale, lease_seconds=s.studio_lease_seconds
+    )
+    rt.services.update(studio=StudioService(rt.db, provider, rt.push), studio_engine=engine)
+    rt.worker.add_job(PeriodicJob("studio.tick", s.studio_tick_seconds, engine.tick))
+    rt.closers.append(provider.close)
+    return engine

@@ -1,0 +1,613 @@
+"""The studio task engine: the database is the queue.
+
+One ``tick`` (a PeriodicJob of every worker process):
+
+1. **admit** queued tasks whose time has come, per user, up to the plan's
+   concurrency counted in the database (``submitting`` + ``running`` rows of that
+   user, whichever worker holds them). PostgreSQL: a transaction-scoped advisory
+   lock per user makes count-and-claim atomic across workers and the rows are
+   taken ``FOR UPDATE SKIP LOCKED``; SQLite: ``BEGIN IMMEDIATE`` serialises it.
+   Admitting records the intent (state ``submitting``, our request id, a lease)
+   and commits *before* the provider is called.
+2. **claim** running tasks whose next poll is due, and ``submitting`` tasks whose
+   lease ran out (their worker died), ``FOR UPDATE SKIP LOCKED``, with a lease.
+3. **step** every claim concurrently, without any transaction open: submit (a
+   resumed task first asks the provider for its request id, so a crash never
+   causes a second submission), or poll.
+4. **record** the outcomes in one transaction, guarded by state and lease owner
+   (a cancel or a lease lost meanwhile wins): success captures the task's hold,
+   a final failure releases it, a retryable error requeues with backoff, the
+   batch's adaptive concurrency moves, finished batches complete.
+
+Nothing waits in process memory between ticks: a task between steps is a row
+with a due time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from batchops.billing.ledger import CREDITS, Book
+from batchops.core.db import Database, is_postgres, new_id, on_commit, utcnow
+from batchops.core.push import PushHub
+from batchops.identity.models import User
+from batchops.notifications.service import NewNotification, NotificationService
+from batchops.studio import metrics
+from batchops.studio.config import (
+    DEGRADE_FAILURE_RATE,
+    DEGRADE_MIN_OUTCOMES,
+    DEGRADE_WINDOW,
+    FIRST_POLL_SHARE,
+    MAX_RETRIES,
+    calculate_actual_concurrency,
+    degraded_concurrency,
+    get_batch_config,
+    get_polling_config,
+    retry_backoff,
+)
+from batchops.studio.models import (
+    ACTIVE_STATES,
+    B_CANCELLED,
+    B_COMPLETED,
+    B_PAUSED,
+    B_QUEUED,
+    B_RUNNING,
+    CANCELLED,
+    FAILED,
+    FINAL_STATES,
+    QUEUED,
+    RUNNING,
+    SUBMITTING,
+    SUCCEEDED,
+    StudioBatch,
+    StudioTask,
+)
+from batchops.studio.providers import (
+    RETRYABLE_KINDS,
+    SERVER_ERROR,
+    TIMEOUT,
+    Provider,
+    ProviderError,
+    SubmitRequest,
+    expected_render_seconds,
+)
+
+log = structlog.get_logger(__name__)
+
+RUNNABLE_BATCH = (B_QUEUED, B_RUNNING)
+
+
+@dataclass
+class Claim:
+    task: StudioTask
+    resumed: bool = False  # a ``submitting`` task whose worker died
+
+
+@dataclass
+class Outcome:
+    claim: Claim
+    kind: str  # submitted | poll | succeeded | error
+    provider_task_id: str | None = None
+    result_url: str | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    at: datetime = field(default_factory=utcnow)
+
+
+def _stamp(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+class Engine:
+    def __init__(
+        self,
+        db: Database,
+        ledger: Any,
+        provider: Provider,
+        notifications: NotificationService,
+        push: PushHub,
+        *,
+        time_scale: float = 1.0,
+        lease_seconds: float = 60.0,
+        max_claim: int = 200,
+    ) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.provider = provider
+        self.notifications = notifications
+        self.push = push
+        self.scale = time_scale
+        self.lease = timedelta(seconds=lease_seconds)
+        self.max_claim = max_claim
+        self.owner = new_id("w")[:40]
+
+    def seconds(self, unscaled: float) -> timedelta:
+        return timedelta(seconds=unscaled * self.scale)
+
+    # --- the periodic job -----------------------------------------------------------------
+    async def tick(self) -> int:
+        """Admit, claim, call the provider, record; once more at once if slots were freed."""
+        handled = 0
+        for _ in range(2):
+            claims = await self.admit()
+            claims += await self.claim_due()
+            if not claims:
+                break
+            outcomes = await asyncio.gather(*(self.step(c) for c in claims))
+            await self.record(list(outcomes))
+            handled += len(claims)
+            if not any(o.kind in ("succeeded", "error") for o in outcomes):
+                break
+        return handled
+
+    async def run_until_idle(self, *, limit_seconds: float = 60.0, idle_sleep: float = 0.01) -> None:
+        """Tick until no task of any batch is left unfinished (tests, CLI)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_seconds
+        while loop.time() < end:
+            if not await self.tick():
+                async with self.db.transaction() as session:
+                    left = await session.scalar(
+                        select(func.count())
+                        .select_from(StudioTask)
+                        .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
+                        .where(
+                            StudioTask.state.not_in(FINAL_STATES),
+                            or_(StudioTask.state != QUEUED, StudioBatch.status != B_PAUSED),
+                        )
+                    )
+                if not left:
+                    return
+                await asyncio.sleep(idle_sleep)
+        raise TimeoutError("studio tasks still unfinished")
+
+    # --- 1. admission ---------------------------------------------------------------------
+    async def admit(self) -> list[Claim]:
+        """Admit the next tasks of up to 100 users with due work: a constant number of statements."""
+        now = utcnow()
+        due = and_(
+            StudioTask.state == QUEUED,
+            StudioTask.due_at <= now,
+            StudioBatch.status.in_(RUNNABLE_BATCH),
+        )
+        claims: list[Claim] = []
+        updates: list[dict[str, Any]] = []
+        async with self.db.transaction() as session:
+            users = sorted(
+                await session.scalars(
+                    select(StudioTask.user_id)
+                    .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
+                    .where(due)
+                    .distinct()
+                    .limit(100)
+                )
+            )
+            if users and is_postgres(session):
+                # one admitter per user at a time: count-and-claim must not interleave across workers
+                keys = {zlib.crc32(f"studio:user:{u}".encode()): u for u in users}
+                got = await session.scalars(
+                    text("SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k WHERE pg_try_advisory_xact_lock(k)"),
+                    {"keys": sorted(keys)},
+                )
+                users = sorted(keys[k] for k in got)
+            if users:
+                for task in await self._admit_users(session, users, due):
+                    updates.append(
+                        {
+                            "id": task.id,
+                            "state": SUBMITTING,
+                            "attempts": task.attempts + 1,
+                            "request_id": f"{task.id}.{task.attempts + 1}",
+                            "lease_owner": self.owner,
+                            "lease_until": now + self.lease,
+                            "started_at": task.started_at or now,
+                        }
+                    )
+                    claims.append(Claim(task))
+            if updates:
+                await session.execute(update(StudioTask), updates)
+        for claim, values in zip(claims, updates, strict=True):  # the rows as written (detached now)
+            for column, value in values.items():
+                setattr(claim.task, column, value)
+        return claims
+
+    async def _admit_users(self, session: AsyncSession, users: list[str], due: Any) -> list[StudioTask]:
+        """Each user's next tasks in queue order while they fit.
+
+        Each running task takes ``plan concurrency / actual concurrency of its kind`` slots
+        (a 720p task 1, an Enterprise 1080p 15 s task 10/7), the plan has ``concurrency``
+        slots: so a user never has more than the plan's tasks at the provider, nor more of
+        one kind than ``calculate_actual_concurrency`` allows. Counted in the database, so
+        it holds across every worker.
+        """
+        plans: dict[str, str | None] = dict(
+            (await session.execute(select(User.id, User.plan).where(User.id.in_(users)))).all()
+        )
+
+        def weight(user_id: str, model: str, resolution: str | None, duration: int | None) -> float:
+            plan = plans.get(user_id)
+            return get_batch_config(plan).concurrency / calculate_actual_concurrency(plan, model, resolution, duration)
+
+        kind = (StudioTask.batch_id, StudioTask.model, StudioTask.resolution, StudioTask.duration)
+        rows = (
+            await session.execute(
+                select(StudioTask.user_id, *kind, func.count())
+                .where(StudioTask.user_id.in_(users), StudioTask.state.in_(ACTIVE_STATES))
+                .group_by(StudioTask.user_id, *kind)
+            )
+        ).all()
+        used: dict[str, float] = dict.fromkeys(users, 0.0)
+        active: dict[str, int] = {}
+        for user_id, batch_id, model, resolution, duration, n in rows:
+            active[batch_id] = active.get(batch_id, 0) + n
+            used[user_id] += n * weight(user_id, model, resolution, duration)
+        open_users = [u for u in users if used[u] + 1 <= get_batch_config(plans.get(u)).concurrency + 1e-9]
+        if not open_users:
+            return []
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=StudioTask.user_id,
+                order_by=(StudioTask.sort_key, StudioBatch.created_at, StudioTask.batch_id, StudioTask.index),
+            )
+            .label("rank")
+        )
+        ranked = (
+            select(StudioTask.id, rank)
+            .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
+            .where(due, StudioTask.user_id.in_(open_users))
+            .subquery()
+        )
+        head = max(get_batch_config(plans.get(u)).concurrency for u in open_users) * 2
+        ids = list(await session.scalars(select(ranked.c.id).where(ranked.c.rank <= head)))
+        if not ids:
+            return []
+        candidates = list(
+            await session.scalars(
+                select(StudioTask)
+                .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
+                .where(StudioTask.id.in_(ids), due)
+                .order_by(StudioTask.user_id, StudioTask.sort_key, StudioBatch.created_at, StudioTask.batch_id)
+                .order_by(StudioTask.index)
+                .with_for_update(skip_locked=True, of=StudioTask)
+            )
+        )
+        limits = dict(
+            (
+                await session.execute(
+                    select(StudioBatch.id, StudioBatch.concurrency_limit).where(
+                        StudioBatch.id.in_({t.batch_id for t in candidates})
+                    )
+                )
+            ).all()
+        )
+        admitted: list[StudioTask] = []
+        blocked: set[str] = set()
+        for task in candidates:
+            if task.user_id in blocked:
+                continue
+            w = weight(task.user_id, task.model, task.resolution, task.duration)
+            if used[task.user_id] + w > get_batch_config(plans.get(task.user_id)).concurrency + 1e-9:
+                blocked.add(task.user_id)  # strict order: nothing jumps ahead of a heavier task that waits
+                continue
+            if active.get(task.batch_id, 0) >= limits.get(task.batch_id, 1):
+                continue  # this batch is degraded; another batch of the user may go
+            active[task.batch_id] = active.get(task.batch_id, 0) + 1
+            used[task.user_id] += w
+            admitted.append(task)
+        return admitted
+
+    # --- 2. due polls and orphaned submissions ---------------------------------------------
+    async def claim_due(self) -> list[Claim]:
+        now = utcnow()
+        lease_free = or_(StudioTask.lease_until.is_(None), StudioTask.lease_until < now)
+        async with self.db.transaction() as session:
+            tasks = list(
+                await session.scalars(
+                    select(StudioTask)
+                    .where(
+                        or_(
+                            and_(StudioTask.state == RUNNING, StudioTask.due_at <= now),
+                            StudioTask.state == SUBMITTING,
+                        ),
+                        lease_free,
+                    )
+                    .order_by(StudioTask.due_at)
+                    .limit(self.max_claim)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if not tasks:
+                return []
+            resumed = {t.id for t in tasks if t.state == SUBMITTING}
+            await session.execute(
+                update(StudioTask),
+                [{"id": t.id, "lease_owner": self.owner, "lease_until": now + self.lease} for t in tasks],
+            )
+        if resumed:
+            log.info("studio_resuming_submissions", count=len(resumed))
+        return [Claim(t, resumed=t.id in resumed) for t in tasks]
+
+    # --- 3. provider calls (no transaction open) ----------------------------------------------
+    async def step(self, claim: Claim) -> Outcome:
+        task = claim.task
+        try:
+            if task.state == SUBMITTING:
+                return await self._submit(claim)
+            return await self._poll(claim)
+        except ProviderError as exc:
+            return Outcome(claim, "error", error_kind=exc.kind, error=exc.message)
+        except Exception as exc:  # an unexpected failure is treated as a provider outage
+            log.exception("studio_step_failed", task_id=task.id)
+            return Outcome(claim, "error", error_kind=SERVER_ERROR, error=f"{type(exc).__name__}: {exc}")
+
+    async def _submit(self, claim: Claim) -> Outcome:
+        task = claim.task
+        assert task.request_id is not None
+        if claim.resumed:
+            found = await self.provider.find(task.request_id)
+            if found:
+                log.info("studio_submission_found", task_id=task.id, request_id=task.request_id)
+                return Outcome(claim, "submitted", provider_task_id=found)
+        provider_task_id = await self.provider.submit(
+            SubmitRequest(
+                request_id=task.request_id,
+                task_id=task.id,
+                user_id=task.user_id,
+                generation_type=task.generation_type,
+                model=task.model,
+                resolution=task.resolution,
+                duration=task.duration,
+                prompt=task.prompt,
+                image_url=task.image_url,
+            )
+        )
+        return Outcome(claim, "submitted", provider_task_id=provider_task_id)
+
+    async def _poll(self, claim: Claim) -> Outcome:
+        task = claim.task
+        assert task.provider_task_id is not None
+        try:
+            status = await self.provider.status(task.provider_task_id)
+        except ProviderError as exc:
+            if not exc.retryable:
+                raise
+            status = None  # a flaky status call: just poll again later
+        now = utcnow()
+        if status is not None and status.state == "succeeded":
+            return Outcome(claim, "succeeded", result_url=status.result_url, at=now)
+        if status is not None and status.state == "failed":
+            return Outcome(claim, "error", error_kind=status.error_kind, error=status.error, at=now)
+        if task.deadline_at is not None and now >= task.deadline_at:
+            await self.provider.cancel(task.provider_task_id)
+            limit = get_polling_config(task.resolution).timeout_seconds
+            return Outcome(claim, "error", error_kind=TIMEOUT, error=f"Timed out after {limit:.0f} s", at=now)
+        return Outcome(claim, "poll", at=now)
+
+    # --- 4. outcomes, in one transaction ------------------------------------------------------
+    def _next_poll(self, task: StudioTask, now: datetime) -> datetime:
+        submitted = task.submitted_at or now
+        elapsed = (now - submitted).total_seconds() / self.scale if self.scale else 0.0
+        return now + self.seconds(get_polling_config(task.resolution).interval(elapsed))
+
+    def _first_poll(self, task: StudioTask, now: datetime) -> datetime:
+        polling = get_polling_config(task.resolution)
+        expected = expected_render_seconds(task.generation_type, task.model, task.resolution, task.duration)
+        return now + self.seconds(max(polling.interval(0.0), expected * FIRST_POLL_SHARE))
+
+    async def record(self, outcomes: list[Outcome]) -> None:
+        """Write every outcome of a tick in one transaction, a constant number of statements."""
+        if not outcomes:
+            return
+        orphans: list[str] = []
+        async with self.db.transaction() as session:
+            batch_ids = sorted({o.claim.task.batch_id for o in outcomes if o.kind in ("succeeded", "error")})
+            batches: dict[str, StudioBatch] = {}
+            if batch_ids:  # lock order everywhere: batch rows, then task rows, then ledger accounts
+                found = await session.scalars(
+                    select(StudioBatch).where(StudioBatch.id.in_(batch_ids)).order_by(StudioBatch.id).with_for_update()
+                )
+                batches = {b.id: b for b in found}
+            # still ours, in the state we saw? (a cancel, or a lease lost meanwhile, wins)
+            current = dict(
+                (
+                    await session.execute(
+                        select(StudioTask.id, StudioTask.state)
+                        .where(
+                            StudioTask.id.in_([o.claim.task.id for o in outcomes]),
+                            StudioTask.lease_owner == self.owner,
+                        )
+                        .order_by(StudioTask.id)
+                        .with_for_update()
+                    )
+                ).all()
+            )
+            writes: list[dict[str, Any]] = []
+            captures: list[tuple[str, int]] = []
+            releases: list[str] = []
+            touched: set[str] = set()
+            for outcome in outcomes:
+                task = outcome.claim.task
+                if current.get(task.id) != task.state:
+                    if outcome.kind == "submitted" and outcome.provider_task_id:
+                        orphans.append(outcome.provider_task_id)  # cancelled meanwhile: stop the render
+                    continue
+                writes.append({"id": task.id, **self._apply(outcome, batches, captures, releases)})
+                if outcome.kind != "poll":
+                    touched.add(task.batch_id)
+            by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row in writes:
+                by_keys.setdefault(tuple(sorted(row)), []).append(row)
+            for rows in by_keys.values():
+                await session.execute(update(StudioTask), rows)
+            if captures or releases:
+                settled = {r for r, _ in captures} | set(releases)
+                users = {o.claim.task.user_id for o in outcomes if o.claim.task.hold_ref in settled}
+                book = await Book(session, CREDITS).load(users, hold_references=[r for r, _ in captures] + releases)
+                for reference, amount in captures:
+                    book.capture(reference, amount, {"source": "studio"})
+                for reference in releases:
+                    book.release(reference, {"source": "studio"})
+                await book.flush()
+            for batch in batches.values():
+                batch.updated_at = utcnow()
+            if touched:
+                await self._progress(session, sorted(touched), batches)
+        for provider_task_id in orphans:
+            try:
+                await self.provider.cancel(provider_task_id)
+            except Exception:
+                log.warning("studio_orphan_cancel_failed", provider_task_id=provider_task_id)
+
+    def _apply(
+        self, outcome: Outcome, batches: dict[str, StudioBatch], captures: list[tuple[str, int]], releases: list[str]
+    ) -> dict[str, Any]:
+        """The new column values of one task (and the ledger work it implies)."""
+        task, now = outcome.claim.task, outcome.at
+        free = {"lease_owner": None, "lease_until": None}
+        if outcome.kind == "submitted":
+            return {
+                **free,
+                "state": RUNNING,
+                "provider_task_id": outcome.provider_task_id,
+                "submitted_at": now,
+                "deadline_at": now + self.seconds(get_polling_config(task.resolution).timeout_seconds),
+                "due_at": self._first_poll(task, now),
+            }
+        if outcome.kind == "poll":
+            return {**free, "polls": task.polls + 1, "due_at": self._next_poll(task, now)}
+        batch = batches[task.batch_id]
+        polled = task.polls + (1 if task.state == RUNNING else 0)
+        if outcome.kind == "succeeded":
+            captures.append((task.hold_ref, task.credits))
+            self._observe(batch, failed=False)
+            self._finished(task, SUCCEEDED, now)
+            return {
+                **free,
+                "state": SUCCEEDED,
+                "polls": polled,
+                "result_url": outcome.result_url,
+                "finished_at": now,
+                "error": None,
+                "error_kind": None,
+            }
+        # an error: retry with backoff, or give up
+        kind = outcome.error_kind or SERVER_ERROR
+        entry = {"attempt": task.attempts, "errorKind": kind, "error": outcome.error, "at": _stamp(now)}
+        self._observe(batch, failed=True)
+        metrics.ATTEMPTS.labels(outcome=kind).inc()
+        if kind in RETRYABLE_KINDS and task.attempts <= MAX_RETRIES:
+            retry_at = now + self.seconds(retry_backoff(task.attempts))
+            entry["retryAt"] = _stamp(retry_at)
+            return {
+                **free,
+                "state": QUEUED,
+                "polls": polled,
+                "due_at": retry_at,
+                "provider_task_id": None,
+                "deadline_at": None,
+                "error": outcome.error,
+                "error_kind": kind,
+                "history": [*(task.history or []), entry],
+            }
+        releases.append(task.hold_ref)
+        self._finished(task, FAILED, now)
+        return {
+            **free,
+            "state": FAILED,
+            "polls": polled,
+            "finished_at": now,
+            "error": outcome.error,
+            "error_kind": kind,
+            "history": [*(task.history or []), entry],
+        }
+
+    def _finished(self, task: StudioTask, state: str, now: datetime) -> None:
+        metrics.TASKS_FINISHED.labels(state=state, model=task.model).inc()
+        if state == SUCCEEDED:
+            metrics.CREDITS_CONSUMED.labels(model=task.model).inc(task.credits)
+            metrics.ATTEMPTS.labels(outcome="succeeded").inc()
+        else:
+            metrics.CREDITS_RETURNED.labels(model=task.model).inc(task.credits)
+        if task.started_at is not None:
+            metrics.PROCESSING_SECONDS.labels(model=task.model, resolution=task.resolution or "-").observe(
+                (now - task.started_at).total_seconds()
+            )
+
+    def _observe(self, batch: StudioBatch, *, failed: bool) -> None:
+        """Adaptive concurrency: cut by 40 % past a 30 % failure rate, back up step by step."""
+        window = [*(batch.recent_outcomes or []), 1 if failed else 0][-DEGRADE_WINDOW:]
+        rate = sum(window) / len(window)
+        metrics.FAILURE_RATE.labels(plan=batch.plan).set(rate)
+        if len(window) >= DEGRADE_MIN_OUTCOMES and rate > DEGRADE_FAILURE_RATE and batch.concurrency_limit > 1:
+            before = batch.concurrency_limit
+            batch.concurrency_limit = degraded_concurrency(before)
+            batch.degradations += 1
+            metrics.DEGRADATIONS.inc()
+            log.warning("studio_concurrency_degraded", batch_id=batch.id, rate=rate, before=before)
+            window = []
+        elif (
+            len(window) >= DEGRADE_MIN_OUTCOMES
+            and not any(window[-DEGRADE_MIN_OUTCOMES:])
+            and batch.concurrency_limit < batch.max_concurrency
+        ):
+            batch.concurrency_limit += 1
+            log.info("studio_concurrency_recovered", batch_id=batch.id, limit=batch.concurrency_limit)
+            window = []
+        batch.recent_outcomes = window
+
+    async def _progress(self, session: AsyncSession, batch_ids: list[str], batches: dict[str, StudioBatch]) -> None:
+        """Complete finished batches; push progress to their owners after commit."""
+        rows = (
+            await session.execute(
+                select(StudioTask.batch_id, StudioTask.user_id, StudioTask.state, func.count())
+                .where(StudioTask.batch_id.in_(batch_ids))
+                .group_by(StudioTask.batch_id, StudioTask.user_id, StudioTask.state)
+            )
+        ).all()
+        counts: dict[str, dict[str, int]] = {}
+        owners: dict[str, str] = {}
+        for batch_id, user_id, state, n in rows:
+            counts.setdefault(batch_id, {})[state] = n
+            owners[batch_id] = user_id
+        done: list[NewNotification] = []
+        messages: list[tuple[str, dict[str, Any]]] = []
+        for batch_id in batch_ids:
+            c = counts.get(batch_id, {})
+            total = sum(c.values())
+            finished = sum(c.get(s, 0) for s in FINAL_STATES)
+            message = {
+                "type": "studio.batch.progress",
+                "batchId": batch_id,
+                "totalCount": total,
+                "finishedCount": finished,
+                "counts": {s: c.get(s, 0) for s in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)},
+            }
+            messages.append((owners[batch_id], message))
+            batch = batches.get(batch_id)
+            if finished == total and batch is not None and batch.status not in (B_COMPLETED, B_CANCELLED):
+                batch.status, batch.finished_at = B_COMPLETED, utcnow()
+                ok_count, failed_count = c.get(SUCCEEDED, 0), c.get(FAILED, 0)
+                done.append(
+                    NewNotification(
+                        user_id=batch.user_id,
+                        type="studio.batch.completed",
+                        title="🎬 批量生成完成",
+                        content=f"批次 {batch_id} 已完成：成功 {ok_count} 个，失败 {failed_count} 个。",
+                        data={"batchId": batch_id, "succeeded": ok_count, "failed": failed_count},
+                    )
+                )
+        await self.notifications.send(session, done)
+
+        async def push() -> None:
+            await self.push.publish(messages)
+
+        on_commit(session, push)

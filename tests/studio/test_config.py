@@ -1,0 +1,56 @@
+"""The seed's figures: prices, plans, concurrency model, polling schedule, timeouts."""
+
+from __future__ import annotations
+
+import pytest
+
+from batchops.core.errors import BadRequestError
+from batchops.studio.config import (
+    calculate_actual_concurrency,
+    degraded_concurrency,
+    get_batch_config,
+    get_polling_config,
+    get_video_model_info,
+    is_fast,
+    retry_backoff,
+)
+
+
+def test_prices() -> None:
+    assert get_video_model_info("sora-2", "720p", 10).credits == 15
+    assert get_video_model_info("sora-2", "720P", 15).credits == 20
+    assert get_video_model_info("sora-2-pro", "720p", 10).credits == 45
+    assert get_video_model_info("sora-2-pro", "720p", 15).credits == 60
+    assert get_video_model_info("sora-2-pro", "1080p", 10).credits == 100
+    info = get_video_model_info("sora-2-pro", "1080p", 15)
+    assert info.credits == 130 and info.quality == "high" and info.kie_model == "sora-2-pro-text-to-video"
+    with pytest.raises(BadRequestError, match="No price"):
+        get_video_model_info("sora-2", "1080p", 10)
+    with pytest.raises(BadRequestError):
+        get_video_model_info("sora-3", "720p", 10)
+
+
+def test_plans() -> None:
+    assert (get_batch_config("pro").concurrency, get_batch_config("pro").batch_size) == (3, 15)
+    assert (get_batch_config("pro_plus").concurrency, get_batch_config("pro_plus").batch_size) == (5, 25)
+    assert (get_batch_config("enterprise").concurrency, get_batch_config("enterprise").batch_size) == (10, 50)
+    assert get_batch_config(None).plan == "free" and get_batch_config("unknown").plan == "free"
+
+
+def test_actual_concurrency() -> None:
+    # never above the plan, weighted down for heavy work, never below 1
+    assert calculate_actual_concurrency("pro", "sora-2", "720p", 10) == 3
+    assert calculate_actual_concurrency("pro", "sora-2-pro", "1080p", 15) == 2  # floor(4 × 0.65 × 1.0)
+    assert calculate_actual_concurrency("enterprise", "sora-2-pro", "1080p", 15) == 7  # floor(10 × 0.7 × 1.0)
+    assert calculate_actual_concurrency("enterprise", "sora-2-pro", "1080p", 10) == 9  # floor(10 × 0.7 × 1.3)
+    assert calculate_actual_concurrency("free", "sora-2-pro", "1080p", 15) == 1
+
+
+def test_queues_polling_timeouts_retries() -> None:
+    assert is_fast("720p", 15) and is_fast("1080p", 10) and not is_fast("1080p", 15)
+    p720, p1080 = get_polling_config("720p"), get_polling_config("1080p")
+    assert [p720.interval(t) for t in (0, 59, 60, 179, 180, 1000)] == [3, 3, 5, 5, 8, 8]
+    assert [p1080.interval(t) for t in (0, 179, 180, 479, 480)] == [5, 5, 8, 8, 12]
+    assert (p720.timeout_seconds, p1080.timeout_seconds) == (300, 900)
+    assert [retry_backoff(n) for n in (1, 2, 3)] == [2, 4, 8]
+    assert [degraded_concurrency(n) for n in (10, 5, 3, 2, 1)] == [6, 3, 1, 1, 1]

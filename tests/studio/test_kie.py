@@ -1,0 +1,135 @@
+"""The KIE provider against a fake KIE HTTP server started on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+
+from batchops.core.runtime import Runtime
+from batchops.studio.engine import Engine
+from batchops.studio.providers import KieProvider
+from tests.studio.conftest import studio_user
+from tests.studio.test_flow import balance, batch, submit
+
+
+class FakeKie:
+    def __init__(self) -> None:
+        self.app = FastAPI()
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.creates: list[dict[str, Any]] = []
+        self.polls = 0
+        self.rate_limit_next = 1
+        app = self.app
+
+        @app.post("/api/v1/jobs/createTask")
+        async def create(request: Request) -> dict[str, Any]:
+            if request.headers.get("authorization") != "Bearer kie-test-key":
+                return {"code": 401, "msg": "Unauthorized"}
+            body = await request.json()
+            if self.rate_limit_next:
+                self.rate_limit_next -= 1
+                return {"code": 429, "msg": "Too many requests"}
+            self.creates.append(body)
+            task_id = f"kie-{len(self.creates)}"
+            self.tasks[task_id] = {"prompt": body["input"]["prompt"], "polls": 0}
+            return {"code": 200, "msg": "success", "data": {"taskId": task_id}}
+
+        @app.get("/api/v1/jobs/recordInfo")
+        async def record(taskId: str) -> dict[str, Any]:
+            self.polls += 1
+            task = self.tasks[taskId]
+            task["polls"] += 1
+            if task["polls"] < 3:
+                return {"code": 200, "data": {"taskId": taskId, "state": "generating"}}
+            if "violence" in task["prompt"]:
+                data = {"taskId": taskId, "state": "fail", "failCode": "400", "failMsg": "content policy violation"}
+                return {"code": 200, "data": data}
+            result = json.dumps({"resultUrls": [f"https://cdn.kie.test/{taskId}.mp4"]})
+            return {"code": 200, "data": {"taskId": taskId, "state": "success", "resultJson": result}}
+
+
+@pytest.fixture
+def fake_kie() -> Iterator[tuple[FakeKie, str]]:
+    fake = FakeKie()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    yield fake, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+async def test_kie_provider_end_to_end(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, fake_kie: tuple[FakeKie, str]
+) -> None:
+    fake, url = fake_kie
+    provider = KieProvider(url, "kie-test-key")
+    engine = Engine(
+        runtime.db,
+        runtime.services["ledger"],
+        provider,
+        runtime.services["notifications"],
+        runtime.push,
+        time_scale=0.001,
+    )
+    user = await studio_user(client, admin, "u1", plan="pro", credits=1000)
+    body = {
+        "rows": [
+            {"prompt": "a calm lake", "model": "sora-2-pro", "resolution": "1080p", "duration": 15},
+            {"prompt": "graphic violence", "model": "sora-2", "resolution": "720p", "duration": 10},
+            {"prompt": "a cat", "model": "sora-2", "imageUrl": "https://img.test/cat.png"},
+        ]
+    }
+    accepted = await submit(client, user, body)
+    try:
+        await engine.run_until_idle(limit_seconds=30)
+    finally:
+        await provider.close()
+    view = await batch(client, user, accepted["batchId"])
+    tasks = {t["prompt"]: t for t in view["tasks"]}
+    assert tasks["a calm lake"]["status"] == "succeeded"
+    assert tasks["a calm lake"]["resultUrl"].startswith("https://cdn.kie.test/")
+    assert tasks["graphic violence"]["status"] == "failed"
+    assert tasks["graphic violence"]["errorKind"] == "content_rejected"
+    assert len(fake.creates) == 3  # one accepted creation per task: a rejected render is not retried
+    assert tasks["a cat"]["status"] == "succeeded"
+    assert sum(t["attempts"] for t in view["tasks"]) == 4  # the 429 was retried once
+    models = {c["input"]["prompt"]: c for c in fake.creates}
+    assert models["a calm lake"]["model"] == "sora-2-pro-text-to-video"
+    assert models["a calm lake"]["input"]["size"] == "high" and models["a calm lake"]["input"]["n_frames"] == "15"
+    assert models["a cat"]["model"] == "sora-2-image-to-video"
+    assert models["a cat"]["input"]["image_urls"] == ["https://img.test/cat.png"]
+    assert await balance(runtime, "u1") == (1000 - 130 - 15, 0)
+
+
+async def test_kie_errors_are_classified(fake_kie: tuple[FakeKie, str]) -> None:
+    from batchops.studio.providers import ProviderError, SubmitRequest
+
+    _, url = fake_kie
+    provider = KieProvider(url, "wrong-key")
+    req = SubmitRequest("r1", "t1", "u1", "video", "sora-2", "720p", 10, "x", None)
+    with pytest.raises(ProviderError) as raised:
+        await provider.submit(req)
+    assert raised.value.kind == "bad_request" and not raised.value.retryable
+    await provider.close()
+    down = KieProvider("http://127.0.0.1:9", "k", timeout_seconds=2)
+    with pytest.raises(ProviderError) as raised:
+        await down.submit(req)
+    assert raised.value.retryable
+    await down.close()

@@ -1,0 +1,235 @@
+"""Ordering, per-user concurrency, retries, backoff, degradation, timeouts, crash resume."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+
+import httpx
+from sqlalchemy import select, update
+
+from batchops.core.db import utcnow
+from batchops.core.runtime import Runtime
+from batchops.studio.engine import Engine
+from batchops.studio.models import SimJob, StudioBatch, StudioTask
+from tests.helpers import data
+from tests.studio.conftest import rows, studio_user
+from tests.studio.test_flow import PRO_1080_10, PRO_1080_15, SORA2, SORA2_15, balance, batch, sim_jobs, submit
+
+SCALE = 0.0005
+
+
+def max_overlap(jobs: list[SimJob]) -> int:
+    """Most renders the provider had in flight at once (a cancelled one ends when cancelled)."""
+    events: list[tuple[datetime, int]] = []
+    for j in jobs:
+        end = min(j.ready_at, j.ended_at) if j.ended_at else j.ready_at
+        events += [(j.submitted_at, 1), (end, -1)]
+    running = peak = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+async def test_fast_queue_first_and_plan_concurrency(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    user = await studio_user(client, admin, "u1", plan="pro")
+    specs = [PRO_1080_15] * 3 + [SORA2_15] * 2 + [SORA2] * 4 + [PRO_1080_10] * 2
+    accepted = await submit(client, user, {"rows": rows(*specs)})
+    await engine_factory().run_until_idle(limit_seconds=30)
+    view = await batch(client, user, accepted["batchId"])
+    assert view["counts"]["succeeded"] == len(specs)
+    by_task = {t["taskId"]: (t["resolution"], t["duration"]) for t in view["tasks"]}
+    order = [by_task[j.task_ref] for j in await sim_jobs(runtime)]
+    # fast queue (720p, 1080p 10 s) before the slow one (1080p 15 s); shorter first within it
+    assert order[:6] == [order[0]] * 0 + sorted(order[:6], key=lambda o: o[1])
+    assert all(o[1] == 10 for o in order[:6]) and order[6:8] == [("720p", 15)] * 2
+    assert order[8:] == [("1080p", 15)] * 3
+    peak = max_overlap(await sim_jobs(runtime))
+    assert peak == 3  # the pro plan's concurrency: reached, never passed
+
+
+async def test_concurrency_is_per_user_across_batches(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    a = await studio_user(client, admin, "a", plan="pro")
+    b = await studio_user(client, admin, "b", plan="free")
+    for _ in range(2):
+        await submit(client, a, {"rows": rows(*[SORA2] * 5)})
+    await submit(client, b, {"rows": rows(*[SORA2] * 3)})
+    # two engines (as two workers would) tick concurrently on the same database
+    e1, e2 = engine_factory(), engine_factory()
+    await asyncio.gather(e1.run_until_idle(limit_seconds=30), e2.run_until_idle(limit_seconds=30))
+    jobs = await sim_jobs(runtime)
+    assert len(jobs) == 13
+    assert max_overlap([j for j in jobs if j.user_ref == "a"]) == 3
+    assert max_overlap([j for j in jobs if j.user_ref == "b"]) == 1
+
+
+async def test_degraded_batch_limit_is_enforced(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    user = await studio_user(client, admin, "u1", plan="pro_plus")
+    accepted = await submit(client, user, {"rows": rows(*[SORA2] * 8)})
+    async with runtime.db.transaction() as session:  # as if a failure burst had cut it
+        await session.execute(
+            update(StudioBatch).where(StudioBatch.id == accepted["batchId"]).values(concurrency_limit=2)
+        )
+    await engine_factory().run_until_idle(limit_seconds=30)
+    assert max_overlap(await sim_jobs(runtime)) == 2
+    view = await batch(client, user, accepted["batchId"])
+    assert view["concurrencyLimit"] == 3  # 5 successes in a row: raised back one step (then window restarts)
+
+
+async def test_failure_burst_cuts_concurrency_and_backoff_is_respected(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    user = await studio_user(client, admin, "u1", plan="enterprise", credits=100_000)
+    accepted = await submit(client, user, {"rows": rows(*[SORA2] * 20)})
+    await engine_factory(failure_rate=0.4, scale=SCALE).run_until_idle(limit_seconds=40)
+    view = await batch(client, user, accepted["batchId"])
+    assert view["degradations"] >= 1
+    assert view["counts"]["succeeded"] + view["counts"]["failed"] == 20
+    assert view["failureAnalysis"]["retriedAttempts"] >= 4
+    jobs = await sim_jobs(runtime)
+    async with runtime.db.transaction() as session:
+        tasks = list(await session.scalars(select(StudioTask)))
+    for task in tasks:
+        submissions = sorted(j.submitted_at for j in jobs if j.task_ref == task.id)
+        assert len(submissions) == task.attempts <= 4
+        for entry in task.history:
+            if "retryAt" not in entry:  # the final failure
+                continue
+            failed_at = datetime.fromisoformat(entry["at"].replace("Z", "+00:00"))
+            retry_at = datetime.fromisoformat(entry["retryAt"].replace("Z", "+00:00"))
+            assert (retry_at - failed_at).total_seconds() >= SCALE * 2 * 2 ** (entry["attempt"] - 1) - 1e-6
+            later = [s for s in submissions if s > failed_at]
+            assert later and later[0] >= retry_at  # the next attempt waited for its backoff
+    spent = sum(t["credits"] for t in view["tasks"] if t["status"] == "succeeded")
+    assert view["credits"] == {"held": 0, "spent": spent, "returned": 20 * 15 - spent}
+    assert await balance(runtime, "u1") == (100_000 - spent, 0)
+
+
+async def test_retryable_and_final_errors(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    user = await studio_user(client, admin, "u1", plan="pro", credits=1000)
+    prompts = ["[reject] nsfw", "[429] busy", "[5xx] broken", "[slow] long", "fine"]
+    body = {"rows": [{"prompt": p, "model": "sora-2", "resolution": "720p", "duration": 10} for p in prompts]}
+    accepted = await submit(client, user, body)
+    await engine_factory().run_until_idle(limit_seconds=40)
+    view = await batch(client, user, accepted["batchId"])
+    tasks = {t["prompt"]: t for t in view["tasks"]}
+    assert tasks["[reject] nsfw"]["attempts"] == 1 and tasks["[reject] nsfw"]["errorKind"] == "content_rejected"
+    for prompt, kind in (("[429] busy", "rate_limited"), ("[5xx] broken", "server_error"), ("[slow] long", "timeout")):
+        assert tasks[prompt]["status"] == "failed" and tasks[prompt]["attempts"] == 4, tasks[prompt]
+        assert tasks[prompt]["errorKind"] == kind
+    assert tasks["fine"]["status"] == "succeeded"
+    analysis = view["failureAnalysis"]
+    assert analysis["byKind"] == {"content_rejected": 1, "rate_limited": 1, "server_error": 1, "timeout": 1}
+    assert analysis["failedCount"] == 4 and analysis["retryableCount"] == 3
+    assert view["credits"] == {"held": 0, "spent": 15, "returned": 60}
+    assert await balance(runtime, "u1") == (985, 0)
+    # a timed-out render was stopped at the provider (it stops counting against the plan)
+    slow = [j for j in await sim_jobs(runtime) if j.task_ref == tasks["[slow] long"]["taskId"]]
+    assert len(slow) == 4 and all(j.ended_at is not None for j in slow)
+
+
+async def test_crash_between_intent_and_record_never_resubmits(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    user = await studio_user(client, admin, "u1", plan="enterprise")
+    accepted = await submit(client, user, {"rows": rows(*[SORA2] * 6)})
+    dead = engine_factory(lease=0.05)
+    claims = await dead.admit()
+    assert len(claims) == 6
+    for claim in claims[:3]:  # submitted at the provider, then the worker died before recording it
+        await dead.step(claim)
+    await asyncio.sleep(0.1)  # the dead worker's lease runs out
+    await engine_factory().run_until_idle(limit_seconds=30)
+    view = await batch(client, user, accepted["batchId"])
+    assert view["counts"]["succeeded"] == 6
+    jobs = await sim_jobs(runtime)
+    assert len(jobs) == 6 and len({j.task_ref for j in jobs}) == 6  # each task submitted exactly once
+
+
+async def test_pause_keeps_running_tasks_and_stops_new_ones(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    user = await studio_user(client, admin, "u1", plan="pro")
+    accepted = await submit(client, user, {"rows": rows(*[SORA2] * 7)})
+    batch_id = accepted["batchId"]
+    engine = engine_factory()
+    assert await engine.tick() == 3
+    paused = data(await client.post(f"/api/v1/workflow/batches/{batch_id}/pause", headers=user))
+    assert paused["status"] == "paused" and paused["affectedCount"] == 4
+    await engine.run_until_idle(limit_seconds=30)  # paused batches do not count as work left
+    view = await batch(client, user, batch_id)
+    assert view["status"] == "paused"
+    assert view["counts"]["succeeded"] == 3 and view["counts"]["queued"] == 4 and view["counts"]["running"] == 0
+    assert len(await sim_jobs(runtime)) == 3
+    r = await client.post(f"/api/v1/workflow/batches/{batch_id}/pause", headers=user)
+    assert r.status_code == 409
+    data(await client.post(f"/api/v1/workflow/batches/{batch_id}/resume", headers=user))
+    await engine.run_until_idle(limit_seconds=30)
+    view = await batch(client, user, batch_id)
+    assert view["status"] == "completed" and view["counts"]["succeeded"] == 7
+
+
+async def test_cancel_returns_credits_of_everything_not_succeeded(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    user = await studio_user(client, admin, "u1", plan="pro", credits=1000)
+    specs = [SORA2] * 3 + [PRO_1080_15] * 3
+    accepted = await submit(client, user, {"rows": rows(*specs)})
+    batch_id = accepted["batchId"]
+    engine = engine_factory()
+    for _ in range(2000):
+        await engine.tick()
+        view = await batch(client, user, batch_id)
+        if view["counts"]["succeeded"] >= 1 and view["counts"]["running"] >= 1:
+            break
+        await asyncio.sleep(0.01)
+    spent = view["credits"]["spent"]
+    assert spent and await client.get("/health")
+    out = data(await client.post(f"/api/v1/workflow/batches/{batch_id}/cancel", headers=user))
+    cancelled_at = utcnow()  # renders still going by then were stopped
+    assert out["status"] == "cancelled" and out["creditsReturned"] == 45 + 390 - spent
+    await engine.run_until_idle(limit_seconds=10)
+    view = await batch(client, user, batch_id)
+    assert view["status"] == "cancelled" and view["counts"]["queued"] == view["counts"]["running"] == 0
+    assert view["credits"] == {"held": 0, "spent": spent, "returned": 435 - spent}
+    assert await balance(runtime, "u1") == (1000 - spent, 0)
+    cancelled = {t["taskId"] for t in view["tasks"] if t["status"] == "cancelled"}
+    for job in await sim_jobs(runtime):  # renders in flight were stopped at the provider
+        if job.task_ref in cancelled:
+            assert job.ended_at is not None or job.ready_at <= cancelled_at
+    r = await client.post(f"/api/v1/workflow/batches/{batch_id}/cancel", headers=user)
+    assert r.status_code == 409
+
+
+async def test_retry_failed_holds_credits_again(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    user = await studio_user(client, admin, "u1", plan="pro", credits=100)
+    body = {"rows": [{"prompt": "[reject] x"}, {"prompt": "ok"}], "defaultModel": "sora-2"}
+    accepted = await submit(client, user, body)
+    batch_id = accepted["batchId"]
+    engine = engine_factory()
+    await engine.run_until_idle(limit_seconds=30)
+    assert await balance(runtime, "u1") == (85, 0)
+    out = data(await client.post(f"/api/v1/workflow/batches/{batch_id}/retry-failed", headers=user))
+    assert out["affectedCount"] == 1 and out["creditsHeld"] == 15
+    assert await balance(runtime, "u1") == (85, 15)
+    view = await batch(client, user, batch_id)
+    assert view["status"] == "running" and view["counts"]["queued"] == 1
+    await engine.run_until_idle(limit_seconds=30)
+    view = await batch(client, user, batch_id)
+    assert view["status"] == "completed" and view["counts"]["failed"] == 1
+    assert await balance(runtime, "u1") == (85, 0)
+    other = await studio_user(client, admin, "u2")
+    r = await client.post(f"/api/v1/workflow/batches/{batch_id}/retry-failed", headers=other)
+    assert r.status_code == 403
