@@ -269,7 +269,7 @@ class OrderWork:
         }
         lines = [
             {
-                "id": f"{order_id}-{n}",
+                "id": f"line-{order_id.removeprefix('order-')}-{n}",
                 "order_id": order_id,
                 "user_id": u.id,
                 "date": day,
