@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from batchops.core.auth import create_token
@@ -62,18 +63,28 @@ class Server:
     workdir: Path
     worker: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    serve_args: list[str] = field(default_factory=list)
     process: asyncio.subprocess.Process | None = None
     client: httpx.AsyncClient = field(init=False)
     _pg_name: str | None = None
 
     @classmethod
-    def start(cls, engine: str = "sqlite", *, worker: bool = True, env: Mapping[str, str] | None = None) -> Server:
+    def start(
+        cls,
+        engine: str = "sqlite",
+        *,
+        worker: bool = True,
+        env: Mapping[str, str] | None = None,
+        serve_args: list[str] | None = None,
+    ) -> Server:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}")
         workdir = Path(tempfile.mkdtemp(prefix="batchops-bench-"))
         pg_name = f"bench_{uuid.uuid4().hex[:10]}" if engine == "postgresql" else None
         url = _database(PG_ADMIN_URL, pg_name) if pg_name else f"sqlite:///{workdir / 'bench.db'}"
-        server = cls(engine, url, free_port(), workdir, worker, dict(env or {}), _pg_name=pg_name)
+        server = cls(
+            engine, url, free_port(), workdir, worker, dict(env or {}), list(serve_args or []), _pg_name=pg_name
+        )
         return server
 
     @property
@@ -115,6 +126,7 @@ class Server:
         cmd = [sys.executable, "-m", "batchops.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if not self.worker:
             cmd.append("--no-worker")
+        cmd += self.serve_args
         with (self.workdir / "server.log").open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
                 *cmd, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
@@ -233,7 +245,7 @@ class CompareTable:
         return top / bottom if top is not None and bottom else None
 
     def render(self) -> Table:
-        table = Table(title=self.title, caption="\n".join(self.notes) or None)
+        table = Table(title=escape(self.title), caption=escape("\n".join(self.notes)) or None)
         table.add_column("operation", justify="left")
         text_columns = list(dict.fromkeys(k for _, _, t in self.rows for k in t))
         ratio_columns = [c for c in self.columns if self.floor and c != self.floor]
@@ -262,4 +274,4 @@ class CompareTable:
         return table
 
     def print(self, console: Console | None = None) -> None:
-        (console or Console()).print(self.render())
+        (console or Console(width=200)).print(self.render())

@@ -11,6 +11,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,19 +66,28 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
         await asyncio.to_thread(upgrade, url)
         yield url
         return
+    async with fresh_postgres_database("batchops_test") as url:
+        yield url
+
+
+@asynccontextmanager
+async def fresh_postgres_database(prefix: str) -> AsyncIterator[str]:
+    """A new, migrated PostgreSQL database, dropped afterwards (fails under CI if unreachable)."""
     problem = await _pg_reachable(POSTGRES_URL)
     if problem:
         require_service("PostgreSQL", problem)
-    name = f"batchops_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(POSTGRES_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     url = _with_database(POSTGRES_URL, name)
-    await asyncio.to_thread(upgrade, url)
-    yield url
-    admin = await asyncpg.connect(POSTGRES_URL)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    try:
+        await asyncio.to_thread(upgrade, url)
+        yield url
+    finally:
+        admin = await asyncpg.connect(POSTGRES_URL)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:

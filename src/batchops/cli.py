@@ -25,8 +25,11 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="run the worker loop in-process")] = True,
+    processes: Annotated[int, typer.Option("--processes", min=1, help="HTTP server processes (one per core)")] = 1,
 ) -> None:
     """Apply migrations, then serve the HTTP API (with an embedded worker by default)."""
+    import os
+
     import uvicorn
 
     from batchops.app import create_app
@@ -34,7 +37,20 @@ def serve(
     settings = get_settings().model_copy(update={"embedded_worker": worker})
     configure_logging(settings.log_level, settings.log_json)
     migrations.upgrade(settings.database_url)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+    if processes == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
+        return
+    # Several processes: each builds its app from the environment (the outbox and every
+    # periodic job are safe with several workers, so each may embed one).
+    os.environ["BATCHOPS_EMBEDDED_WORKER"] = "true" if worker else "false"
+    uvicorn.run(
+        "batchops.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=processes,
+        log_level=settings.log_level.lower(),
+    )
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -14,8 +15,11 @@ import yaml
 
 from batchops.billing import service as billing_service
 from batchops.billing.client import BillingClient, BillingUnavailable
+from batchops.billing.service import BillingService
 from batchops.core.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from tests.conftest import make_settings
+from batchops.core.runtime import Runtime
+from tests.conftest import auth, make_settings
+from tests.helpers import create_devices, create_users, error
 
 ALERTS = Path(__file__).parents[2] / "deploy" / "prometheus" / "alerts.yml"
 
@@ -108,3 +112,36 @@ async def test_client_does_not_retry_a_rejection() -> None:
         await client.report_usage([])
     assert len(calls) == 1 and client.breaker.state == CLOSED
     await client.close()
+
+
+@pytest.mark.parametrize("allow", [False, True])
+async def test_allow_on_error_decides_when_remote_billing_cannot_answer(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, allow: bool
+) -> None:
+    """BILLING_ALLOW_ON_ERROR: a real refused connection to a remote billing service."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    settings = make_settings(
+        runtime.settings.database_url,
+        billing_url=f"http://127.0.0.1:{closed}",
+        billing_enforce_balance=True,
+        billing_allow_on_error=allow,
+        http_retries=1,
+        http_retry_base_seconds=0,
+    )
+    scheduler = runtime.services["scheduler"]
+    local = scheduler.billing
+    scheduler.billing = BillingService(runtime.db, runtime.outbox, settings, local.ledger)
+    try:
+        await create_users(client, admin, [{"userId": "u1"}])
+        await create_devices(client, admin, 1)
+        await client.post("/admin/billing/topup", json={"userId": "u1", "amount": 5}, headers=admin)
+        r = await client.post("/scheduler/devices/allocate", json={"durationMinutes": 30}, headers=auth("u1"))
+        if allow:
+            assert r.status_code == 200, r.text  # allowed; the hold is still taken in the shared ledger
+        else:
+            error(r, 503, "ServiceUnavailableException")
+    finally:
+        await scheduler.billing.close()
+        scheduler.billing = local

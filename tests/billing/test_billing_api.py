@@ -259,3 +259,25 @@ async def test_billing_metrics_are_exported(client: httpx.AsyncClient, admin: di
     names = ('billing_report_total{status="success"}', "billing_report_duration_seconds_count", "billing_report_errors")
     for name in names:
         assert name in text
+
+
+async def test_queue_grants_never_exceed_the_balance(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, billing_on: None
+) -> None:
+    """Issue 6: a grant takes the same hold as any allocation; without room it stays waiting."""
+    await create_users(client, admin, [{"userId": "holder", "maxDevices": 3}, {"userId": "q", "maxDevices": 5}])
+    await create_devices(client, admin, 3)
+    await topup(client, admin, "holder", 10)
+    await topup(client, admin, "q", "1.00")  # room for two 30-minute holds (0.47 each), not three
+    held = [data(await allocate(client, "holder", 60)) for _ in range(3)]
+    asks = {"userId": "q", "durationMinutes": 30, "queueIfUnavailable": True}
+    entries = [data(await client.post("/scheduler/devices/allocate", json=asks, headers=admin), 202) for _ in range(3)]
+    ids = [h["allocationId"] for h in held]
+    data(await client.post("/scheduler/allocations/batch/release", json={"allocationIds": ids}, headers=admin))
+    await runtime.worker.run_once()
+    statuses = [
+        data(await client.get(f"/scheduler/queue/{e['queueEntryId']}", headers=admin))["status"] for e in entries
+    ]
+    assert statuses == ["granted", "granted", "waiting"]
+    after = await balance(client, "q")
+    assert after["held"] == 0.94 and after["available"] == pytest.approx(0.06)

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,9 +27,8 @@ import pytest
 
 from batchops.billing.pricing import Pricing
 from batchops.core.auth import create_token
-from batchops.migrate import upgrade
 from batchops.settings import Settings
-from tests.conftest import JWT_SECRET, POSTGRES_URL, SERVICE_TOKEN, _pg_reachable, _with_database, require_service
+from tests.conftest import JWT_SECRET, SERVICE_TOKEN, fresh_postgres_database
 
 BIN = Path(sys.executable).parent / "batchops"
 USERS = [f"fault-user-{i:02d}" for i in range(20)]
@@ -45,19 +43,8 @@ def free_port() -> int:
 
 @pytest.fixture
 async def pg_database() -> AsyncIterator[str]:
-    problem = await _pg_reachable(POSTGRES_URL)
-    if problem:
-        require_service("PostgreSQL", problem)
-    name = f"batchops_fault_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(POSTGRES_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = _with_database(POSTGRES_URL, name)
-    await asyncio.to_thread(upgrade, url)
-    yield url
-    admin = await asyncpg.connect(POSTGRES_URL)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    async with fresh_postgres_database("batchops_fault") as url:
+        yield url
 
 
 class Processes:

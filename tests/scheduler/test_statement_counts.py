@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import event
 
 from batchops.core.runtime import Runtime
@@ -72,12 +73,35 @@ async def test_batch_query_is_one_select_whatever_the_number_of_users(
     assert counts[0] == counts[1], counts
 
 
+@pytest.mark.parametrize("billing", [False, True], ids=["no-billing", "with-holds"])
 async def test_batch_writes_use_constant_statements_and_one_commit(
-    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, statement_counter: Callable[[], list[str]]
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    runtime: Runtime,
+    statement_counter: Callable[[], list[str]],
+    billing: bool,
 ) -> None:
+    """Also with pre-authorisation on: the holds of a batch are read and written in bulk."""
     users = [f"user-{i:03d}" for i in range(55)]
     await create_users(client, admin, [{"userId": u} for u in users])
     await create_devices(client, admin, 55)
+    runtime.settings.billing_enforce_balance = billing
+    if billing:
+        for u in users:
+            data(await client.post("/admin/billing/topup", json={"userId": u, "amount": 100}, headers=admin))
+    try:
+        await _measure_writes(client, admin, runtime, statement_counter, users)
+    finally:
+        runtime.settings.billing_enforce_balance = False
+
+
+async def _measure_writes(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    runtime: Runtime,
+    statement_counter: Callable[[], list[str]],
+    users: list[str],
+) -> None:
     measured: dict[str, list[tuple[list[str], int]]] = {"allocate": [], "extend": [], "release": []}
     for group in (users[:5], users[5:55]):
         requests = [{"userId": u, "durationMinutes": 30} for u in group]

@@ -22,11 +22,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
-from batchops.core.db import insert_new, utcnow
+from batchops.core.db import insert_new, table_of, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
 
 CNY, CREDITS = "CNY", "CREDITS"
@@ -69,12 +69,20 @@ class _Account:
     user_id: str
     balance: int
     held: int
-    dirty: bool = False
+    # what this book changed: written as relative updates (balance = balance + delta)
+    balance_delta: int = 0
+    held_delta: int = 0
+
+    def change(self, *, balance: int = 0, held: int = 0) -> None:
+        self.balance += balance
+        self.held += held
+        self.balance_delta += balance
+        self.held_delta += held
 
 
 @dataclass
 class Book:
-    """Accounts of a set of users in one currency, locked, changed in memory, written once."""
+    """Accounts of a set of users in one currency, (locked,) changed in memory, written once."""
 
     session: AsyncSession
     currency: str
@@ -85,30 +93,42 @@ class Book:
     entries: list[dict[str, Any]] = field(default_factory=list)
     known_references: set[str] = field(default_factory=set)
 
-    async def load(self, user_ids: Iterable[str], *, hold_references: Iterable[str] = ()) -> Book:
-        """Create missing accounts, then lock and read them (and the named holds): 2–3 queries."""
+    async def load(self, user_ids: Iterable[str], *, hold_references: Iterable[str] = (), lock: bool = True) -> Book:
+        """Read the accounts (creating missing ones) and the named holds: 2–4 queries.
+
+        ``lock``: keep the account rows locked until commit. Needed to *check* a
+        balance (holds); not needed to capture or charge, which only subtract."""
         ids = sorted(set(user_ids) - set(self.accounts))
         if ids:
-            now = utcnow()
-            await insert_new(
-                self.session,
-                Account,
-                [{"user_id": u, "currency": self.currency, "balance": 0, "held": 0, "updated_at": now} for u in ids],
-                conflict_on=["user_id", "currency"],
-            )
-            rows = await self.session.execute(
-                select(Account.id, Account.user_id, Account.balance, Account.held)
-                .where(Account.user_id.in_(ids), Account.currency == self.currency)
-                .order_by(Account.id)
-                .with_for_update()
-            )
-            for account_id, user_id, balance, held in rows:
-                self.accounts[user_id] = _Account(account_id, user_id, balance, held)
+            missing = set(ids) - await self._read_accounts(ids, lock)
+            if missing:
+                now = utcnow()
+                await insert_new(
+                    self.session,
+                    Account,
+                    [
+                        {"user_id": u, "currency": self.currency, "balance": 0, "held": 0, "updated_at": now}
+                        for u in sorted(missing)
+                    ],
+                    conflict_on=["user_id", "currency"],
+                )
+                await self._read_accounts(sorted(missing), lock)
         refs = sorted(set(hold_references) - set(self.holds))
         if refs:
             found = await self.session.scalars(select(Hold).where(Hold.reference.in_(refs)).with_for_update())
             self.holds.update({h.reference: h for h in found})
         return self
+
+    async def _read_accounts(self, ids: list[str], lock: bool) -> set[str]:
+        stmt = (
+            select(Account.id, Account.user_id, Account.balance, Account.held)
+            .where(Account.user_id.in_(ids), Account.currency == self.currency)
+            .order_by(Account.id)
+        )
+        rows = await self.session.execute(stmt.with_for_update() if lock else stmt)
+        for account_id, user_id, balance, held in rows:
+            self.accounts[user_id] = _Account(account_id, user_id, balance, held)
+        return {u for u in ids if u in self.accounts}
 
     async def load_references(self, references: Iterable[str]) -> None:
         """Remember which entry references exist already (replays become no-ops)."""
@@ -136,8 +156,7 @@ class Book:
         account = self._account(user_id)
         if account.balance - account.held < amount:
             raise InsufficientBalance(self.currency, amount, account.balance - account.held)
-        account.held += amount
-        account.dirty = True
+        account.change(held=amount)
         now = utcnow()
         row = {
             "reference": reference,
@@ -160,8 +179,7 @@ class Book:
         account = self._account_by_id(hold.account_id)
         if account.balance - account.held < amount:
             raise InsufficientBalance(self.currency, amount, account.balance - account.held)
-        account.held += amount
-        account.dirty = True
+        account.change(held=amount)
         hold.amount += amount
         self._changed(hold)
         # the hold only grows, so its new total makes the entry's reference unique
@@ -174,9 +192,7 @@ class Book:
             return 0
         account = self._account_by_id(hold.account_id)
         charged = max(0, amount)
-        account.held -= hold.amount
-        account.balance -= charged
-        account.dirty = True
+        account.change(balance=-charged, held=-hold.amount)
         hold.status, hold.captured, hold.closed_at = CAPTURED, charged, utcnow()
         self._changed(hold)
         self._entry(account, "capture", -charged, f"capture:{reference}", memo)
@@ -187,8 +203,7 @@ class Book:
         if hold is None or hold.status != OPEN:
             return
         account = self._account_by_id(hold.account_id)
-        account.held -= hold.amount
-        account.dirty = True
+        account.change(held=-hold.amount)
         hold.status, hold.closed_at = RELEASED, utcnow()
         self._changed(hold)
         self._entry(account, "release", 0, f"release:{reference}", memo)
@@ -198,8 +213,7 @@ class Book:
         if reference in self.known_references:
             return
         account = self._account(user_id)
-        account.balance -= amount
-        account.dirty = True
+        account.change(balance=-amount)
         self._entry(account, "charge", -amount, reference, memo)
 
     def topup(self, user_id: str, amount: int, reference: str, memo: dict[str, Any] | None = None) -> bool:
@@ -208,8 +222,7 @@ class Book:
         if reference in self.known_references:
             return False
         account = self._account(user_id)
-        account.balance += amount
-        account.dirty = True
+        account.change(balance=amount)
         self._entry(account, "topup", amount, reference, memo)
         return True
 
@@ -239,25 +252,52 @@ class Book:
 
     # --- one write ----------------------------------------------------------------------
     async def flush(self) -> None:
-        """Write every staged change: at most four statements, whatever the batch size."""
+        """Write every staged change: at most four statements, whatever the batch size.
+
+        Accounts get relative updates in id order (no lost update without a lock, no
+        deadlock between two books), last: their row locks are then held only until the
+        commit that follows. Rows are Core executemany (no ORM bookkeeping)."""
         session, now = self.session, utcnow()
-        dirty = [a for a in self.accounts.values() if a.dirty]
-        if dirty:
-            await session.execute(
-                update(Account),
-                [{"id": a.id, "balance": a.balance, "held": a.held, "updated_at": now} for a in dirty],
-            )
-            for a in dirty:
-                a.dirty = False
         if self.new_holds:
-            await session.execute(insert(Hold).execution_options(render_nulls=True), self.new_holds)
+            await session.execute(insert(HOLDS), self.new_holds)
             self.new_holds = []
         if self.changed_holds:
-            await session.execute(update(Hold), list(self.changed_holds.values()))
+            changes = [{"b_" + k: v for k, v in h.items()} for h in self.changed_holds.values()]
+            await session.execute(HOLD_CHANGE, changes)
             self.changed_holds = {}
         if self.entries:
-            await session.execute(insert(LedgerEntry).execution_options(render_nulls=True), self.entries)
+            await session.execute(insert(ENTRIES), self.entries)
             self.entries = []
+        changed = sorted((a for a in self.accounts.values() if a.balance_delta or a.held_delta), key=lambda a: a.id)
+        if changed:
+            await session.execute(
+                ACCOUNT_DELTA,
+                [{"b_id": a.id, "b_balance": a.balance_delta, "b_held": a.held_delta, "b_now": now} for a in changed],
+            )
+            for a in changed:
+                a.balance_delta = a.held_delta = 0
+
+
+ACCOUNTS, HOLDS, ENTRIES = table_of(Account), table_of(Hold), table_of(LedgerEntry)
+ACCOUNT_DELTA = (
+    update(ACCOUNTS)
+    .where(ACCOUNTS.c.id == bindparam("b_id"))
+    .values(
+        balance=ACCOUNTS.c.balance + bindparam("b_balance"),
+        held=ACCOUNTS.c.held + bindparam("b_held"),
+        updated_at=bindparam("b_now"),
+    )
+)
+HOLD_CHANGE = (
+    update(HOLDS)
+    .where(HOLDS.c.reference == bindparam("b_reference"))
+    .values(
+        amount=bindparam("b_amount"),
+        status=bindparam("b_status"),
+        captured=bindparam("b_captured"),
+        closed_at=bindparam("b_closed_at"),
+    )
+)
 
 
 class Ledger:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import structlog
-from sqlalchemy import JSON, DateTime, MetaData, event, text
+from sqlalchemy import JSON, DateTime, MetaData, Table, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -179,17 +179,28 @@ async def insert_new(
     rows: list[dict[str, Any]],
     *,
     conflict_on: list[str],
-    returning: Any = None,
+    returning: str | None = None,
 ) -> list[Any]:
     """Insert rows, silently skipping those whose ``conflict_on`` key already exists
     (``ON CONFLICT DO NOTHING``, one statement on both engines). With ``returning``
-    (a column), the values of the rows actually inserted: the winners of a race."""
+    (a column name), the values of the rows actually inserted: the winners of a race.
+    Core statements, not the ORM's bulk path: a third of the Python time per batch."""
     if not rows:
         return []
     dialect = session.get_bind().dialect.name
-    ins: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
-    stmt = ins.values(rows).on_conflict_do_nothing(index_elements=conflict_on)
+    table = table_of(model)
+    ins: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    # executemany form ("insertmanyvalues": still one round trip per ~1000 rows), so the
+    # compiled statement is cached; a multi-row .values() would be compiled on every call.
+    stmt = ins.on_conflict_do_nothing(index_elements=conflict_on)
     if returning is None:
-        await session.execute(stmt)
+        await session.execute(stmt, rows)
         return []
-    return list((await session.execute(stmt.returning(returning))).scalars().all())
+    return list((await session.execute(stmt.returning(table.c[returning]), rows)).scalars().all())
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a mapped class (for executemany writes without ORM bookkeeping)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table

@@ -1,0 +1,411 @@
+"""Seed 000 batch operations over real HTTP: batch API vs N single calls vs the plain-SQL floor.
+
+A real ``batchops serve`` (embedded worker on, as ``make run``) on a fresh database;
+200 users, 200 devices. Each row is timed over ``--reps`` repetitions with the state
+reset between them (allocations released after an allocate, made before a release),
+and the outbox left to drain before the next repetition. The floor writes the same
+rows (devices, allocations, outbox events, notifications, usage, audit) with
+sqlite3 / asyncpg ``executemany`` in one transaction, on the same database file.
+
+    python -m bench.scheduler [--db sqlite|postgresql] [--reps 30] [--single-reps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench.harness import CompareTable, Server, Timing, timed
+
+USERS, DEVICES = 200, 200
+SEED_MS = {("allocate", 50): 5500.0, ("release", 100): 6800.0, ("query", 100): 380.0}
+# Targets on SQLite (median ms) for the largest size of each operation; and within 3x of the floor.
+TARGET_MS = {("allocate", 50): 20.0, ("release", 100): 25.0, ("query", 100): 8.0}
+FLOOR_FACTOR = 3.0
+SIZES = {"allocate": (10, 25, 50), "release": (10, 50, 100), "query": (10, 50, 100)}
+HANDLED_KINDS = ("event", "scheduler.devices_freed")  # outbox kinds the worker delivers
+
+
+def user(i: int) -> str:
+    return f"bench-u{i:03d}"
+
+
+def ok(r: httpx.Response) -> Any:
+    if r.status_code >= 300:
+        raise RuntimeError(f"{r.request.method} {r.request.url}: {r.status_code} {r.text[:500]}")
+    return r.json()["data"]
+
+
+# --- the plain-SQL floor ---------------------------------------------------------------------------
+class Floor:
+    """The same rows as the API, written by the driver itself in one transaction."""
+
+    def __init__(self, server: Server) -> None:
+        self.sqlite = server.engine == "sqlite"
+        self.path = server.sqlite_path
+        self.dsn = server.pg_dsn
+        self.lite: sqlite3.Connection | None = None
+        self.pg: asyncpg.Connection | None = None
+
+    async def open(self) -> Floor:
+        if self.sqlite:
+            self.lite = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self.lite.execute("PRAGMA synchronous=NORMAL")
+        else:
+            self.pg = await asyncpg.connect(self.dsn)
+        return self
+
+    async def close(self) -> None:
+        if self.lite is not None:
+            self.lite.close()
+        if self.pg is not None:
+            await self.pg.close()
+
+    def ts(self, value: datetime) -> Any:
+        # SQLite keeps naive UTC text (as SQLAlchemy writes it); PostgreSQL takes the datetime.
+        return value.replace(tzinfo=None).isoformat(sep=" ") if self.sqlite else value
+
+    @staticmethod
+    def pg_sql(sql: str) -> str:
+        parts = sql.split("?")
+        return "".join(p + (f"${i + 1}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+
+    async def tx(self, steps: Callable[[Floor], Awaitable[Any]]) -> Any:
+        if self.lite is not None:
+            self.lite.execute("BEGIN IMMEDIATE")
+            try:
+                out = await steps(self)
+            except BaseException:
+                self.lite.execute("ROLLBACK")
+                raise
+            self.lite.execute("COMMIT")
+            return out
+        assert self.pg is not None
+        async with self.pg.transaction():
+            return await steps(self)
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if self.lite is not None:
+            self.lite.executemany(sql, rows)
+        else:
+            assert self.pg is not None
+            await self.pg.executemany(self.pg_sql(sql), rows)
+
+    async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        if self.lite is not None:
+            return self.lite.execute(sql, args).fetchall()
+        assert self.pg is not None
+        return list(await self.pg.fetch(self.pg_sql(sql), *args))
+
+    async def outbox(self, names: list[tuple[str, str, dict[str, Any]]], now: datetime) -> None:
+        await self.many(
+            "INSERT INTO outbox (kind, name, payload, dedup_key, status, attempts, available_at, created_at) "
+            "VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
+            [(kind, name, json.dumps(payload), None, self.ts(now), self.ts(now)) for kind, name, payload in names],
+        )
+
+    async def notify(self, rows: list[tuple[str, str, str, dict[str, Any]]], now: datetime) -> None:
+        await self.many(
+            "INSERT INTO notifications (user_id, type, title, content, channel, data, created_at) "
+            "VALUES (?, ?, ?, ?, 'websocket', ?, ?)",
+            [(u, t, title, f"{title} {data}", json.dumps(data), self.ts(now)) for u, t, title, data in rows],
+        )
+
+    async def audit(self, operation: str, n: int, now: datetime) -> None:
+        await self.many(
+            "INSERT INTO audit_log (actor_id, domain, operation, total_count, success_count, failed_count, "
+            "committed, execution_time_ms, detail, created_at) VALUES (?, 'scheduler', ?, ?, ?, 0, ?, 0, '{}', ?)",
+            [("bench-admin", operation, n, n, True, self.ts(now))],
+        )
+
+    async def allocate(self, users: list[str]) -> list[str]:
+        async def steps(db: Floor) -> list[str]:
+            now = datetime.now(UTC)
+            devices = await db.fetch(
+                "SELECT id, name FROM devices WHERE status = 'available' AND NOT maintenance ORDER BY id LIMIT ?",
+                [len(users)],
+            )
+            await db.many(
+                "UPDATE devices SET status = 'allocated', updated_at = ? WHERE id = ? AND status = 'available'",
+                [(db.ts(now), d[0]) for d in devices],
+            )
+            ids = [f"alloc-{uuid.uuid4().hex}" for _ in users]
+            expires = now + timedelta(minutes=60)
+            await db.many(
+                "INSERT INTO allocations (id, device_id, user_id, status, duration_minutes, allocated_at, "
+                "expires_at) VALUES (?, ?, ?, 'allocated', 60, ?, ?)",
+                [(i, d[0], u, db.ts(now), db.ts(expires)) for i, d, u in zip(ids, devices, users, strict=True)],
+            )
+            picked = zip(ids, devices, users, strict=True)
+            payloads = [{"allocationId": i, "userId": u, "deviceId": d[0]} for i, d, u in picked]
+            event = "device.allocated"
+            await db.outbox([("event", event, {"event": event, "data": p}) for p in payloads], now)
+            await db.notify([(p["userId"], "device.allocated", "📱 设备已分配", p) for p in payloads], now)
+            await db.audit("allocate", len(users), now)
+            return ids
+
+        ids: list[str] = await self.tx(steps)
+        return ids
+
+    async def release(self, ids: list[str]) -> None:
+        async def steps(db: Floor) -> None:
+            now = datetime.now(UTC)
+            marks = ",".join("?" * len(ids))
+            rows = await db.fetch(
+                "SELECT a.id, a.user_id, a.device_id, d.cpu_cores, d.memory_mb, d.storage_mb, a.allocated_at "
+                f"FROM allocations a JOIN devices d ON d.id = a.device_id WHERE a.id IN ({marks})",
+                ids,
+            )
+            await db.many(
+                "UPDATE allocations SET status = 'released', released_at = ?, release_reason = ? WHERE id = ?",
+                [(db.ts(now), "bench", r[0]) for r in rows],
+            )
+            await db.many(
+                "UPDATE devices SET status = 'available', updated_at = ? WHERE id = ? AND status = 'allocated'",
+                [(db.ts(now), r[2]) for r in rows],
+            )
+            await db.many(
+                "INSERT INTO device_usage (allocation_id, device_id, user_id, duration_seconds, cpu_cores, "
+                "memory_mb, storage_mb, allocated_at, released_at, created_at) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+                [(r[0], r[2], r[1], r[3], r[4], r[5], r[6], db.ts(now), db.ts(now)) for r in rows],
+            )
+            messages: list[tuple[str, str, dict[str, Any]]] = []
+            for r in rows:
+                data = {"allocationId": r[0], "userId": r[1], "deviceId": r[2]}
+                messages.append(("event", "device.released", {"event": "device.released", "data": data}))
+                messages.append(("event", "scheduler.allocation.released", {"event": "x", "data": data}))
+                messages.append(("billing.device_usage", "device-usage", data))
+            messages.append(("scheduler.devices_freed", "devices-freed", {}))
+            await db.outbox(messages, now)
+            await db.notify([(r[1], "device.released", "🔓 设备已释放", {"allocationId": r[0]}) for r in rows], now)
+            await db.audit("release", len(ids), now)
+
+        await self.tx(steps)
+
+    async def query(self, users: list[str]) -> list[Any]:
+        async def steps(db: Floor) -> list[Any]:
+            marks = ",".join("?" * len(users))
+            rows = await db.fetch(
+                "SELECT a.id, a.device_id, d.name, a.status, a.allocated_at, a.expires_at, a.user_id "
+                "FROM allocations a JOIN devices d ON d.id = a.device_id "
+                f"WHERE a.user_id IN ({marks}) AND a.status = 'allocated' ORDER BY a.user_id, a.allocated_at, a.id",
+                users,
+            )
+            await db.audit("query", len(users), datetime.now(UTC))
+            return rows
+
+        rows: list[Any] = await self.tx(steps)
+        return rows
+
+    async def pending_outbox(self) -> int:
+        marks = ",".join("?" * len(HANDLED_KINDS))
+        rows = await self.fetch(
+            f"SELECT count(*) FROM outbox WHERE status = 'pending' AND kind IN ({marks})", HANDLED_KINDS
+        )
+        return int(rows[0][0])
+
+    async def settle(self, limit: float = 10.0) -> None:
+        """Wait until the server's worker has delivered what the last repetition enqueued."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if not await self.pending_outbox():
+                return
+            await asyncio.sleep(0.005)
+
+
+# --- the API ----------------------------------------------------------------------------------------
+class Api:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.c = client
+
+    async def batch_allocate(self, users: list[str]) -> list[str]:
+        ids: list[str] = []
+        for chunk in range(0, len(users), 50):
+            body = {"requests": [{"userId": u, "durationMinutes": 60} for u in users[chunk : chunk + 50]]}
+            out = ok(await self.c.post("/scheduler/allocations/batch", json=body))
+            if out["failedCount"]:
+                raise RuntimeError(f"allocate failed: {out['failures'][:3]}")
+            ids += [s["allocationId"] for s in out["successes"]]
+        return ids
+
+    async def batch_release(self, ids: list[str]) -> None:
+        for chunk in range(0, len(ids), 100):
+            body = {"allocationIds": ids[chunk : chunk + 100], "reason": "bench"}
+            out = ok(await self.c.post("/scheduler/allocations/batch/release", json=body))
+            if out["failedCount"]:
+                raise RuntimeError(f"release failed: {out['failures'][:3]}")
+
+    async def batch_query(self, users: list[str]) -> int:
+        out = ok(await self.c.post("/scheduler/allocations/batch/query", json={"userIds": users}))
+        return int(out["totalAllocations"])
+
+    async def single_allocate(self, users: list[str]) -> list[str]:
+        ids = []
+        for u in users:
+            out = ok(await self.c.post("/scheduler/devices/allocate", json={"userId": u, "durationMinutes": 60}))
+            ids.append(out["allocationId"])
+        return ids
+
+    async def single_release(self, ids: list[str]) -> None:
+        for i in ids:
+            ok(await self.c.post("/scheduler/devices/release", json={"allocationId": i, "reason": "bench"}))
+
+    async def single_query(self, users: list[str]) -> int:
+        total = 0
+        for u in users:
+            out = ok(await self.c.get("/scheduler/allocations", params={"userId": u, "status": "allocated"}))
+            total += len(out["items"])
+        return total
+
+
+async def setup(api: Api) -> None:
+    users = [{"userId": user(i), "name": user(i), "maxDevices": 100} for i in range(USERS)]
+    ok(await api.c.post("/admin/users/batch", json={"users": users}))
+    devices = [
+        {"id": f"bench-d{i:03d}", "name": f"Device-{i:03d}", "cpuCores": 4, "memoryMB": 8192, "storageMB": 65536}
+        for i in range(DEVICES)
+    ]
+    ok(await api.c.post("/scheduler/devices/batch", json={"devices": devices}))
+
+
+Cells = dict[str, Timing | float | None]
+Make = Callable[[list[str]], Awaitable[list[str]]]
+
+
+async def bench_allocate(api: Api, floor: Floor, users: list[str], reps: int, single_reps: int) -> Cells:
+    held: list[str] = []
+
+    async def alloc(make: Make) -> None:
+        held.extend(await make(users))
+
+    async def release_held(release: Callable[[list[str]], Awaitable[None]]) -> None:
+        await release(held)
+        held.clear()
+        await floor.settle()
+
+    return {
+        "batch API": await timed(
+            lambda: alloc(api.batch_allocate), reps, after=lambda: release_held(api.batch_release)
+        ),
+        "N single calls": await timed(
+            lambda: alloc(api.single_allocate), single_reps, after=lambda: release_held(api.batch_release), warmup=1
+        ),
+        "SQL floor": await timed(lambda: alloc(floor.allocate), reps, after=lambda: release_held(floor.release)),
+    }
+
+
+async def bench_release(api: Api, floor: Floor, users: list[str], reps: int, single_reps: int) -> Cells:
+    held: list[str] = []
+
+    async def hold(make: Make) -> None:
+        held.clear()
+        held.extend(await make(users))
+        await floor.settle()
+
+    async def after() -> None:
+        held.clear()
+        await floor.settle()
+
+    return {
+        "batch API": await timed(
+            lambda: api.batch_release(held), reps, before=lambda: hold(api.batch_allocate), after=after
+        ),
+        "N single calls": await timed(
+            lambda: api.single_release(held),
+            single_reps,
+            before=lambda: hold(api.batch_allocate),
+            after=after,
+            warmup=1,
+        ),
+        "SQL floor": await timed(lambda: floor.release(held), reps, before=lambda: hold(floor.allocate), after=after),
+    }
+
+
+async def bench_query(api: Api, floor: Floor, users: list[str], reps: int, single_reps: int) -> Cells:
+    held = await api.batch_allocate(users)  # one active allocation per user, beside the released history
+    await floor.settle()
+    cells: Cells = {
+        "batch API": await timed(lambda: api.batch_query(users), reps),
+        "N single calls": await timed(lambda: api.single_query(users), single_reps, warmup=1),
+        "SQL floor": await timed(lambda: floor.query(users), reps),
+    }
+    await api.batch_release(held)
+    await floor.settle()
+    return cells
+
+
+BENCHES = {"allocate": bench_allocate, "release": bench_release, "query": bench_query}
+
+
+async def measure(server: Server, reps: int, single_reps: int) -> CompareTable:
+    api, floor = Api(server.client), await Floor(server).open()
+    engine = "SQLite" if server.engine == "sqlite" else "PostgreSQL"
+    table = CompareTable(
+        f"Scheduler batch operations over HTTP on {engine} ({reps} reps; N single calls: {single_reps} reps)",
+        ["batch API", "N single calls", "SQL floor", "seed"],
+        floor="SQL floor",
+        notes=[
+            "batch API: one POST /scheduler/allocations/batch (/release, /query) to a real `batchops serve`",
+            "N single calls: POST /scheduler/devices/allocate, /devices/release or GET /scheduler/allocations, N times",
+            "SQL floor: the same rows written/read with the driver's executemany in one transaction",
+            "targets (SQLite): allocate 50 < 20 ms, release 100 < 25 ms, query 100 < 8 ms; "
+            f"each <= {FLOOR_FACTOR:g}x its floor",
+        ],
+    )
+    try:
+        await setup(api)
+        for op, sizes in SIZES.items():
+            for n in sizes:
+                cells = await BENCHES[op](api, floor, [user(i) for i in range(n)], reps, single_reps)
+                cells["seed"] = SEED_MS.get((op, n))
+                table.add(f"{op} {n}", cells, verdict(server.engine, table, op, n, cells))
+    finally:
+        await floor.close()
+    return table
+
+
+def verdict(engine: str, table: CompareTable, op: str, n: int, cells: Cells) -> dict[str, str]:
+    batch = cells["batch API"]
+    assert isinstance(batch, Timing)
+    ratio = table.ratio(cells, "batch API") or 0.0
+    floor_ok = ratio <= FLOOR_FACTOR
+    target = TARGET_MS.get((op, n))
+    parts = [f"≤{FLOOR_FACTOR:g}x floor" if floor_ok else f">{FLOOR_FACTOR:g}x floor"]
+    passed = floor_ok
+    if target is not None:
+        if engine == "sqlite":
+            passed = passed and batch.median < target
+        parts.insert(0, f"{'<' if batch.median < target else '≥'}{target:g} ms")
+    return {"target": ("PASS " if passed else "FAIL ") + ", ".join(parts)}
+
+
+async def run(engine: str, reps: int, single_reps: int) -> CompareTable:
+    async with Server.start(engine) as server:
+        table = await measure(server, reps, single_reps)
+    table.print()
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--single-reps", type=int, default=8)
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.db, args.reps, args.single_reps))
+
+
+if __name__ == "__main__":
+    main()
