@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from pydantic import JsonValue
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -174,6 +174,14 @@ def ensure_dept_admin(caller: User) -> str:
     return caller.department_id
 
 
+LINE_COLUMNS = ("id", "order_id", "user_id", "date", "meal_type", "status")
+INSERT_LINES_UNNEST = text(
+    "INSERT INTO dining_order_lines (id, order_id, user_id, date, meal_type, status) "
+    "SELECT * FROM unnest(CAST(:id AS text[]), CAST(:order_id AS text[]), CAST(:user_id AS text[]), "
+    "CAST(:date AS date[]), CAST(:meal_type AS text[]), CAST(:status AS text[]))"
+)
+
+
 class OrderWork:
     """The orders of one request, judged against one consistent read of the database."""
 
@@ -286,7 +294,12 @@ class OrderWork:
         # Core executemany on the tables: no ORM bookkeeping for a thousand plain rows.
         lines = [line for r in results for line in r.lines]
         await self.session.execute(insert(cast(Table, Order.__table__)), [r.order for r in results])
-        await self.session.execute(insert(cast(Table, OrderLine.__table__)), lines)
+        if is_postgres(self.session):
+            # one statement with six arrays: a thousand-row executemany is ~10x slower on asyncpg
+            columns = {key: [line[key] for line in lines] for key in LINE_COLUMNS}
+            await self.session.execute(INSERT_LINES_UNNEST, columns)
+        else:
+            await self.session.execute(insert(cast(Table, OrderLine.__table__)), lines)
         await enqueue(self.session, [event("dining.order.created", order_payload(r.order, r.lines)) for r in results])
 
 
