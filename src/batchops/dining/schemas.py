@@ -32,7 +32,8 @@ MAX_ORDER_MEMBERS = 1000  # not in the seed; a guard against absurd bodies
 class OrderIn(StrictSchema):
     date: JsonValue = None
     meal_type: JsonValue = None
-    members: list[JsonValue] | None = Field(None, max_length=MAX_ORDER_MEMBERS)
+    # each member is judged by the service (a bad one is the order's 缺少必要参数, not a 400)
+    members: list[Any] | None = Field(None, max_length=MAX_ORDER_MEMBERS)
     remark: Remark | None = None
 
 

@@ -102,7 +102,7 @@ def parse_day(value: JsonValue) -> dt.date | None:
         return None
 
 
-def member_ids(members: Sequence[JsonValue] | None) -> list[str] | None:
+def member_ids(members: Sequence[Any] | None) -> list[str] | None:
     """The userIds of ``[{"userId": …}, …]``; None when missing, empty or malformed."""
     if not members:
         return None
@@ -141,7 +141,7 @@ class OrderSpec:
     index: int
     date: JsonValue
     meal_type: JsonValue
-    members: Sequence[JsonValue] | None
+    members: Sequence[Any] | None
     remark: str | None = None
 
 
@@ -179,6 +179,10 @@ INSERT_LINES_UNNEST = text(
     "INSERT INTO dining_order_lines (id, order_id, user_id, date, meal_type, status) "
     "SELECT * FROM unnest(CAST(:id AS text[]), CAST(:order_id AS text[]), CAST(:user_id AS text[]), "
     "CAST(:date AS date[]), CAST(:meal_type AS text[]), CAST(:status AS text[]))"
+)
+
+INSERT_LINES_SQLITE = (
+    "INSERT INTO dining_order_lines (id, order_id, user_id, date, meal_type, status) VALUES (?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -299,7 +303,10 @@ class OrderWork:
             columns = {key: [line[key] for line in lines] for key in LINE_COLUMNS}
             await self.session.execute(INSERT_LINES_UNNEST, columns)
         else:
-            await self.session.execute(insert(cast(Table, OrderLine.__table__)), lines)
+            # straight to the driver's executemany: no per-row parameter processing
+            rows = [tuple(x[k].isoformat() if k == "date" else x[k] for k in LINE_COLUMNS) for x in lines]
+            connection = await self.session.connection()
+            await connection.exec_driver_sql(INSERT_LINES_SQLITE, rows)
         await enqueue(self.session, [event("dining.order.created", order_payload(r.order, r.lines)) for r in results])
 
 
