@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"bench modules to run (default: every one of {', '.join(KNOWN)})")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # the rest goes to each bench (e.g. --reps 10)
     console = Console()
     named = bool(args.names)
     failed: list[str] = []
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[red]bench {name}: no main()[/red]")
             failed.append(name)
             continue
-        bench_args = ARGS.get(name, lambda db: ["--db", db])(args.db)
+        bench_args = ARGS.get(name, lambda db: ["--db", db])(args.db) + extra
         console.rule(f"bench {name} {' '.join(bench_args)}")
         started = time.monotonic()
         try:

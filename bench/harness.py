@@ -248,9 +248,10 @@ class CompareTable:
         table = Table(title=escape(self.title), caption=escape("\n".join(self.notes)) or None)
         table.add_column("operation", justify="left")
         text_columns = list(dict.fromkeys(k for _, _, t in self.rows for k in t))
-        ratio_columns = [c for c in self.columns if self.floor and c != self.floor]
-        for c in self.columns:
-            table.add_column(f"{c}\nmedian / p95 ms", justify="right")
+        timed_columns = {c for c in self.columns for _, cells, _ in self.rows if isinstance(cells.get(c), Timing)}
+        ratio_columns = [c for c in self.columns if self.floor and c != self.floor and c in timed_columns]
+        for c in self.columns:  # a column of fixed figures (e.g. a published one) has no p95
+            table.add_column(f"{c}\n{'median / p95 ms' if c in timed_columns else 'ms'}", justify="right")
         for c in ratio_columns:
             table.add_column(f"{c}\n÷ {self.floor}", justify="right")
         for c in text_columns:

@@ -6,6 +6,7 @@ Services raise :class:`AppError` subclasses; the same names appear in the
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import structlog
@@ -106,17 +107,37 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("BadRequestException", message, details), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         name = _STATUS_NAMES.get(exc.status_code, "HttpException")
         message = exc.detail if isinstance(exc.detail, str) else name
         if exc.status_code == 404 and message == "Not Found":
             message = "Route not found"
-        return JSONResponse(error_body(name, message), status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405 and (allowed := allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        return JSONResponse(error_body(name, message), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
         return JSONResponse(error_body("InternalServerErrorException", "Internal server error"), status_code=500)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every documented method of this path, from the app's OpenAPI document (Starlette's
+    own 405 names only the first route that matched the path: POST of a GET + POST path)."""
+    app = request.app
+    table: dict[str, tuple[re.Pattern[str], list[str]]] | None = getattr(app.state, "allowed_methods", None)
+    if table is None:
+        table = {
+            path: (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), [m.upper() for m in ops])
+            for path, ops in app.openapi().get("paths", {}).items()
+        }
+        app.state.allowed_methods = table
+    path = request.url.path
+    if path in table:  # OpenAPI: a concrete path wins over a templated one (/users/batch vs /users/{id})
+        return sorted(table[path][1])
+    return sorted({m for pattern, methods in table.values() if pattern.match(path) for m in methods})
 
 
 class ErrorResponseDoc(BaseModel):

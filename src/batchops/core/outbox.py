@@ -23,7 +23,7 @@ from sqlalchemy import Index, String, Text, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from batchops.core.db import Base, Database, utcnow
+from batchops.core.db import Base, Database, table_of, utcnow
 from batchops.core.metrics import OUTBOX_DEAD, OUTBOX_DELIVERED, OUTBOX_FAILED
 
 log = structlog.get_logger(__name__)
@@ -89,9 +89,10 @@ async def enqueue(session: AsyncSession, items: Sequence[OutboxItem]) -> None:
         }
         for i in items
     ]
-    # render_nulls: the ORM would otherwise split rows with and without a dedup_key into
-    # separate INSERTs (one per run of alike rows), making a batch cost O(items) statements.
-    await session.execute(insert(OutboxMessage).execution_options(render_nulls=True), rows)
+    # A Core executemany on the table: one statement whatever the rows hold (the ORM bulk
+    # path would split rows with and without a dedup_key into separate INSERTs, and costs
+    # a per-row key analysis that dominated a batch of 100 releases).
+    await session.execute(insert(table_of(OutboxMessage)), rows)
 
 
 def backoff_seconds(attempts: int, *, base: float = 2.0, cap: float = 300.0) -> float:

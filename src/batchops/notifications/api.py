@@ -5,7 +5,7 @@ import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from batchops.core.auth import decode_token
 from batchops.core.errors import AppError
@@ -27,8 +27,11 @@ def notification_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> Notifi
 Service = Annotated[NotificationService, Depends(notification_service)]
 
 
+NotificationId = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]  # an INTEGER key on both engines
+
+
 class MarkReadIn(StrictSchema):
-    ids: list[int] | None = Field(None, max_length=1000, description="omit to mark every notification read")
+    ids: list[NotificationId] | None = Field(None, max_length=1000, description="omit to mark every notification read")
 
 
 @router.get("/notifications", response_model=Envelope[Page[NotificationOut]])

@@ -53,8 +53,14 @@ class Placement:
         windows: dict[str, list[Window]],
     ) -> None:
         self.by_size: dict[tuple[int, int, int], list[Candidate]] = defaultdict(list)
-        for device in devices:
+        # Per size, per node, the devices in id order: the best device of a node is its first
+        # unblocked one, so a choice costs O(nodes), not O(devices) (a batch of 50: 50 x nodes).
+        self.by_node: dict[tuple[int, int, int], dict[str | None, list[Candidate]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for device in sorted(devices, key=lambda d: d.id):
             self.by_size[device.size].append(device)
+            self.by_node[device.size][device.node_id].append(device)
         self.sizes = sorted(self.by_size)
         self.node_load = defaultdict(int, node_load)
         self.windows: dict[str, list[Window]] = defaultdict(list, windows)
@@ -90,16 +96,36 @@ class Placement:
             cpu, memory, _ = size
             if (min_cpu is not None and cpu < min_cpu) or (min_memory is not None and memory < min_memory):
                 continue
-            free = [d for d in self.by_size[size] if self.blocking_window(d.id, start, end, ignore) is None]
-            if free:
-                device = min(free, key=lambda d: (self.node_load[d.node_id], d.id))
+            device = self._least_loaded(size, start, end, ignore)
+            if device is not None:
                 return self._taken(device, take)
         return None
+
+    def _least_loaded(
+        self, size: tuple[int, int, int], start: datetime, end: datetime, ignore: str | None
+    ) -> Candidate | None:
+        """The free device of this size on the least loaded node (ties: lowest device id)."""
+        best: Candidate | None = None
+        best_key: tuple[int, str] | None = None
+        windows = self.windows
+        for node, devices in self.by_node[size].items():
+            load = self.node_load[node]
+            if best_key is not None and load > best_key[0]:
+                continue
+            for device in devices:  # id order: the first free one is this node's best
+                if best_key is not None and (load, device.id) >= best_key:
+                    break
+                if device.id in windows and self.blocking_window(device.id, start, end, ignore) is not None:
+                    continue
+                best, best_key = device, (load, device.id)
+                break
+        return best
 
     def _taken(self, device: Candidate, take: bool) -> Candidate:
         self.node_load[device.node_id] += 1
         if take:
             self.by_size[device.size].remove(device)
+            self.by_node[device.size][device.node_id].remove(device)
             del self.by_id[device.id]
         return device
 

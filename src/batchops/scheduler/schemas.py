@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field, StrictBool, StrictInt, StringConstraints, model_validator
+from pydantic import AwareDatetime, BeforeValidator, Field, StrictBool, StrictInt, StringConstraints, model_validator
 
 from batchops.core.schemas import BatchSummary, Schema, StrictSchema
 
@@ -11,6 +11,15 @@ Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, stri
 # JSON numbers and booleans are taken as they are: "60" or true is not a duration (no lax coercion).
 Minutes = Annotated[StrictInt, Field(ge=1, le=1440)]
 Reason = Annotated[str, StringConstraints(max_length=500)]
+
+
+def _text_only(value: object) -> object:
+    if isinstance(value, int | float):  # pydantic would read 0 as 1970-01-01: not a date-time string
+        raise ValueError("must be an ISO-8601 date-time string")
+    return value
+
+
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_text_only)]
 
 
 class BatchOptions(StrictSchema):
@@ -219,7 +228,7 @@ AllocationStatus = Literal["allocated", "released"]
 # --- phase 3: reservations & the wait queue ----------------------------------------------------
 class ReservationIn(StrictSchema):
     user_id: Identifier
-    start_at: AwareDatetime = Field(description="ISO-8601 with a zone (e.g. ...Z); in the future")
+    start_at: IsoDatetime = Field(description="ISO-8601 with a zone (e.g. ...Z); in the future")
     duration_minutes: Minutes
     device_preferences: DevicePreferences | None = None
 

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import CNY, Book, InsufficientBalance
 from batchops.billing.service import USAGE_KIND, BillingService, allocation_hold
 from batchops.core.batch import BatchMode, BatchResult
-from batchops.core.db import advisory_lock, new_id, utcnow
+from batchops.core.db import advisory_lock, new_id, table_of, utcnow
 from batchops.core.errors import (
     AppError,
     BadRequestError,
@@ -255,7 +255,7 @@ class AllocateWork:
         )
         if claimed.rowcount != len(device_ids):  # type: ignore[attr-defined]
             raise ConflictError("A chosen device was taken concurrently; retry the request")
-        await session.execute(insert(Allocation), [r.allocation for r in results])
+        await session.execute(insert(table_of(Allocation)), [r.allocation for r in results])
         if self.book is not None:
             await self.book.flush()
         await enqueue(session, [event("device.allocated", allocated_payload(r)) for r in results])
@@ -459,9 +459,12 @@ class ExtendWork:
             return
         session = self.session
         final = {r.id: r.new_expires_at for r in results}  # a repeated id extends twice, written once
-        await session.execute(
-            update(Allocation),
-            [{"id": i, "expires_at": expires, "reminder_sent_at": None} for i, expires in final.items()],
+        table = table_of(Allocation)
+        await session.execute(  # one Core executemany (the ORM bulk-by-key path is slow for big batches)
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values(expires_at=bindparam("b_expires"), reminder_sent_at=None),
+            [{"b_id": i, "b_expires": expires} for i, expires in final.items()],
         )
         if self.book is not None:
             await self.book.flush()
@@ -765,20 +768,23 @@ class SchedulerService:
         if not results:
             return
         now = results[0].released_at
-        await session.execute(
-            update(Allocation),
-            [
-                {"id": r.id, "status": RELEASED, "released_at": r.released_at, "release_reason": r.reason}
-                for r in results
-            ],
-        )
+        groups: dict[tuple[datetime, str | None], list[str]] = defaultdict(list)
+        for r in results:  # one group: a batch shares its time and reason
+            groups[(r.released_at, r.reason)].append(r.id)
+        for (released_at, reason), ids in groups.items():
+            await session.execute(
+                update(Allocation)
+                .where(Allocation.id.in_(ids))
+                .values(status=RELEASED, released_at=released_at, release_reason=reason)
+                .execution_options(synchronize_session=False)
+            )
         await session.execute(
             update(Device)
             .where(Device.id.in_([r.loaded.device.id for r in results]), Device.status == ALLOCATED)
             .values(status=AVAILABLE, updated_at=now)
         )
         usage = [usage_record(r) for r in results]
-        await session.execute(insert(DeviceUsage), usage)
+        await session.execute(insert(table_of(DeviceUsage)), usage)
         messages: list[OutboxItem] = []
         for r, u in zip(results, usage, strict=True):
             payload = released_payload(r)
