@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -19,6 +18,7 @@ from batchops.dining.schemas import (
     DepartmentMealSummary,
     DepartmentOut,
     DepartmentsBatchIn,
+    IsoDate,
     MealSummary,
     MenuIn,
     MenuOut,
@@ -137,7 +137,7 @@ async def list_orders(
     caller: CurrentUser,
     service: Service,
     paging: Annotated[PageParams, Query()],
-    date: dt.date | None = None,
+    date: IsoDate | None = None,
     meal_type: Annotated[MealFilter | None, Query(alias="mealType")] = None,
     department_id: Annotated[str | None, Query(alias="departmentId", max_length=128)] = None,
     status: Literal["pending", "cancelled"] | None = None,
@@ -162,7 +162,7 @@ async def cancel_order(order_id: str, caller: CurrentUser, service: Service) -> 
 
 
 @router.get("/summary", response_model=Envelope[DaySummary])
-async def day_summary(date: dt.date, caller: CurrentUser, service: Service) -> Envelope[DaySummary]:
+async def day_summary(date: IsoDate, caller: CurrentUser, service: Service) -> Envelope[DaySummary]:
     summary = await service.day_summary(caller, date)
     return ok(
         DaySummary(
@@ -236,8 +236,8 @@ async def publish_menus(body: PublishIn, _: AdminUser, service: Service) -> Enve
 async def list_menus(
     _: CurrentUser,
     service: Service,
-    date_from: Annotated[dt.date | None, Query(alias="dateFrom")] = None,
-    date_to: Annotated[dt.date | None, Query(alias="dateTo")] = None,
+    date_from: Annotated[IsoDate | None, Query(alias="dateFrom")] = None,
+    date_to: Annotated[IsoDate | None, Query(alias="dateTo")] = None,
     meal_type: Annotated[MealFilter | None, Query(alias="mealType")] = None,
 ) -> Envelope[list[MenuOut]]:
     menus = await service.list_menus(date_from=date_from, date_to=date_to, meal_type=meal_type)

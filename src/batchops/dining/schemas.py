@@ -10,10 +10,11 @@ an unknown field, a remark over 500 characters) is a 400.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, JsonValue, StrictBool, StringConstraints, model_validator
+from pydantic import BeforeValidator, Field, JsonValue, StrictBool, StringConstraints, model_validator
 
 from batchops.core.schemas import Money, Schema, StrictSchema
 
@@ -21,6 +22,19 @@ Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, stri
 Remark = Annotated[str, StringConstraints(max_length=500)]
 MealType = Literal["breakfast", "lunch", "dinner"]
 Price = Annotated[Decimal, Field(gt=0, le=Decimal("100000"), decimal_places=2)]
+
+
+def _iso_date(value: Any) -> Any:
+    """Only ``YYYY-MM-DD`` (pydantic alone would take 0 as 1970-01-01)."""
+    if isinstance(value, dt.date):
+        return value
+    if not isinstance(value, str) or not ISO_DATE.match(value):
+        raise ValueError("date must be YYYY-MM-DD")
+    return value
+
+
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+IsoDate = Annotated[dt.date, BeforeValidator(_iso_date)]
 
 MAX_ORDERS = 20
 MAX_QUICK_MEMBERS = 50
@@ -111,7 +125,7 @@ class DepartmentOut(Schema):
 
 
 class MenuIn(StrictSchema):
-    date: dt.date
+    date: IsoDate
     meal_type: MealType
     price: Price = Field(description="price per person, CNY, two decimals at most")
     items: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
