@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import insert
 
+from batchops.core.db import new_id, utcnow
 from batchops.core.runtime import Runtime
+from batchops.dining.models import Department, Menu
 from batchops.dining.service import local_today
+from batchops.identity.models import User
 from tests.conftest import auth
-from tests.helpers import create_users, data
+from tests.helpers import data
 
 PRICES = {"breakfast": "7.50", "lunch": "12.50", "dinner": "15.00"}
 # dept-a members: the seed's user1..user4, named so the error texts read like the seed's
@@ -61,29 +66,58 @@ def order(date: str, meal: str, *users: str, remark: str | None = None) -> dict[
     return body
 
 
+def cents(price: str) -> int:
+    return int(Decimal(price) * 100)
+
+
+def _user(
+    user_id: str, name: str, department: str | None, role: str = "user", status: str = "active"
+) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "id": user_id,
+        "name": name,
+        "role": role,
+        "status": status,
+        "department_id": department,
+        "max_devices": 5,
+        "plan": "free",
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 @pytest.fixture
 async def canteen(client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime) -> Canteen:
+    """Seeded in one transaction (fast); the admin endpoints that do the same are tested on their own."""
     c = Canteen(client, admin, runtime, local_today(runtime.settings.timezone))
-    departments = [{"departmentId": "dept-a", "name": "研发部"}, {"departmentId": "dept-b", "name": "市场部"}]
-    r = await client.post("/api/dining/departments/batch", json={"departments": departments}, headers=admin)
-    data(r)
-    users: list[dict[str, Any]] = [
-        {"userId": "admin-a", "name": "部门管理员A", "role": "dept_admin", "departmentId": "dept-a"},
-        {"userId": "admin-a2", "name": "部门管理员A2", "role": "dept_admin", "departmentId": "dept-a"},
-        {"userId": "admin-b", "name": "部门管理员B", "role": "dept_admin", "departmentId": "dept-b"},
-        *({"userId": u, "name": n, "departmentId": "dept-a"} for u, n in MEMBERS.items()),
-        {"userId": "user5", "name": "孙七", "departmentId": "dept-b"},
-        {"userId": "user6", "name": "周八", "departmentId": "dept-a", "status": "suspended"},
-        {"userId": "user7", "name": "吴九", "departmentId": "dept-a", "status": "inactive"},
-        {"userId": "user8", "name": "郑十"},  # no department
+    now = utcnow()
+    users = [
+        _user("admin-a", "部门管理员A", "dept-a", role="dept_admin"),
+        _user("admin-a2", "部门管理员A2", "dept-a", role="dept_admin"),
+        _user("admin-b", "部门管理员B", "dept-b", role="dept_admin"),
+        *(_user(u, n, "dept-a") for u, n in MEMBERS.items()),
+        _user("user5", "孙七", "dept-b"),
+        _user("user6", "周八", "dept-a", status="suspended"),
+        _user("user7", "吴九", "dept-a", status="inactive"),
+        _user("user8", "郑十", None),  # no department
     ]
-    await create_users(client, admin, users)
-    await c.menus(
-        [
-            {"date": c.day(d), "mealType": m, "price": p, "items": ["米饭", "青菜"], "published": True}
-            for d in (0, 1)
-            for m, p in PRICES.items()
-        ]
-        + [{"date": c.day(2), "mealType": "lunch", "price": "12.50", "published": False}]
-    )
+    menus = [
+        {"date": c.today + dt.timedelta(days=d), "meal_type": m, "price_cents": cents(p), "published": True}
+        for d in (0, 1)
+        for m, p in PRICES.items()
+    ] + [{"date": c.today + dt.timedelta(days=2), "meal_type": "lunch", "price_cents": 1250, "published": False}]
+    async with runtime.db.transaction() as session:
+        await session.execute(
+            insert(Department),
+            [{"id": "dept-a", "name": "研发部"}, {"id": "dept-b", "name": "市场部"}],
+        )
+        await session.execute(insert(User), users)
+        await session.execute(
+            insert(Menu),
+            [
+                {**m, "id": new_id("menu"), "items": ["米饭", "青菜"], "created_at": now, "updated_at": now}
+                for m in menus
+            ],
+        )
     return c

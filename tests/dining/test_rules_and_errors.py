@@ -6,8 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import httpx
+
+from batchops.app import create_app
+from batchops.assembly import build_runtime
 from batchops.dining.service import local_today
-from tests.conftest import auth
+from tests.conftest import auth, make_settings
 from tests.dining.conftest import Canteen, order
 from tests.helpers import data, error, sql
 
@@ -316,3 +320,23 @@ async def test_malformed_requests_are_a_400(canteen: Canteen) -> None:
         headers={**canteen.dept_a, "content-type": "application/json"},
     )
     assert error(r, 400, "BadRequestException")["message"] == "Malformed JSON body"
+
+
+async def test_ordering_is_rate_limited_per_admin(canteen: Canteen, database_url: str) -> None:
+    rt = build_runtime(make_settings(database_url, batch_rate_limit_per_minute=2))
+    try:
+        transport = httpx.ASGITransport(app=create_app(rt.settings, rt))
+        async with httpx.AsyncClient(transport=transport, base_url="http://batchops.test") as client:
+            body = {"orders": [order(canteen.day(1), "lunch", "user1")]}
+            answers = [
+                await client.post("/api/dining/enhanced/batch-orders", json=body, headers=canteen.dept_a)
+                for _ in range(3)
+            ]
+            assert [r.status_code for r in answers] == [200, 200, 429]
+            assert answers[2].headers["Retry-After"]
+            error(answers[2], 429, "TooManyRequestsException")
+            # another admin has their own allowance
+            r = await client.post("/api/dining/enhanced/batch-orders", json=body, headers=auth("admin-a2"))
+            assert r.status_code == 200
+    finally:
+        await rt.stop()

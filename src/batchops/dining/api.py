@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import JsonValue
 
 from batchops.core.batch import BatchResult
 from batchops.core.runtime import Runtime, get_runtime
@@ -104,7 +103,7 @@ async def batch_orders(body: BatchOrdersIn, caller: OrderingAdmin, service: Serv
 async def quick_batch_orders(
     body: QuickBatchOrdersIn, caller: OrderingAdmin, service: Service
 ) -> Envelope[BatchOrdersOut]:
-    members: list[JsonValue] = [{"userId": m.user_id} for m in body.members]
+    members: list[Any] = [{"userId": m.user_id} for m in body.members]
     specs = [
         OrderSpec(index=i, date=m.date, meal_type=m.meal_type, members=members, remark=body.remark)
         for i, m in enumerate(body.meals, start=1)

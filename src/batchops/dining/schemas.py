@@ -15,12 +15,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, StrictBool, StringConstraints, model_validator
 
-from batchops.core.schemas import Money, Schema, StrictSchema
+from batchops.core.schemas import IsoDate, Money, Schema, StrictSchema
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Remark = Annotated[str, StringConstraints(max_length=500)]
 MealType = Literal["breakfast", "lunch", "dinner"]
 Price = Annotated[Decimal, Field(gt=0, le=Decimal("100000"), decimal_places=2)]
+
 
 MAX_ORDERS = 20
 MAX_QUICK_MEMBERS = 50
@@ -32,7 +33,8 @@ MAX_ORDER_MEMBERS = 1000  # not in the seed; a guard against absurd bodies
 class OrderIn(StrictSchema):
     date: JsonValue = None
     meal_type: JsonValue = None
-    members: list[JsonValue] | None = Field(None, max_length=MAX_ORDER_MEMBERS)
+    # each member is judged by the service (a bad one is the order's 缺少必要参数, not a 400)
+    members: list[Any] | None = Field(None, max_length=MAX_ORDER_MEMBERS)
     remark: Remark | None = None
 
 
@@ -110,7 +112,7 @@ class DepartmentOut(Schema):
 
 
 class MenuIn(StrictSchema):
-    date: dt.date
+    date: IsoDate
     meal_type: MealType
     price: Price = Field(description="price per person, CNY, two decimals at most")
     items: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(

@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 from pydantic import JsonValue
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -102,7 +102,7 @@ def parse_day(value: JsonValue) -> dt.date | None:
         return None
 
 
-def member_ids(members: Sequence[JsonValue] | None) -> list[str] | None:
+def member_ids(members: Sequence[Any] | None) -> list[str] | None:
     """The userIds of ``[{"userId": …}, …]``; None when missing, empty or malformed."""
     if not members:
         return None
@@ -141,7 +141,7 @@ class OrderSpec:
     index: int
     date: JsonValue
     meal_type: JsonValue
-    members: Sequence[JsonValue] | None
+    members: Sequence[Any] | None
     remark: str | None = None
 
 
@@ -149,7 +149,8 @@ class OrderSpec:
 class Placed:
     index: int
     order: dict[str, Any]
-    lines: list[dict[str, Any]] = field(default_factory=list)
+    # (id, order_id, user_id, date as YYYY-MM-DD, meal_type, status): LINE_COLUMNS, ready for executemany
+    lines: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -172,6 +173,18 @@ def ensure_dept_admin(caller: User) -> str:
     if not caller.department_id:
         raise ForbiddenError("部门管理员未关联部门")
     return caller.department_id
+
+
+LINE_COLUMNS = ("id", "order_id", "user_id", "date", "meal_type", "status")
+INSERT_LINES_UNNEST = text(
+    "INSERT INTO dining_order_lines (id, order_id, user_id, date, meal_type, status) "
+    "SELECT * FROM unnest(CAST(:id AS text[]), CAST(:order_id AS text[]), CAST(:user_id AS text[]), "
+    "CAST(CAST(:date AS text[]) AS date[]), CAST(:meal_type AS text[]), CAST(:status AS text[]))"
+)
+
+INSERT_LINES_SQLITE = (
+    "INSERT INTO dining_order_lines (id, order_id, user_id, date, meal_type, status) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 class OrderWork:
@@ -267,17 +280,8 @@ class OrderWork:
             "created_by": self.caller.id,
             "created_at": self.now,
         }
-        lines = [
-            {
-                "id": f"{order_id}-{n}",
-                "order_id": order_id,
-                "user_id": u.id,
-                "date": day,
-                "meal_type": meal,
-                "status": LINE_ACTIVE,
-            }
-            for n, u in enumerate(members, start=1)
-        ]
+        prefix, day_iso = f"line-{order_id.removeprefix('order-')}-", day.isoformat()
+        lines = [(f"{prefix}{n}", order_id, u.id, day_iso, meal, LINE_ACTIVE) for n, u in enumerate(members, start=1)]
         return Placed(spec.index, order, lines)
 
     async def flush(self, results: list[Placed]) -> None:
@@ -286,11 +290,18 @@ class OrderWork:
         # Core executemany on the tables: no ORM bookkeeping for a thousand plain rows.
         lines = [line for r in results for line in r.lines]
         await self.session.execute(insert(cast(Table, Order.__table__)), [r.order for r in results])
-        await self.session.execute(insert(cast(Table, OrderLine.__table__)), lines)
+        if is_postgres(self.session):
+            # one statement with six arrays: a thousand-row executemany is ~10x slower on asyncpg
+            columns = {key: list(values) for key, values in zip(LINE_COLUMNS, zip(*lines, strict=True), strict=True)}
+            await self.session.execute(INSERT_LINES_UNNEST, columns)
+        else:
+            # straight to the driver's executemany: no per-row parameter processing
+            connection = await self.session.connection()
+            await connection.exec_driver_sql(INSERT_LINES_SQLITE, lines)
         await enqueue(self.session, [event("dining.order.created", order_payload(r.order, r.lines)) for r in results])
 
 
-def order_payload(order: dict[str, Any], lines: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def order_payload(order: dict[str, Any], lines: Sequence[tuple[str, ...]]) -> dict[str, Any]:
     return {
         "orderId": order["id"],
         "departmentId": order["department_id"],
@@ -298,7 +309,7 @@ def order_payload(order: dict[str, Any], lines: Sequence[dict[str, Any]]) -> dic
         "mealType": order["meal_type"],
         "memberCount": order["member_count"],
         "totalAmount": str(cents_to_decimal(order["total_cents"])),
-        "userIds": [line["user_id"] for line in lines],
+        "userIds": [line[2] for line in lines],
         "createdBy": order["created_by"],
     }
 
