@@ -114,12 +114,15 @@ class SimulatedProvider:
             PROVIDER_CALLS.labels(provider=self.name, call="submit", outcome="error").inc()
             raise ProviderError(RATE_LIMITED, "429 Too Many Requests")
         base = expected_render_seconds(req.generation_type, req.model, req.resolution, req.duration)
-        render = base * (0.9 + 0.2 * _fraction("render:" + req.request_id)) * self.time_scale
+        # Draws keyed on the prompt and the attempt number (not on generated ids), so a given
+        # batch renders and fails the same way on every run: reproducible tests and benches.
+        draw = f"{req.prompt}:{req.request_id.rpartition('.')[2]}"
+        render = base * (0.9 + 0.2 * _fraction("render:" + draw)) * self.time_scale
         if "[slow]" in req.prompt:
             render *= 10
         if "[reject]" in req.prompt:
             outcome = CONTENT_REJECTED
-        elif "[5xx]" in req.prompt or _fraction("fail:" + req.request_id) < self.failure_rate:
+        elif "[5xx]" in req.prompt or _fraction("fail:" + draw) < self.failure_rate:
             outcome = SERVER_ERROR
         else:
             outcome = "succeeded"
