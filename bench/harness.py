@@ -36,6 +36,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from batchops.core.auth import create_token
+from batchops.migrate import upgrade
 
 PG_ADMIN_URL = os.environ.get("BATCHOPS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 JWT_SECRET = "bench-secret-" + "x" * 32
@@ -178,6 +179,32 @@ class Server:
             finally:
                 await conn.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+async def fresh_database(sqlite: bool) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """A migrated database for benches that run the runtime in-process (no server):
+    a temp SQLite file, or a new PostgreSQL database; returns (url, drop)."""
+    if sqlite:
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='batchops-bench-')}/bench.db"
+
+        async def nothing() -> None:
+            return None
+
+        await asyncio.to_thread(upgrade, url)
+        return url, nothing
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    url = _database(PG_ADMIN_URL, name)
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    await asyncio.to_thread(upgrade, url)
+    return url, drop
 
 
 # --- timing ------------------------------------------------------------------------------------------

@@ -15,54 +15,26 @@ import argparse
 import asyncio
 import random
 import statistics
-import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-import asyncpg
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from batchops.assembly import build_runtime
+from batchops.billing.ledger import CNY, Book
 from batchops.core.db import utcnow
 from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
-from batchops.migrate import upgrade
 from batchops.scheduler.models import Allocation, Device, QueueEntry, Reservation
 from batchops.scheduler.schemas import AllocationRequest
 from batchops.settings import Settings
+from bench.harness import fresh_database
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 DEVICES, RESERVATIONS, WAITING = 1000, 10_000, 1000
-
-
-async def fresh_database(sqlite: bool) -> tuple[str, Callable[[], Awaitable[None]]]:
-    if sqlite:
-        path = tempfile.mkdtemp(prefix="bench-p3-") + "/bench.db"
-        url = f"sqlite:///{path}"
-
-        async def nothing() -> None:
-            return None
-
-        await asyncio.to_thread(upgrade, url)
-        return url, nothing
-    name = f"bench_p3_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(PG)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = PG.rsplit("/", 1)[0] + "/" + name
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-    await asyncio.to_thread(upgrade, url)
-    return url, drop
 
 
 async def seed(rt: Runtime, crowded: bool) -> None:
@@ -149,6 +121,12 @@ async def measure(url: str, crowded: bool, reps: int) -> dict[str, list[float]]:
         await seed(rt, crowded)
         async with rt.db.transaction() as s:
             admin = await s.get(User, "u0")
+            # every user can pay: allocations and grants take their billing hold, as in production
+            users = list(await s.scalars(select(User.id)))
+            book = await Book(s, CNY).load(users)
+            for u in users:
+                book.topup(u, 10_000_000, f"topup:bench:{u}")
+            await book.flush()
         assert admin is not None
         times: dict[str, list[float]] = {"allocate": [], "extend": [], "grant": []}
         for i in range(reps):

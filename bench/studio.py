@@ -21,10 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -36,41 +33,17 @@ from batchops.assembly import build_runtime
 from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
-from batchops.migrate import upgrade
 from batchops.settings import Settings
 from batchops.studio.config import calculate_actual_concurrency, get_batch_config
 from batchops.studio.engine import Engine
 from batchops.studio.models import FINAL_STATES, SimJob, StudioTask
 from batchops.studio.providers import Status, SubmitRequest
 from batchops.studio.schemas import BatchGenerateIn, RowIn
+from bench.harness import fresh_database
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 MIX = [("sora-2", "720p", 10), ("sora-2-pro", "720p", 15), ("sora-2-pro", "1080p", 10), ("sora-2-pro", "1080p", 15)]
 console = Console()
-
-
-async def fresh_database(sqlite: bool = False) -> tuple[str, Callable[[], Awaitable[None]]]:
-    if sqlite:
-        url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-studio-')}/bench.db"
-
-        async def nothing() -> None:
-            return None
-
-        await asyncio.to_thread(upgrade, url)
-        return url, nothing
-    name = f"bench_studio_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(PG)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = PG.rsplit("/", 1)[0] + "/" + name
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-
-    await asyncio.to_thread(upgrade, url)
-    return url, drop
 
 
 async def add_users(rt: Runtime, ids: list[str], credits: int) -> None:
@@ -293,7 +266,7 @@ async def run_makespan(scale: float, sqlite: bool = False) -> None:
 
 
 async def run_throughput(n_engines: int, n_tasks: int) -> None:
-    url, drop = await fresh_database()
+    url, drop = await fresh_database(False)
     results: dict[str, Any] = {}
     try:
         results["studio engine"] = await engine_throughput(url, n_tasks, n_engines)
