@@ -29,7 +29,7 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class _ServerError(Exception):
-    pass
+    """A 5xx answer: worth a retry, counted by the breaker."""
 
 
 class BillingClient:

@@ -14,7 +14,7 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class CircuitOpenError(Exception):
-    pass
+    """The breaker refused the call without trying it."""
 
 
 class CircuitBreaker:
