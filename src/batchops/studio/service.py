@@ -337,30 +337,26 @@ class StudioService:
 
     # --- control ---------------------------------------------------------------------------
     async def pause(self, caller: User, batch_id: str) -> BatchActionOut:
-        async with self.db.transaction() as session:
-            batch = await self._batch(session, caller, batch_id, lock=True)
-            if batch.status not in (B_QUEUED, B_RUNNING):
-                raise ConflictError(f"Batch cannot be paused (status: {batch.status})")
-            batch.status, batch.updated_at = B_PAUSED, utcnow()
-            waiting = await session.scalar(
-                select(func.count())
-                .select_from(StudioTask)
-                .where(StudioTask.batch_id == batch_id, StudioTask.state == QUEUED)
-            )
-        return BatchActionOut(batch_id=batch_id, status=B_PAUSED, affected_count=int(waiting or 0))
+        return await self._switch(caller, batch_id, (B_QUEUED, B_RUNNING), B_PAUSED, "Batch cannot be paused")
 
     async def resume(self, caller: User, batch_id: str) -> BatchActionOut:
+        return await self._switch(caller, batch_id, (B_PAUSED,), B_RUNNING, "Batch is not paused")
+
+    async def _switch(
+        self, caller: User, batch_id: str, allowed: tuple[str, ...], to: str, refusal: str
+    ) -> BatchActionOut:
+        """Pause or resume: only the batch row changes; its queued tasks are counted for the answer."""
         async with self.db.transaction() as session:
             batch = await self._batch(session, caller, batch_id, lock=True)
-            if batch.status != B_PAUSED:
-                raise ConflictError(f"Batch is not paused (status: {batch.status})")
-            batch.status, batch.updated_at = B_RUNNING, utcnow()
+            if batch.status not in allowed:
+                raise ConflictError(f"{refusal} (status: {batch.status})")
+            batch.status, batch.updated_at = to, utcnow()
             waiting = await session.scalar(
                 select(func.count())
                 .select_from(StudioTask)
                 .where(StudioTask.batch_id == batch_id, StudioTask.state == QUEUED)
             )
-        return BatchActionOut(batch_id=batch_id, status=B_RUNNING, affected_count=int(waiting or 0))
+        return BatchActionOut(batch_id=batch_id, status=to, affected_count=int(waiting or 0))
 
     async def cancel(self, caller: User, batch_id: str) -> BatchActionOut:
         """Cancel everything not finished and return its credits (running renders are stopped)."""
