@@ -9,8 +9,7 @@ Two ways in:
   everything in bulk. This is what the scheduler's batch allocate uses, and why
   many allocations at once can never overspend: the account rows stay locked
   until the transaction commits.
-* :class:`Ledger` for one operation at a time (topup, a studio task's capture):
-  each call is a tiny Book in the caller's session.
+* :class:`Ledger` for one-off operations (a top-up, a balance read).
 
 Every entry carries a unique reference (``topup:…``, ``hold:…``, ``capture:…``),
 so a replayed operation finds its entry and does nothing.
@@ -301,62 +300,13 @@ HOLD_CHANGE = (
 
 
 class Ledger:
-    """One operation at a time, in the caller's session (which the caller commits)."""
-
-    async def _book(self, session: AsyncSession, currency: str, users: Iterable[str], refs: Iterable[str] = ()) -> Book:
-        return await Book(session, currency).load(users, hold_references=refs)
-
-    async def _hold_book(self, session: AsyncSession, reference: str) -> Book | None:
-        row = (
-            await session.execute(
-                select(Account.user_id, Account.currency)
-                .join(Hold, Hold.account_id == Account.id)
-                .where(Hold.reference == reference)
-            )
-        ).first()
-        if row is None:
-            return None
-        return await self._book(session, row.currency, [row.user_id], [reference])
-
-    async def hold(
-        self, session: AsyncSession, user_id: str, currency: str, amount: int, reference: str, memo: Any = None
-    ) -> None:
-        book = await self._book(session, currency, [user_id], [reference])
-        book.hold(user_id, amount, reference, memo)
-        await book.flush()
-
-    async def add_to_hold(self, session: AsyncSession, reference: str, amount: int) -> None:
-        book = await self._hold_book(session, reference)
-        if book is not None:
-            book.add_to_hold(reference, amount)
-            await book.flush()
-
-    async def capture(self, session: AsyncSession, reference: str, amount: int, memo: Any = None) -> int:
-        book = await self._hold_book(session, reference)
-        if book is None:
-            return 0
-        charged = book.capture(reference, amount, memo)
-        await book.flush()
-        return charged
-
-    async def release(self, session: AsyncSession, reference: str) -> None:
-        book = await self._hold_book(session, reference)
-        if book is not None:
-            book.release(reference)
-            await book.flush()
-
-    async def charge(
-        self, session: AsyncSession, user_id: str, currency: str, amount: int, reference: str, memo: Any = None
-    ) -> None:
-        book = await self._book(session, currency, [user_id])
-        await book.load_references([reference])
-        book.charge(user_id, amount, reference, memo)
-        await book.flush()
+    """One-off operations in the caller's session (which the caller commits). Batch work
+    (allocations, usage, studio tasks) uses a :class:`Book` directly."""
 
     async def topup(
         self, session: AsyncSession, user_id: str, currency: str, amount: int, reference: str, memo: Any = None
     ) -> bool:
-        book = await self._book(session, currency, [user_id])
+        book = await Book(session, currency).load([user_id])
         await book.load_references([reference])
         done = book.topup(user_id, amount, reference, memo)
         await book.flush()
