@@ -363,3 +363,21 @@ async def test_placement_is_best_fit_then_spread_over_nodes(
     assert picked[2] == "big"  # the only device with 4+ cores
     nodes = {n["nodeId"]: n for n in data(await client.get("/scheduler/nodes", headers=admin))}
     assert nodes["n1"]["allocated"] == 2 and nodes["n2"]["allocated"] == 1 and nodes["n1"]["available"] == 1
+
+
+async def test_placement_reads_the_whole_fleet_when_the_first_devices_are_reserved(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    """A single allocate reads only the first two devices of each (size, node) bucket;
+    when reservations block both, it must still find the third, and in id order."""
+    await create_users(client, admin, [{"userId": u, "maxDevices": 5} for u in ("alice", "bob")])
+    await create_devices(client, admin, 4)  # device-001 … device-004, one size, one node
+    soon = utcnow() + timedelta(minutes=10)
+    blocked = {data(await reserve(client, admin, "bob", soon, 60), 201)["deviceId"] for _ in range(2)}
+    assert blocked == {"device-001", "device-002"}
+    first = data(await allocate(client, admin, userId="alice", durationMinutes=60))
+    second = data(await allocate(client, admin, userId="alice", durationMinutes=60))
+    assert (first["deviceId"], second["deviceId"]) == ("device-003", "device-004")
+    error(await allocate(client, admin, userId="alice", durationMinutes=60), 400, "BadRequestException")
+    # a short allocation ends before the reservations begin: the first device is fine again
+    assert data(await allocate(client, admin, userId="alice", durationMinutes=5))["deviceId"] == "device-001"

@@ -114,7 +114,9 @@ class Book:
                 await self._read_accounts(sorted(missing), lock)
         refs = sorted(set(hold_references) - set(self.holds))
         if refs:
-            found = await self.session.scalars(select(Hold).where(Hold.reference.in_(refs)).with_for_update())
+            found = list(await self.session.scalars(select(Hold).where(Hold.reference.in_(refs)).with_for_update()))
+            for hold in found:  # flush() writes hold changes itself: the ORM must not write them again
+                self.session.expunge(hold)
             self.holds.update({h.reference: h for h in found})
         return self
 

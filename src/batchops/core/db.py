@@ -114,13 +114,18 @@ class Database:
                 pool_size=5,
                 max_overflow=10,
                 # Every session ends its transaction itself (commit, or rollback on error), so the
-                # pool's extra ROLLBACK on check-in is a no-op that costs a thread round trip.
+                # pool's extra ROLLBACK on check-in is a no-op that costs a round trip.
                 pool_reset_on_return=None,
             )
             _install_sqlite_hooks(self.engine)
         else:
             self.engine = create_async_engine(
-                self.url, echo=echo, pool_size=pool_size, max_overflow=pool_size * 2, pool_pre_ping=False
+                self.url,
+                echo=echo,
+                pool_size=pool_size,
+                max_overflow=pool_size * 2,
+                pool_pre_ping=False,
+                pool_reset_on_return=None,  # as above: no ROLLBACK round trip per checkout
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 

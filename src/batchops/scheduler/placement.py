@@ -11,7 +11,11 @@
    allocation still running), except the window of the reservation being fulfilled.
 
 Everything here is in memory: the caller loads devices, node loads and windows in
-a few queries, and the placement keeps them up to date as it places a batch.
+a few queries, and the placement keeps them up to date as it places a batch. A
+batch of n asks needs at most n devices of any (size, node) bucket, so the caller
+may load only the first few of each bucket; a bucket loaded in part that runs dry
+raises ``PlacementIncomplete`` and the caller loads every device, so the answer is
+always the one the whole fleet would give.
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+
+
+class PlacementIncomplete(Exception):
+    """A bucket that was loaded only in part ran out of usable devices."""
+
+
+Bucket = tuple[tuple[int, int, int], str | None]  # (size, node)
 
 
 @dataclass
@@ -51,7 +62,9 @@ class Placement:
         devices: list[Candidate],
         node_load: dict[str | None, int],
         windows: dict[str, list[Window]],
+        partial: set[Bucket] | None = None,
     ) -> None:
+        """``partial``: the buckets of which only the first devices (in id order) were loaded."""
         self.by_size: dict[tuple[int, int, int], list[Candidate]] = defaultdict(list)
         # Per size, per node, the devices in id order: the best device of a node is its first
         # unblocked one, so a choice costs O(nodes), not O(devices) (a batch of 50: 50 x nodes).
@@ -65,6 +78,7 @@ class Placement:
         self.node_load = defaultdict(int, node_load)
         self.windows: dict[str, list[Window]] = defaultdict(list, windows)
         self.by_id = {d.id: d for d in devices}
+        self.partial = partial or set()
 
     def blocking_window(
         self, device_id: str, start: datetime, end: datetime, ignore: str | None = None
@@ -119,6 +133,9 @@ class Placement:
                     continue
                 best, best_key = device, (load, device.id)
                 break
+            else:  # no usable device among those loaded: unloaded ones may be
+                if (size, node) in self.partial:
+                    raise PlacementIncomplete(f"bucket {size} on {node} was loaded in part")
         return best
 
     def _taken(self, device: Candidate, take: bool) -> Candidate:
@@ -128,6 +145,10 @@ class Placement:
             self.by_node[device.size][device.node_id].remove(device)
             del self.by_id[device.id]
         return device
+
+    def take(self, device_id: str) -> None:
+        """Take a device chosen before this placement was (re)loaded."""
+        self._taken(self.by_id[device_id], True)
 
     def give_back(self, device: Candidate) -> None:
         """Undo a ``choose`` whose allocation was refused afterwards (no balance)."""
@@ -141,4 +162,4 @@ class Placement:
 
     @property
     def has_free(self) -> bool:
-        return bool(self.by_id)
+        return bool(self.by_id) or bool(self.partial)
