@@ -13,7 +13,10 @@ ACTIVE, RELEASED = "allocated", "released"
 
 class Device(Base):
     __tablename__ = "devices"
-    __table_args__ = (Index("ix_devices_status_fit", "status", "cpu_cores", "memory_mb", "storage_mb"),)
+    __table_args__ = (
+        Index("ix_devices_status_fit", "status", "cpu_cores", "memory_mb", "storage_mb"),
+        Index("ix_devices_status_node", "status", "node_id"),  # node loads
+    )
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -111,7 +114,11 @@ class QueueEntry(Base):
     """A waiting allocation request: granted by priority (9 first), then age."""
 
     __tablename__ = "allocation_queue"
-    __table_args__ = (Index("ix_allocation_queue_order", "status", "priority", "enqueued_at"),)
+    __table_args__ = (
+        # the grant order itself (priority DESC, then age): LIMIT k reads k rows, no sort
+        Index("ix_allocation_queue_grant_order", "status", text("priority DESC"), "enqueued_at", "id"),
+        Index("ix_allocation_queue_expiry", "status", "expires_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)

@@ -290,15 +290,16 @@ class AllocateWork:
             }
         )
 
-    async def flush(self, results: list[Allocated | Queued]) -> None:
+    async def flush(self, results: list[Allocated | Queued], also_notify: Sequence[NewNotification] = ()) -> None:
+        """Write the batch; ``also_notify``: the caller's own notifications, sent in the same INSERT."""
         allocated = [r for r in results if isinstance(r, Allocated)]
         queued = [r for r in results if isinstance(r, Queued)]
         if allocated:
-            await self._write_allocations(allocated)
+            await self._write_allocations(allocated, also_notify)
         if queued:
             await self.service.queue.write_entries(self.session, queued)
 
-    async def _write_allocations(self, results: list[Allocated]) -> None:
+    async def _write_allocations(self, results: list[Allocated], also_notify: Sequence[NewNotification]) -> None:
         session = self.session
         device_ids = [r.device.id for r in results]
         claimed = await session.execute(
@@ -327,7 +328,8 @@ class AllocateWork:
                     },
                 )
                 for r in results
-            ],
+            ]
+            + list(also_notify),
         )
 
 

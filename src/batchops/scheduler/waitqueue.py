@@ -194,14 +194,9 @@ class WaitQueue:
                 granted.append((entry, result))
             if not granted:
                 return 0
-            await work.flush([r for _, r in granted])
-            await session.execute(
-                update(QueueEntry),
-                [{"id": e.id, "status": GRANTED, "granted_at": now, "allocation_id": r.id} for e, r in granted],
-            )
-            await self.scheduler.notifications.send(
-                session,
-                [
+            await work.flush(
+                [r for _, r in granted],
+                also_notify=[
                     NewNotification(
                         user_id=e.user_id,
                         type="scheduler.queue.granted",
@@ -211,6 +206,10 @@ class WaitQueue:
                     )
                     for e, r in granted
                 ],
+            )
+            await session.execute(
+                update(QueueEntry),
+                [{"id": e.id, "status": GRANTED, "granted_at": now, "allocation_id": r.id} for e, r in granted],
             )
         log.info("queue_granted", count=len(granted))
         return len(granted)
