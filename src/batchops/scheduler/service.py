@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import structlog
-from sqlalchemy import and_, bindparam, case, func, insert, select, update
+from sqlalchemy import Select, and_, bindparam, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import CNY, Book, InsufficientBalance
@@ -175,41 +175,16 @@ class AllocateWork:
         return self
 
     async def _read_devices(self, per_bucket: int | None) -> None:
-        """Free devices, their node's load and their reserved windows: one Core SELECT
-        (one row per device and window; no ORM row bookkeeping)."""
-        d, r = DEVICES.c, RESERVATIONS.c
-        loads = (
-            select(d.node_id, func.count().label("load"))
-            .where(d.status == ALLOCATED)
-            .group_by(d.node_id)
-            .subquery("loads")
-        )
-        bucket = (d.cpu_cores, d.memory_mb, d.storage_mb, d.node_id)
-        free = (
-            select(
-                d.id,
-                d.name,
-                d.cpu_cores,
-                d.memory_mb,
-                d.storage_mb,
-                d.node_id,
-                func.row_number().over(partition_by=bucket, order_by=d.id).label("rank"),
-            )
-            .where(d.status == AVAILABLE, d.maintenance.is_(False))
-            .subquery("free")
-        )
+        """Free devices, their node's load and their reserved windows: one SELECT
+        (one row per device and window)."""
         horizon = self.now + timedelta(minutes=MAX_MINUTES)
-        window = and_(r.device_id == free.c.id, r.status == RESERVED, r.start_at < horizon, r.end_at > self.now)
-        stmt = select(free, func.coalesce(loads.c.load, 0), r.start_at, r.end_at, r.id).select_from(
-            free.outerjoin(loads, free.c.node_id.is_not_distinct_from(loads.c.node_id)).outerjoin(RESERVATIONS, window)
-        )
-        if per_bucket is not None:
-            stmt = stmt.where(free.c.rank <= per_bucket + 1)
+        stmt = FREE_DEVICES if per_bucket is None else FIRST_FREE_DEVICES
+        params = {"now": self.now, "horizon": horizon, "rank": (per_bucket or 0) + 1}
         devices: dict[str, Candidate] = {}
         node_load: dict[str | None, int] = {}
         windows: dict[str, list[Window]] = defaultdict(list)
         partial: set[Bucket] = set()
-        for *fields, rank, load, w_start, w_end, owner in await self.session.execute(stmt):
+        for *fields, rank, load, w_start, w_end, owner in await self.session.execute(stmt, params):
             device = devices.get(fields[0]) or devices.setdefault(fields[0], Candidate(*fields))
             node_load[device.node_id] = int(load)
             if owner is not None:
@@ -337,6 +312,42 @@ MAX_MINUTES = 1440
 DEVICES, RESERVATIONS = table_of(Device), table_of(Reservation)
 
 
+def _free_devices_statement(ranked: bool) -> Select[Any]:
+    """Free devices (the first ``:rank`` of each size and node if ``ranked``) with their
+    node's load and the reserved windows in ``[:now, :horizon)``. Built once: a hot path."""
+    d, r = DEVICES.c, RESERVATIONS.c
+    loads = (
+        select(d.node_id, func.count().label("load")).where(d.status == ALLOCATED).group_by(d.node_id).subquery("loads")
+    )
+    bucket = (d.cpu_cores, d.memory_mb, d.storage_mb, d.node_id)
+    free = (
+        select(
+            d.id,
+            d.name,
+            d.cpu_cores,
+            d.memory_mb,
+            d.storage_mb,
+            d.node_id,
+            func.row_number().over(partition_by=bucket, order_by=d.id).label("rank"),
+        )
+        .where(d.status == AVAILABLE, d.maintenance.is_(False))
+        .subquery("free")
+    )
+    window = and_(
+        r.device_id == free.c.id,
+        r.status == RESERVED,
+        r.start_at < bindparam("horizon", type_=r.start_at.type),
+        r.end_at > bindparam("now", type_=r.end_at.type),
+    )
+    stmt = select(free, func.coalesce(loads.c.load, 0), r.start_at, r.end_at, r.id).select_from(
+        free.outerjoin(loads, free.c.node_id.is_not_distinct_from(loads.c.node_id)).outerjoin(RESERVATIONS, window)
+    )
+    return stmt.where(free.c.rank <= bindparam("rank")) if ranked else stmt
+
+
+FREE_DEVICES, FIRST_FREE_DEVICES = _free_devices_statement(False), _free_devices_statement(True)
+
+
 async def node_loads(session: AsyncSession) -> dict[str | None, int]:
     rows = await session.execute(
         select(Device.node_id, func.count()).where(Device.status == ALLOCATED).group_by(Device.node_id)
@@ -379,14 +390,21 @@ async def users_with_active_counts(
     ids = sorted(set(user_ids))
     if not ids:
         return {}, {}
-    active = (
+    rows = (await session.execute(USERS_WITH_ACTIVE, {"ids": ids})).all()
+    return {u.id: u for u, _ in rows}, {u.id: int(n) for u, n in rows}
+
+
+USERS_WITH_ACTIVE = (
+    select(
+        User,
         select(func.count())
         .where(Allocation.user_id == User.id, Allocation.status == ACTIVE)
         .correlate(User)
-        .scalar_subquery()
+        .scalar_subquery(),
     )
-    rows = (await session.execute(select(User, active).where(User.id.in_(ids)).order_by(User.id))).all()
-    return {u.id: u for u, _ in rows}, {u.id: int(n) for u, n in rows}
+    .where(User.id.in_(bindparam("ids", expanding=True)))
+    .order_by(User.id)
+)
 
 
 # --- release & extend share the loading of allocations -------------------------------------------
