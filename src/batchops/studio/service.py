@@ -48,7 +48,7 @@ from batchops.studio.models import (
     StudioBatch,
     StudioTask,
 )
-from batchops.studio.providers import RETRYABLE_KINDS, Provider
+from batchops.studio.providers import RETRYABLE_KINDS, Provider, expected_render_seconds
 from batchops.studio.schemas import (
     BatchAccepted,
     BatchActionOut,
@@ -138,7 +138,11 @@ class StudioService:
                     "image_url": row.image_url,
                     "credits": r.credits,
                     "hold_ref": hold_reference(task_id),
-                    "sort_key": sort_key(r.resolution, r.duration),
+                    "sort_key": sort_key(
+                        r.resolution,
+                        r.duration,
+                        expected_render_seconds(body.generation_type, r.model, r.resolution, r.duration),
+                    ),
                     "state": QUEUED,
                     "attempts": 0,
                     "due_at": now,
