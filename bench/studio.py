@@ -163,6 +163,8 @@ class NoopProvider:
     """Answers at once: measures the engine and the database, not a provider."""
 
     name = "noop"
+    finds_by_request_id = True
+    calls_back = False
 
     async def submit(self, req: SubmitRequest) -> str:
         return req.request_id

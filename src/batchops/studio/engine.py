@@ -76,6 +76,7 @@ from batchops.studio.providers import (
     RETRYABLE_KINDS,
     SERVER_ERROR,
     TIMEOUT,
+    UNKNOWN_SUBMISSION,
     Provider,
     ProviderError,
     SubmitRequest,
@@ -96,7 +97,7 @@ class Claim:
 @dataclass
 class Outcome:
     claim: Claim
-    kind: str  # submitted | poll | succeeded | error
+    kind: str  # submitted | poll | unknown | succeeded | error
     provider_task_id: str | None = None
     result_url: str | None = None
     error_kind: str | None = None
@@ -430,6 +431,18 @@ class Engine:
             if found:
                 log.info("studio_submission_found", task_id=task.id, request_id=task.request_id)
                 return Outcome(claim, "submitted", provider_task_id=found)
+            if not self.provider.finds_by_request_id:
+                # The provider may hold this request without our knowing its id: sending it
+                # again could render (and bill) it twice. Wait for its callback, up to the
+                # render timeout; past that, or with no callback to wait for, give up.
+                if self.provider.calls_back and (task.deadline_at is None or utcnow() < task.deadline_at):
+                    return Outcome(claim, "unknown")
+                return Outcome(
+                    claim,
+                    "error",
+                    error_kind=UNKNOWN_SUBMISSION,
+                    error=f"{self.provider.name} never confirmed request {task.request_id}; not sent again",
+                )
         provider_task_id = await self.provider.submit(
             SubmitRequest(
                 request_id=task.request_id,
@@ -557,6 +570,16 @@ class Engine:
             }
         if outcome.kind == "poll":
             return {**free, "polls": task.polls + 1, "due_at": self._next_poll(task, now)}
+        if outcome.kind == "unknown":  # left to the provider's callback until the deadline
+            until = now + self.seconds(get_polling_config(task.resolution).timeout_seconds) + self.lease
+            entry = {"attempt": task.attempts, "errorKind": UNKNOWN_SUBMISSION, "at": _stamp(now)}
+            entry["error"] = "answer lost in a crash; waiting for the provider's callback"
+            return {
+                "lease_owner": None,
+                "lease_until": until,  # nobody resumes it before then
+                "deadline_at": until,
+                "history": [*(task.history or []), entry],
+            }
         batch = batches[task.batch_id]
         polled = task.polls + (1 if task.state == RUNNING else 0)
         if outcome.kind == "succeeded":
