@@ -34,10 +34,10 @@ from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
 from batchops.settings import Settings
-from batchops.studio.config import calculate_actual_concurrency, get_batch_config
+from batchops.studio.config import SLOW_QUEUE_KEY, calculate_actual_concurrency, get_batch_config
 from batchops.studio.engine import Engine
-from batchops.studio.models import FINAL_STATES, SimJob, StudioTask
-from batchops.studio.providers import Status, SubmitRequest
+from batchops.studio.models import SimJob, StudioTask
+from batchops.studio.providers import Status, SubmitRequest, expected_render_seconds
 from batchops.studio.schemas import BatchGenerateIn, RowIn
 from bench.harness import fresh_database
 
@@ -54,26 +54,20 @@ async def add_users(rt: Runtime, ids: list[str], credits: int) -> None:
             await rt.services["ledger"].topup(session, u, "CREDITS", credits, f"bench:{u}")
 
 
-async def unfinished(rt: Runtime) -> int:
-    async with rt.db.transaction() as session:
-        n = await session.scalar(
-            select(func.count()).select_from(StudioTask).where(StudioTask.state.not_in(FINAL_STATES))
-        )
-    return int(n or 0)
-
-
 async def drive(engines: list[Engine], rt: Runtime) -> float:
-    """Tick every engine in a loop until no task is unfinished; seconds taken."""
+    """Tick every engine until no task is unfinished, each sleeping until the next task is due
+    (as ``Engine.run_until_idle`` does); seconds taken."""
     started = time.perf_counter()
     done = asyncio.Event()
 
     async def loop(engine: Engine) -> None:
         while not done.is_set():
             if not await engine.tick():
-                if not await unfinished(rt):
+                left, wait = await engine.idle_hint()
+                if not left:
                     done.set()
                     return
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(min(max(wait, 0.001), 0.05))
 
     await asyncio.gather(*(loop(e) for e in engines))
     return time.perf_counter() - started
@@ -100,41 +94,64 @@ async def makespan(url: str, scale: float) -> list[tuple[str, str, str, str]]:
     plan = get_batch_config("enterprise")
     render = {j.task_ref: (j.ready_at - j.submitted_at).total_seconds() for j in jobs}
     lb_plan = sum(render.values()) / plan.concurrency
-    lb_actual = sum(
-        r / calculate_actual_concurrency("enterprise", tasks[t].model, tasks[t].resolution, tasks[t].duration)
-        for t, r in render.items()
+    # Each task holds plan / actual-concurrency of the plan's slots for its render time, so
+    # no schedule ends before Σ render ÷ actual concurrency, nor before its longest render.
+    lb_actual = max(
+        sum(
+            r / calculate_actual_concurrency("enterprise", tasks[t].model, tasks[t].resolution, tasks[t].duration)
+            for t, r in render.items()
+        ),
+        max(render.values()),
     )
-    ideal = policy_makespan(tasks, render, plan.concurrency)
+    ideal = policy_makespan(tasks, render, plan.concurrency, scale)
     polls = sum(j.polls for j in jobs)
     fixed = sum(math.ceil(r / scale / 3.0) for r in render.values())
     ok = sum(1 for t in tasks.values() if t.state == "succeeded")
+    first = min(j.submitted_at for j in jobs)
+    last = max(t.finished_at for t in tasks.values() if t.finished_at)
+    fast_done = max(t.finished_at for t in tasks.values() if t.finished_at and t.sort_key < SLOW_QUEUE_KEY)
+    fast_share = (fast_done - first) / (last - first)
     return [
         ("makespan (s, scaled)", f"{elapsed:.2f}", f"{lb_actual:.2f} (Σ render / actual concurrency)", ""),
         ("makespan / lower bound", f"{elapsed / lb_actual:.3f}x", "target ≤ 1.05x", f"{ok}/100 succeeded"),
         ("makespan / same policy, zero overhead", f"{elapsed / ideal:.3f}x", f"{ideal:.2f} s", "engine cost alone"),
         ("makespan / Σ render ÷ plan 10", f"{elapsed / lb_plan:.3f}x", f"{lb_plan:.2f} s", "1080p capped at 9 / 7"),
+        ("fast queue all done at", f"{fast_share:.0%} of the makespan", "", "the seed's quick feedback"),
         ("status polls", str(polls), f"{fixed} with fixed 3 s polling", f"{polls / fixed:.3f}x (target ≤ 0.55x)"),
     ]
 
 
-def policy_makespan(tasks: dict[str, StudioTask], render: dict[str, float], slots: int) -> float:
-    """The makespan the admission policy itself allows (queue order, weighted slots, no
-    latency at all), by event simulation over the same render times: what remains of the
-    gap to the lower bound once the engine's own cost is taken out."""
+def policy_makespan(tasks: dict[str, StudioTask], render: dict[str, float], slots: int, scale: float) -> float:
+    """The makespan the admission policy itself allows (queue order, weighted slots, the slow
+    queue pulled forward once critical, no latency at all), by event simulation over the same
+    render times: what remains of the gap to the lower bound once the engine's own cost is out.
+    Mirrors ``Engine._admit_users`` for one user (expected render times for its estimates)."""
+
+    def kind(t: str) -> tuple[str, str, str | None, int | None]:
+        task = tasks[t]
+        return task.generation_type, task.model, task.resolution, task.duration
+
     order = sorted(render, key=lambda t: (tasks[t].sort_key, tasks[t].created_at, tasks[t].index))
-    weight = {
-        t: slots / calculate_actual_concurrency("enterprise", tasks[t].model, tasks[t].resolution, tasks[t].duration)
-        for t in order
-    }
-    now, used, running, end = 0.0, 0.0, [], 0.0
-    queue = list(order)
-    while queue or running:
-        while queue and used + weight[queue[0]] <= slots + 1e-9:
+    k = {t: calculate_actual_concurrency("enterprise", *kind(t)[1:]) for t in order}
+    weight = {t: slots / k[t] for t in order}
+    expected = {t: expected_render_seconds(*kind(t)) * scale for t in order}
+    fast = [t for t in order if tasks[t].sort_key < SLOW_QUEUE_KEY]
+    slow = [t for t in order if tasks[t].sort_key >= SLOW_QUEUE_KEY]
+    now, used, end = 0.0, 0.0, 0.0
+    running: list[tuple[float, float, str]] = []  # (actual end, expected end, task)
+    while fast or slow or running:
+        while fast or slow:
+            area = sum(weight[t] * max(0.0, e - now) for _, e, t in running)
+            area += sum(weight[t] * expected[t] for t in fast + slow)
+            critical = bool(slow) and area / slots <= math.ceil(len(slow) / k[slow[0]]) * expected[slow[0]] + 1e-9
+            queue = slow if critical or not fast else fast
+            if used + weight[queue[0]] > slots + 1e-9:
+                break
             t = queue.pop(0)
             used += weight[t]
-            running.append((now + render[t], t))
+            running.append((now + render[t], now + expected[t], t))
         running.sort()
-        finish, t = running.pop(0)
+        finish, _, t = running.pop(0)
         now, used, end = finish, used - weight[t], max(end, finish)
     return end
 
@@ -146,6 +163,8 @@ class NoopProvider:
     """Answers at once: measures the engine and the database, not a provider."""
 
     name = "noop"
+    finds_by_request_id = True
+    calls_back = False
 
     async def submit(self, req: SubmitRequest) -> str:
         return req.request_id

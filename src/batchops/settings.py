@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     sim_failure_rate: float = Field(0.0, ge=0, le=1, description="simulated provider: share of renders that fail")
     kie_api_key: str | None = Field(None, validation_alias=_alias("BATCHOPS_KIE_API_KEY", "KIE_API_KEY"))
     kie_base_url: str = Field("https://api.kie.ai", validation_alias=_alias("BATCHOPS_KIE_BASE_URL", "KIE_BASE_URL"))
+    kie_callback_url: str | None = Field(
+        None, description="public URL of POST /api/v1/workflow/providers/kie/callback (KIE's callBackUrl)"
+    )
     studio_tick_seconds: float = Field(0.5, gt=0, description="how often a worker claims due studio tasks")
     studio_lease_seconds: float = Field(60.0, gt=0, description="a claimed studio task is re-offered after this")
 

@@ -7,15 +7,19 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
+from sqlalchemy import update
 
+from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
+from batchops.studio.models import StudioTask
 from batchops.studio.providers import KieProvider
 from tests.studio.conftest import studio_user
 from tests.studio.test_flow import balance, batch, submit
@@ -133,3 +137,92 @@ async def test_kie_errors_are_classified(fake_kie: tuple[FakeKie, str]) -> None:
         await down.submit(req)
     assert raised.value.retryable
     await down.close()
+
+
+CALLBACK = "http://testserver/api/v1/workflow/providers/kie/callback"
+
+
+def kie_engine(runtime: Runtime, url: str, *, calls_back: bool) -> tuple[Engine, KieProvider]:
+    key = runtime.settings.jwt_secret
+    provider = KieProvider(url, "kie-test-key", callback_url=CALLBACK if calls_back else None, callback_key=key)
+    engine = Engine(
+        runtime.db,
+        runtime.services["ledger"],
+        provider,
+        runtime.services["notifications"],
+        runtime.push,
+        time_scale=0.001,
+    )
+    runtime.services["studio"].callback_key = key
+    return engine, provider
+
+
+async def crash_after_kie_answered(runtime: Runtime, engine: Engine, n: int) -> None:
+    """KIE accepted every createTask, then the worker died before committing the taskIds."""
+    claims = await engine.admit()
+    assert len(claims) == n
+    for claim in claims:
+        outcome = await engine.step(claim)
+        assert outcome.kind == "submitted"  # KIE answered; the answer is lost with the worker
+    async with runtime.db.transaction() as session:  # the dead worker's leases run out
+        await session.execute(
+            update(StudioTask).where(StudioTask.lease_until.is_not(None)).values(lease_until=utcnow())
+        )
+
+
+async def test_kie_crash_is_reconciled_by_callback_never_resubmitted(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, fake_kie: tuple[FakeKie, str]
+) -> None:
+    fake, url = fake_kie
+    fake.rate_limit_next = 0
+    user = await studio_user(client, admin, "u1", plan="pro", credits=1000)
+    accepted = await submit(client, user, {"rows": [{"prompt": f"shot {i}", "model": "sora-2"} for i in range(2)]})
+    engine, provider = kie_engine(runtime, url, calls_back=True)
+    try:
+        await crash_after_kie_answered(runtime, engine, 2)
+        assert await engine.tick() == 2  # resumed: KIE cannot be asked, so they wait for its callback
+        assert len(fake.creates) == 2
+        view = await batch(client, user, accepted["batchId"])
+        assert view["counts"]["running"] == 2  # still held against the plan: they may be rendering
+        # a forged callback is refused and changes nothing
+        r = await client.post(CALLBACK, params={"requestId": "x.1", "sig": "0" * 32}, json={"data": {"taskId": "k"}})
+        assert r.status_code == 403
+        for i, body in enumerate(fake.creates):  # KIE posts each task to the callBackUrl it was given
+            r = await client.post(body["callBackUrl"], json={"code": 200, "data": {"taskId": f"kie-{i + 1}"}})
+            assert r.status_code == 200 and r.json()["msg"] == "reconciled"
+        await engine.run_until_idle(limit_seconds=30)
+    finally:
+        await provider.close()
+    view = await batch(client, user, accepted["batchId"])
+    assert view["counts"]["succeeded"] == 2
+    assert len(fake.creates) == 2  # each task reached KIE exactly once
+    assert {t["resultUrl"] for t in view["tasks"]} == {
+        "https://cdn.kie.test/kie-1.mp4",
+        "https://cdn.kie.test/kie-2.mp4",
+    }
+    assert await balance(runtime, "u1") == (1000 - 30, 0)
+
+
+async def test_kie_crash_without_callback_fails_unknown_and_returns_credits(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, fake_kie: tuple[FakeKie, str]
+) -> None:
+    fake, url = fake_kie
+    fake.rate_limit_next = 0
+    user = await studio_user(client, admin, "u1", plan="pro", credits=1000)
+    accepted = await submit(client, user, {"rows": [{"prompt": "shot", "model": "sora-2"}]})
+    engine, provider = kie_engine(runtime, url, calls_back=True)
+    try:
+        await crash_after_kie_answered(runtime, engine, 1)
+        assert await engine.tick() == 1  # waits for a callback that never comes
+        async with runtime.db.transaction() as session:  # its wait runs out (no sleeping on a clock)
+            past = utcnow() - timedelta(seconds=1)
+            await session.execute(update(StudioTask).values(lease_until=past, deadline_at=past))
+        await engine.run_until_idle(limit_seconds=30)
+    finally:
+        await provider.close()
+    view = await batch(client, user, accepted["batchId"])
+    task = view["tasks"][0]
+    assert task["status"] == "failed" and task["errorKind"] == "unknown_submission"
+    assert len(fake.creates) == 1  # never sent twice
+    assert view["credits"] == {"held": 0, "spent": 0, "returned": 15}
+    assert await balance(runtime, "u1") == (1000, 0)

@@ -33,23 +33,49 @@ def max_overlap(jobs: list[SimJob]) -> int:
     return peak
 
 
+async def submission_order(
+    client: httpx.AsyncClient, user: dict[str, str], runtime: Runtime, batch_id: str
+) -> list[tuple[str, int]]:
+    """(resolution, duration) of each render, in the order the provider received them."""
+    view = await batch(client, user, batch_id)
+    by_task = {t["taskId"]: (t["resolution"], t["duration"]) for t in view["tasks"]}
+    return [by_task[j.task_ref] for j in await sim_jobs(runtime)]
+
+
 async def test_fast_queue_first_and_plan_concurrency(
     client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
 ) -> None:
     user = await studio_user(client, admin, "u1", plan="pro")
-    specs = [PRO_1080_15] * 3 + [SORA2_15] * 2 + [SORA2] * 4 + [PRO_1080_10] * 2
+    # Pro runs 2 slow tasks (1080p 15 s) at once: 4 fill whole rounds, nothing to pull forward
+    specs = [PRO_1080_15] * 4 + [SORA2_15] * 2 + [SORA2] * 4 + [PRO_1080_10] * 2
     accepted = await submit(client, user, {"rows": rows(*specs)})
     await engine_factory().run_until_idle(limit_seconds=30)
     view = await batch(client, user, accepted["batchId"])
     assert view["counts"]["succeeded"] == len(specs)
-    by_task = {t["taskId"]: (t["resolution"], t["duration"]) for t in view["tasks"]}
-    order = [by_task[j.task_ref] for j in await sim_jobs(runtime)]
-    # fast queue (720p, 1080p 10 s) before the slow one (1080p 15 s); shorter first within it
-    assert order[:6] == [order[0]] * 0 + sorted(order[:6], key=lambda o: o[1])
-    assert all(o[1] == 10 for o in order[:6]) and order[6:8] == [("720p", 15)] * 2
-    assert order[8:] == [("1080p", 15)] * 3
+    order = await submission_order(client, user, runtime, accepted["batchId"])
+    # every fast task (720p, 1080p 10 s) starts before any slow one; shorter durations first,
+    # and within 10 s the longer render (1080p) first
+    assert order == [("1080p", 10)] * 2 + [("720p", 10)] * 4 + [("720p", 15)] * 2 + [("1080p", 15)] * 4
     peak = max_overlap(await sim_jobs(runtime))
     assert peak == 3  # the pro plan's concurrency: reached, never passed
+
+
+async def test_slow_queue_pulls_forward_only_its_partial_round(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    user = await studio_user(client, admin, "u1", plan="pro")
+    # 3 slow tasks, 2 at a time: run last, the third would render alone at the end while two
+    # of the three slots idle. It starts early instead, ahead of the last fast tasks, and only it.
+    specs = [PRO_1080_15] * 3 + [SORA2_15] * 2 + [SORA2] * 4 + [PRO_1080_10] * 2
+    accepted = await submit(client, user, {"rows": rows(*specs)})
+    await engine_factory().run_until_idle(limit_seconds=30)
+    order = await submission_order(client, user, runtime, accepted["batchId"])
+    assert len(order) == len(specs)
+    slow = [i for i, o in enumerate(order) if o == ("1080p", 15)]
+    last_fast = max(i for i, o in enumerate(order) if o != ("1080p", 15))
+    assert order[:3] == [("1080p", 10)] * 2 + [("720p", 10)]  # the fast queue opens the batch
+    assert len([i for i in slow if i < last_fast]) == 1  # 3 mod 2: exactly the partial round
+    assert max_overlap(await sim_jobs(runtime)) == 3
 
 
 async def test_concurrency_is_per_user_across_batches(

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from batchops.core.errors import BadRequestError
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, Page, PageParams, ok
 from batchops.identity.api import CurrentUser
@@ -132,3 +133,24 @@ async def download(batch_id: str, user: CurrentUser, service: Service) -> Respon
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{batch_id}.zip"'},
     )
+
+
+@router.post("/providers/kie/callback")
+async def kie_callback(
+    request: Request,
+    service: Service,
+    request_id: Annotated[str, Query(alias="requestId", max_length=100)],
+    sig: Annotated[str, Query(max_length=64)],
+) -> dict[str, object]:
+    """KIE's callBackUrl: the body is its task record (``data.taskId``); our request id and its
+    signature ride in the URL we gave it. KIE only needs a 200 back."""
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    data = body.get("data") if isinstance(body, dict) else None
+    task_id = data.get("taskId") if isinstance(data, dict) else None
+    if not isinstance(task_id, str) or not task_id or len(task_id) > 200:
+        raise BadRequestError("Callback body needs data.taskId", details=[{"field": "data.taskId"}])
+    done = await service.provider_callback(request_id, sig, task_id)
+    return {"code": 200, "msg": done}

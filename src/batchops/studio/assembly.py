@@ -16,7 +16,13 @@ def build_studio(rt: Runtime, ledger: Any, notifications: NotificationService) -
     s = rt.settings
     provider: Provider
     if s.video_provider == "kie":
-        provider = KieProvider(s.kie_base_url, s.kie_api_key, timeout_seconds=min(30.0, s.studio_lease_seconds / 2))
+        provider = KieProvider(
+            s.kie_base_url,
+            s.kie_api_key,
+            timeout_seconds=min(30.0, s.studio_lease_seconds / 2),
+            callback_url=s.kie_callback_url,
+            callback_key=s.jwt_secret,
+        )
         scale = 1.0
     else:
         provider = SimulatedProvider(rt.db, time_scale=s.sim_time_scale, failure_rate=s.sim_failure_rate)
@@ -24,7 +30,10 @@ def build_studio(rt: Runtime, ledger: Any, notifications: NotificationService) -
     engine = Engine(
         rt.db, ledger, provider, notifications, rt.push, time_scale=scale, lease_seconds=s.studio_lease_seconds
     )
-    rt.services.update(studio=StudioService(rt.db, provider, rt.push), studio_engine=engine)
+    rt.services.update(
+        studio=StudioService(rt.db, provider, rt.push, callback_key=s.jwt_secret, time_scale=scale),
+        studio_engine=engine,
+    )
     rt.worker.add_job(PeriodicJob("studio.tick", s.studio_tick_seconds, engine.tick))
     rt.closers.append(provider.close)
     return engine

@@ -166,9 +166,18 @@ def is_fast(resolution: str | None, duration: int | None) -> bool:
     return not (resolution == "1080p" and duration == 15)
 
 
-def sort_key(resolution: str | None, duration: int | None) -> int:
-    """Fast queue first, then shorter durations first."""
-    return (0 if is_fast(resolution, duration) else 1000) + (duration or 0)
+SLOW_QUEUE_KEY = 100_000  # sort keys from here on belong to the slow queue
+
+
+def sort_key(resolution: str | None, duration: int | None, render_seconds: float = 0.0) -> int:
+    """Fast queue first, then shorter durations first (the seed's order).
+
+    Within one queue and duration (720p 10 s beside 1080p 10 s) the longer render goes
+    first: the seed leaves that tie open, and ending the fast queue on short renders keeps
+    the slots from going idle in a ragged tail of long ones.
+    """
+    queue = 0 if is_fast(resolution, duration) else SLOW_QUEUE_KEY
+    return queue + (duration or 0) * 1000 + max(0, 999 - round(render_seconds))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ with a due time.
 from __future__ import annotations
 
 import asyncio
+import math
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,6 +48,7 @@ from batchops.studio.config import (
     DEGRADE_WINDOW,
     FIRST_POLL_SHARE,
     MAX_RETRIES,
+    SLOW_QUEUE_KEY,
     calculate_actual_concurrency,
     degraded_concurrency,
     get_batch_config,
@@ -74,6 +76,7 @@ from batchops.studio.providers import (
     RETRYABLE_KINDS,
     SERVER_ERROR,
     TIMEOUT,
+    UNKNOWN_SUBMISSION,
     Provider,
     ProviderError,
     SubmitRequest,
@@ -94,7 +97,7 @@ class Claim:
 @dataclass
 class Outcome:
     claim: Claim
-    kind: str  # submitted | poll | succeeded | error
+    kind: str  # submitted | poll | unknown | succeeded | error
     provider_task_id: str | None = None
     result_url: str | None = None
     error_kind: str | None = None
@@ -148,26 +151,46 @@ class Engine:
                 break
         return handled
 
-    async def run_until_idle(self, *, limit_seconds: float = 60.0, idle_sleep: float = 0.01) -> None:
-        """Tick until no task of any batch is left unfinished (tests, CLI)."""
+    async def run_until_idle(self, *, limit_seconds: float = 60.0, max_sleep: float = 0.05) -> None:
+        """Tick until no task of any batch is left unfinished (tests, CLI, bench).
+
+        Between ticks it sleeps until the next task is due (at most ``max_sleep``, so work
+        submitted meanwhile is seen): no busy-waiting, and no latency added to a due poll.
+        """
         loop = asyncio.get_running_loop()
         end = loop.time() + limit_seconds
         while loop.time() < end:
             if not await self.tick():
-                async with self.db.transaction() as session:
-                    left = await session.scalar(
-                        select(func.count())
-                        .select_from(StudioTask)
-                        .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
-                        .where(
-                            StudioTask.state.not_in(FINAL_STATES),
-                            or_(StudioTask.state != QUEUED, StudioBatch.status != B_PAUSED),
-                        )
-                    )
+                left, wait = await self.idle_hint()
                 if not left:
                     return
-                await asyncio.sleep(idle_sleep)
+                await asyncio.sleep(min(max(wait, 0.001), max_sleep))
         raise TimeoutError("studio tasks still unfinished")
+
+    async def idle_hint(self) -> tuple[int, float]:
+        """Unfinished tasks (queued ones of paused batches aside), and seconds until one is due.
+
+        A ``submitting`` task counts as due when its lease runs out (its worker died)."""
+        now = utcnow()
+        async with self.db.transaction() as session:
+            left, next_due, next_lease = (
+                await session.execute(
+                    select(
+                        func.count(),
+                        func.min(StudioTask.due_at).filter(StudioTask.state.in_((QUEUED, RUNNING))),
+                        func.min(StudioTask.lease_until).filter(StudioTask.state == SUBMITTING),
+                    )
+                    .select_from(StudioTask)
+                    .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
+                    .where(
+                        StudioTask.state.not_in(FINAL_STATES),
+                        or_(StudioTask.state != QUEUED, StudioBatch.status != B_PAUSED),
+                    )
+                )
+            ).one()
+        moments = [m for m in (next_due, next_lease) if m is not None]
+        wait = (min(moments) - now).total_seconds() if moments else 0.0
+        return int(left or 0), wait
 
     # --- 1. admission ---------------------------------------------------------------------
     async def admit(self) -> list[Claim]:
@@ -220,13 +243,19 @@ class Engine:
         return claims
 
     async def _admit_users(self, session: AsyncSession, users: list[str], due: Any) -> list[StudioTask]:
-        """Each user's next tasks in queue order while they fit.
+        """Each user's next tasks while they fit: the fast queue first, the slow queue when due.
 
         Each running task takes ``plan concurrency / actual concurrency of its kind`` slots
         (a 720p task 1, an Enterprise 1080p 15 s task 10/7), the plan has ``concurrency``
         slots: so a user never has more than the plan's tasks at the provider, nor more of
         one kind than ``calculate_actual_concurrency`` allows. Counted in the database, so
         it holds across every worker.
+
+        Order: the fast queue goes first (the seed), except that a slow task goes ahead of
+        waiting fast ones once the slow queue is *critical* (:meth:`_slow_is_critical`):
+        waiting any longer to start it would push the end of the user's work past the
+        earliest end its remaining work allows. Admission is strict within the chosen queue:
+        nothing jumps ahead of a heavier task that waits for room.
         """
         plans: dict[str, str | None] = dict(
             (await session.execute(select(User.id, User.plan).where(User.id.in_(users)))).all()
@@ -236,30 +265,49 @@ class Engine:
             plan = plans.get(user_id)
             return get_batch_config(plan).concurrency / calculate_actual_concurrency(plan, model, resolution, duration)
 
-        kind = (StudioTask.batch_id, StudioTask.model, StudioTask.resolution, StudioTask.duration)
-        rows = (
+        kind = (StudioTask.generation_type, StudioTask.model, StudioTask.resolution, StudioTask.duration)
+        running = (
             await session.execute(
-                select(StudioTask.user_id, *kind, func.count())
-                .where(StudioTask.user_id.in_(users), StudioTask.state.in_(ACTIVE_STATES))
-                .group_by(StudioTask.user_id, *kind)
+                select(StudioTask.user_id, StudioTask.batch_id, *kind, StudioTask.submitted_at).where(
+                    StudioTask.user_id.in_(users), StudioTask.state.in_(ACTIVE_STATES)
+                )
             )
         ).all()
+        slow = StudioTask.sort_key >= SLOW_QUEUE_KEY
+        waiting = (
+            await session.execute(
+                select(StudioTask.user_id, *kind, slow.label("slow"), func.count())
+                .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
+                .where(
+                    StudioTask.user_id.in_(users),
+                    StudioTask.state == QUEUED,
+                    StudioBatch.status.in_(RUNNABLE_BATCH),
+                )
+                .group_by(StudioTask.user_id, *kind, slow)
+            )
+        ).all()
+        now = utcnow()
         used: dict[str, float] = dict.fromkeys(users, 0.0)
+        area: dict[str, float] = dict.fromkeys(users, 0.0)  # slot-seconds of work left, scaled
+        slow_left: dict[str, int] = dict.fromkeys(users, 0)
         active: dict[str, int] = {}
-        for user_id, batch_id, model, resolution, duration, n in rows:
-            active[batch_id] = active.get(batch_id, 0) + n
-            used[user_id] += n * weight(user_id, model, resolution, duration)
+        for user_id, batch_id, gen, model, resolution, duration, submitted_at in running:
+            w = weight(user_id, model, resolution, duration)
+            active[batch_id] = active.get(batch_id, 0) + 1
+            used[user_id] += w
+            expected = self.seconds(expected_render_seconds(gen, model, resolution, duration))
+            left = ((submitted_at or now) + expected - now).total_seconds()
+            area[user_id] += w * max(0.0, left)
+        for user_id, gen, model, resolution, duration, is_slow, n in waiting:
+            render = self.seconds(expected_render_seconds(gen, model, resolution, duration)).total_seconds()
+            area[user_id] += n * weight(user_id, model, resolution, duration) * render
+            if is_slow:
+                slow_left[user_id] += n
         open_users = [u for u in users if used[u] + 1 <= get_batch_config(plans.get(u)).concurrency + 1e-9]
         if not open_users:
             return []
-        rank = (
-            func.row_number()
-            .over(
-                partition_by=StudioTask.user_id,
-                order_by=(StudioTask.sort_key, StudioBatch.created_at, StudioTask.batch_id, StudioTask.index),
-            )
-            .label("rank")
-        )
+        order = (StudioTask.sort_key, StudioBatch.created_at, StudioTask.batch_id, StudioTask.index)
+        rank = func.row_number().over(partition_by=(StudioTask.user_id, slow), order_by=order).label("rank")
         ranked = (
             select(StudioTask.id, rank)
             .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
@@ -275,8 +323,7 @@ class Engine:
                 select(StudioTask)
                 .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
                 .where(StudioTask.id.in_(ids), due)
-                .order_by(StudioTask.user_id, StudioTask.sort_key, StudioBatch.created_at, StudioTask.batch_id)
-                .order_by(StudioTask.index)
+                .order_by(StudioTask.user_id, *order)
                 .with_for_update(skip_locked=True, of=StudioTask)
             )
         )
@@ -289,21 +336,48 @@ class Engine:
                 )
             ).all()
         )
-        admitted: list[StudioTask] = []
-        blocked: set[str] = set()
+        queues: dict[str, tuple[list[StudioTask], list[StudioTask]]] = {}
         for task in candidates:
-            if task.user_id in blocked:
-                continue
-            w = weight(task.user_id, task.model, task.resolution, task.duration)
-            if used[task.user_id] + w > get_batch_config(plans.get(task.user_id)).concurrency + 1e-9:
-                blocked.add(task.user_id)  # strict order: nothing jumps ahead of a heavier task that waits
-                continue
-            if active.get(task.batch_id, 0) >= limits.get(task.batch_id, 1):
-                continue  # this batch is degraded; another batch of the user may go
-            active[task.batch_id] = active.get(task.batch_id, 0) + 1
-            used[task.user_id] += w
-            admitted.append(task)
+            fast_q, slow_q = queues.setdefault(task.user_id, ([], []))
+            (slow_q if task.sort_key >= SLOW_QUEUE_KEY else fast_q).append(task)
+        admitted: list[StudioTask] = []
+        for user_id, (fast_q, slow_q) in queues.items():
+            plan = plans.get(user_id)
+            slots = get_batch_config(plan).concurrency
+            while fast_q or slow_q:
+                critical = bool(slow_q) and self._slow_is_critical(plan, slow_q[0], slow_left[user_id], area[user_id])
+                queue = slow_q if critical or not fast_q else fast_q
+                task = queue[0]
+                if active.get(task.batch_id, 0) >= limits.get(task.batch_id, 1):
+                    queue.pop(0)  # this batch is degraded; another batch of the user may go
+                    continue
+                w = weight(user_id, task.model, task.resolution, task.duration)
+                if used[user_id] + w > slots + 1e-9:
+                    break  # strict order: nothing jumps ahead of a heavier task that waits
+                queue.pop(0)
+                active[task.batch_id] = active.get(task.batch_id, 0) + 1
+                used[user_id] += w
+                slow_left[user_id] -= queue is slow_q
+                admitted.append(task)
         return admitted
+
+    def _slow_is_critical(self, plan: str | None, head: StudioTask, slow_left: int, area: float) -> bool:
+        """Must the slow queue start now for the user's work to end as early as it can?
+
+        The work left (running and queued, in slot-seconds) cannot end before
+        ``area / slots`` from now. The queued slow tasks, ``calculate_actual_concurrency``
+        of them at a time, need ``ceil(n / k)`` back-to-back rounds of their render time.
+        Once the first is no longer than the second, every further fast task started
+        ahead of them would lengthen the batch: the slow queue's last, partial round is
+        then pulled forward into slots that would otherwise idle at the end. When the slow
+        tasks fill whole rounds, this happens only when no fast work is left at all, so
+        the fast queue still goes entirely first.
+        """
+        slots = get_batch_config(plan).concurrency
+        k = calculate_actual_concurrency(plan, head.model, head.resolution, head.duration)
+        render = expected_render_seconds(head.generation_type, head.model, head.resolution, head.duration)
+        rounds = math.ceil(max(slow_left, 1) / k)
+        return area / slots <= rounds * render * self.scale + 1e-9
 
     # --- 2. due polls and orphaned submissions ---------------------------------------------
     async def claim_due(self) -> list[Claim]:
@@ -357,6 +431,18 @@ class Engine:
             if found:
                 log.info("studio_submission_found", task_id=task.id, request_id=task.request_id)
                 return Outcome(claim, "submitted", provider_task_id=found)
+            if not self.provider.finds_by_request_id:
+                # The provider may hold this request without our knowing its id: sending it
+                # again could render (and bill) it twice. Wait for its callback, up to the
+                # render timeout; past that, or with no callback to wait for, give up.
+                if self.provider.calls_back and (task.deadline_at is None or utcnow() < task.deadline_at):
+                    return Outcome(claim, "unknown")
+                return Outcome(
+                    claim,
+                    "error",
+                    error_kind=UNKNOWN_SUBMISSION,
+                    error=f"{self.provider.name} never confirmed request {task.request_id}; not sent again",
+                )
         provider_task_id = await self.provider.submit(
             SubmitRequest(
                 request_id=task.request_id,
@@ -484,6 +570,16 @@ class Engine:
             }
         if outcome.kind == "poll":
             return {**free, "polls": task.polls + 1, "due_at": self._next_poll(task, now)}
+        if outcome.kind == "unknown":  # left to the provider's callback until the deadline
+            until = now + self.seconds(get_polling_config(task.resolution).timeout_seconds) + self.lease
+            entry = {"attempt": task.attempts, "errorKind": UNKNOWN_SUBMISSION, "at": _stamp(now)}
+            entry["error"] = "answer lost in a crash; waiting for the provider's callback"
+            return {
+                "lease_owner": None,
+                "lease_until": until,  # nobody resumes it before then
+                "deadline_at": until,
+                "history": [*(task.history or []), entry],
+            }
         batch = batches[task.batch_id]
         polled = task.polls + (1 if task.state == RUNNING else 0)
         if outcome.kind == "succeeded":

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import httpx
 from sqlalchemy import select, update
@@ -25,13 +27,14 @@ from batchops.studio.metrics import PROVIDER_CALLS
 from batchops.studio.models import SimJob
 
 # error kinds
-TIMEOUT, RATE_LIMITED, SERVER_ERROR, CONTENT_REJECTED, BAD_REQUEST, CANCELLED = (
+TIMEOUT, RATE_LIMITED, SERVER_ERROR, CONTENT_REJECTED, BAD_REQUEST, CANCELLED, UNKNOWN_SUBMISSION = (
     "timeout",
     "rate_limited",
     "server_error",
     "content_rejected",
     "bad_request",
     "cancelled",
+    "unknown_submission",  # a crash lost the provider's answer and the provider cannot be asked
 )
 RETRYABLE_KINDS = frozenset({TIMEOUT, RATE_LIMITED, SERVER_ERROR})
 
@@ -70,6 +73,10 @@ class Status:
 
 class Provider(Protocol):
     name: str
+    # find() is authoritative: None means the provider never received that request id
+    finds_by_request_id: bool
+    # the provider calls us back with our request id (so an unanswered submission can wait for it)
+    calls_back: bool
 
     async def submit(self, req: SubmitRequest) -> str: ...
 
@@ -103,6 +110,8 @@ class SimulatedProvider:
     """
 
     name = "simulated"
+    finds_by_request_id = True
+    calls_back = False
 
     def __init__(self, db: Database, *, time_scale: float = 1.0, failure_rate: float = 0.0) -> None:
         self.db = db
@@ -192,16 +201,31 @@ class SimulatedProvider:
 class KieProvider:
     """The KIE API: ``POST /api/v1/jobs/createTask`` and ``GET /api/v1/jobs/recordInfo``.
 
-    KIE has no client request id, so ``find`` cannot ask it; the engine records the
-    provider task id in the same breath as the answer, which keeps the window in
-    which a crash could cause a second submission to the length of one HTTP call.
+    KIE cannot be asked by a client request id (recordInfo takes only its own taskId), so
+    ``find`` cannot answer and a submission whose answer a crash lost is never sent again.
+    Instead, with ``callback_url`` set, every createTask carries ``callBackUrl`` with our
+    request id (signed): KIE posts the task there when it ends, which tells us its taskId
+    (``StudioService.provider_callback``). Without it such a task fails as
+    ``unknown_submission`` with its credits returned: a duplicate render is never risked.
     """
 
     name = "kie"
+    finds_by_request_id = False
 
-    def __init__(self, base_url: str, api_key: str | None, *, timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout_seconds: float = 30.0,
+        callback_url: str | None = None,
+        callback_key: str = "",
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_seconds)
+        self.callback_url = callback_url
+        self.callback_key = callback_key
+        self.calls_back = callback_url is not None
 
     async def _call(self, call: str, method: str, url: str, **kwargs: Any) -> Any:
         try:
@@ -244,6 +268,11 @@ class KieProvider:
             if req.image_url:
                 inputs["image_urls"] = [req.image_url]
             payload = {"model": info.kie_image_model if req.image_url else info.kie_model, "input": inputs}
+        if self.callback_url:
+            query = urlencode(
+                {"requestId": req.request_id, "sig": callback_signature(self.callback_key, req.request_id)}
+            )
+            payload["callBackUrl"] = f"{self.callback_url}?{query}"
         data = await self._call("submit", "POST", "/api/v1/jobs/createTask", json=payload)
         task_id = data.get("taskId")
         if not task_id:
@@ -272,6 +301,11 @@ class KieProvider:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def callback_signature(key: str, request_id: str) -> str:
+    """What proves a callback URL is one we handed out (KIE echoes it back verbatim)."""
+    return hmac.new(key.encode(), f"kie-callback:{request_id}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _kind_of(status: int, message: str) -> str:

@@ -8,11 +8,13 @@ this module only writes rows the engine picks up.
 from __future__ import annotations
 
 import csv
+import hmac
 import io
 import json
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -29,6 +31,7 @@ from batchops.studio.config import (
     IMAGE,
     get_batch_config,
     get_image_price,
+    get_polling_config,
     get_video_model_info,
     sort_key,
 )
@@ -48,7 +51,7 @@ from batchops.studio.models import (
     StudioBatch,
     StudioTask,
 )
-from batchops.studio.providers import RETRYABLE_KINDS, Provider
+from batchops.studio.providers import RETRYABLE_KINDS, Provider, callback_signature, expected_render_seconds
 from batchops.studio.schemas import (
     BatchAccepted,
     BatchActionOut,
@@ -81,10 +84,44 @@ def _public_state(state: str) -> str:
 
 
 class StudioService:
-    def __init__(self, db: Database, provider: Provider, push: PushHub) -> None:
+    def __init__(
+        self, db: Database, provider: Provider, push: PushHub, *, callback_key: str = "", time_scale: float = 1.0
+    ) -> None:
         self.db = db
         self.provider = provider
         self.push = push
+        self.callback_key = callback_key
+        self.time_scale = time_scale
+
+    # --- provider callbacks ---------------------------------------------------------------
+    async def provider_callback(self, request_id: str, signature: str, provider_task_id: str) -> str:
+        """KIE posted a task to the callBackUrl we gave it for ``request_id``.
+
+        A task whose createTask answer was lost in a crash learns its provider id here and
+        runs on (polled at once); a running task is polled at once (its render ended).
+        Anything else (unknown id, a live submission that will record itself, a finished
+        or cancelled task) is left alone. Returns what was done.
+        """
+        if not self.callback_key or not hmac.compare_digest(
+            signature, callback_signature(self.callback_key, request_id)
+        ):
+            raise ForbiddenError("Bad callback signature")
+        now = utcnow()
+        async with self.db.transaction() as session:
+            task = await session.scalar(select(StudioTask).where(StudioTask.request_id == request_id).with_for_update())
+            if task is None:
+                return "ignored"
+            if task.state == SUBMITTING and task.provider_task_id is None and task.lease_owner is None:
+                timeout = timedelta(seconds=get_polling_config(task.resolution).timeout_seconds * self.time_scale)
+                task.state, task.provider_task_id = RUNNING, provider_task_id
+                task.submitted_at, task.deadline_at, task.due_at = now, now + timeout, now
+                task.lease_until = None
+                log.info("studio_submission_reconciled", task_id=task.id, request_id=request_id)
+                return "reconciled"
+            if task.state == RUNNING and task.provider_task_id == provider_task_id and task.lease_owner is None:
+                task.due_at = now
+                return "poll"
+        return "ignored"
 
     # --- submit ---------------------------------------------------------------------------
     def resolve_rows(self, body: BatchGenerateIn) -> list[ResolvedRow]:
@@ -138,7 +175,11 @@ class StudioService:
                     "image_url": row.image_url,
                     "credits": r.credits,
                     "hold_ref": hold_reference(task_id),
-                    "sort_key": sort_key(r.resolution, r.duration),
+                    "sort_key": sort_key(
+                        r.resolution,
+                        r.duration,
+                        expected_render_seconds(body.generation_type, r.model, r.resolution, r.duration),
+                    ),
                     "state": QUEUED,
                     "attempts": 0,
                     "due_at": now,
