@@ -52,8 +52,8 @@ def test_queues_polling_timeouts_retries() -> None:
     assert is_fast("720p", 15) and is_fast("1080p", 10) and not is_fast("1080p", 15)
     keys = {(r, d): sort_key(r, d, s) for r, d, s in (("720p", 10, 60), ("1080p", 10, 360), ("720p", 15, 120))}
     slow_key = sort_key("1080p", 15, 480)
-    # fast queue before the slow one, shorter durations first, longer renders first within one
-    assert keys[("1080p", 10)] < keys[("720p", 10)] < keys[("720p", 15)] < slow_key
+    # fast queue before the slow one, shorter durations first, 720p before 1080p within one
+    assert keys[("720p", 10)] < keys[("1080p", 10)] < keys[("720p", 15)] < slow_key
     assert min(keys.values()) < max(keys.values()) < SLOW_QUEUE_KEY <= slow_key
     p720, p1080 = get_polling_config("720p"), get_polling_config("1080p")
     assert [p720.interval(t) for t in (0, 59, 60, 179, 180, 1000)] == [3, 3, 5, 5, 8, 8]

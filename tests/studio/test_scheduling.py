@@ -54,8 +54,8 @@ async def test_fast_queue_first_and_plan_concurrency(
     assert view["counts"]["succeeded"] == len(specs)
     order = await submission_order(client, user, runtime, accepted["batchId"])
     # every fast task (720p, 1080p 10 s) starts before any slow one; shorter durations first,
-    # and within 10 s the longer render (1080p) first
-    assert order == [("1080p", 10)] * 2 + [("720p", 10)] * 4 + [("720p", 15)] * 2 + [("1080p", 15)] * 4
+    # and within 10 s 720p first (the seed: "720P 优先完成")
+    assert order == [("720p", 10)] * 4 + [("1080p", 10)] * 2 + [("720p", 15)] * 2 + [("1080p", 15)] * 4
     peak = max_overlap(await sim_jobs(runtime))
     assert peak == 3  # the pro plan's concurrency: reached, never passed
 
@@ -73,7 +73,7 @@ async def test_slow_queue_pulls_forward_only_its_partial_round(
     assert len(order) == len(specs)
     slow = [i for i, o in enumerate(order) if o == ("1080p", 15)]
     last_fast = max(i for i, o in enumerate(order) if o != ("1080p", 15))
-    assert order[:3] == [("1080p", 10)] * 2 + [("720p", 10)]  # the fast queue opens the batch
+    assert order[:3] == [("720p", 10)] * 3  # the fast queue opens the batch
     assert len([i for i in slow if i < last_fast]) == 1  # 3 mod 2: exactly the partial round
     assert max_overlap(await sim_jobs(runtime)) == 3
 

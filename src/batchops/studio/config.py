@@ -170,14 +170,10 @@ SLOW_QUEUE_KEY = 100_000  # sort keys from here on belong to the slow queue
 
 
 def sort_key(resolution: str | None, duration: int | None, render_seconds: float = 0.0) -> int:
-    """Fast queue first, then shorter durations first (the seed's order).
-
-    Within one queue and duration (720p 10 s beside 1080p 10 s) the longer render goes
-    first: the seed leaves that tie open, and ending the fast queue on short renders keeps
-    the slots from going idle in a ragged tail of long ones.
-    """
+    """Fast queue first, then shorter durations first, then shorter renders first: the
+    seed's order ("720P 优先完成": 720p 10 s before 1080p 10 s, for quick feedback)."""
     queue = 0 if is_fast(resolution, duration) else SLOW_QUEUE_KEY
-    return queue + (duration or 0) * 1000 + max(0, 999 - round(render_seconds))
+    return queue + (duration or 0) * 1000 + min(999, max(0, round(render_seconds)))
 
 
 @dataclass(frozen=True)
