@@ -224,7 +224,8 @@ async def test_grants_respect_quota_and_expire(
             .where(QueueEntry.id == e2["queueEntryId"])
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
-    await runtime.services["scheduler"].queue.grant_waiting()
+    assert await runtime.services["scheduler"].queue.grant_waiting() == 0  # past its wait: never granted
+    await runtime.services["scheduler"].queue.expire_overdue()
     expired = data(await client.get(f"/scheduler/queue/{e2['queueEntryId']}", headers=admin))
     assert expired["status"] == "expired"
 

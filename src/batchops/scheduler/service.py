@@ -925,6 +925,7 @@ class PolicyJobs:
         """Every few seconds: start due reservations, grant/expire waiting requests,
         remind users of expiries, and run the daily release when its time has come."""
         await self.scheduler.reservations.start_due()
+        await self.scheduler.queue.expire_overdue()
         await self.scheduler.queue.grant_waiting()
         await self.send_expiry_reminders()
         await self.daily_release()

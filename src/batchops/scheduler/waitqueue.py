@@ -156,12 +156,17 @@ class WaitQueue:
         await self.grant_waiting()
         return {}
 
-    async def grant_waiting(self) -> int:
-        """Expire overdue entries, then grant what fits, by priority then age."""
-        now = utcnow()
+    async def expire_overdue(self) -> None:
+        """Entries past their wait become expired (the worker's tick; a grant skips them anyway)."""
         async with self.db.transaction() as session:
-            await self._expire(session, now)
-            waiting = await session.scalar(select(QueueEntry.id).where(QueueEntry.status == WAITING).limit(1))
+            await self._expire(session, utcnow())
+
+    async def grant_waiting(self) -> int:
+        """Grant what fits, by priority then age; entries past their wait are left to expire."""
+        now = utcnow()
+        live = (QueueEntry.status == WAITING, QueueEntry.expires_at > now)
+        async with self.db.transaction() as session:
+            waiting = await session.scalar(select(QueueEntry.id).where(*live).limit(1))
             if waiting is None:
                 return 0
             work = await AllocateWork(session, self.scheduler, None).load_devices()
@@ -173,7 +178,7 @@ class WaitQueue:
                 (
                     await session.scalars(
                         select(QueueEntry)
-                        .where(QueueEntry.status == WAITING)
+                        .where(*live)
                         .order_by(QueueEntry.priority.desc(), QueueEntry.enqueued_at, QueueEntry.id)
                         .limit(min(GRANT_BATCH, LOOKAHEAD * free))
                         .with_for_update(skip_locked=True)
