@@ -76,7 +76,10 @@ async def report_usage_batch(body: DeviceUsageBatchIn, service: Service) -> Enve
         errors=[f"{r.allocation_id}: {r.error}" for r in failed],
         results=results,
     )
-    return ok(out, f"Batch billing report completed: {out.success} success, {out.failed} failed")
+    # The concrete envelope class: FastAPI's response check then passes it through instead
+    # of rebuilding 100 results from attributes.
+    message = f"Batch billing report completed: {out.success} success, {out.failed} failed"
+    return Envelope[DeviceUsageBatchOut](data=out, message=message)
 
 
 @internal.get("/balance/user/{user_id}", response_model=Envelope[BalanceOut])

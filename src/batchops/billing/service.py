@@ -36,8 +36,7 @@ from batchops.core.db import Database, insert_new, new_id
 from batchops.core.errors import NotFoundError, ServiceUnavailableError
 from batchops.core.outbox import Delivery, Outbox, OutboxMessage
 from batchops.core.schemas import cents_to_decimal
-from batchops.identity.models import User
-from batchops.identity.service import load_users
+from batchops.identity.service import existing_user_ids, load_users
 
 # Reconciliation compares the scheduler's usage facts with billing's charges: the one
 # place billing reads a scheduler table (models only, no service: no import cycle).
@@ -79,14 +78,18 @@ class BillingService:
     # --- ingestion ---------------------------------------------------------------------
     async def ingest(self, session: AsyncSession, events: list[DeviceUsageIn]) -> list[UsageResult]:
         """Charge every report not seen before, in a constant number of statements."""
-        users = set(await session.scalars(select(User.id).where(User.id.in_({e.user_id for e in events}))))
+        users = await existing_user_ids(session, {e.user_id for e in events})
+        # Results are built by this code from checked values: model_construct skips
+        # re-validating 100 of them per batch.
         results: list[UsageResult | None] = [None] * len(events)
         fresh: dict[str, tuple[int, DeviceUsageIn, int]] = {}
         for i, e in enumerate(events):
             if e.user_id not in users:
-                results[i] = UsageResult(allocation_id=e.allocation_id, status="failed", error="User not found")
+                results[i] = UsageResult.model_construct(
+                    allocation_id=e.allocation_id, status="failed", error="User not found"
+                )
             elif e.allocation_id in fresh:
-                results[i] = UsageResult(allocation_id=e.allocation_id, status="duplicate")
+                results[i] = UsageResult.model_construct(allocation_id=e.allocation_id, status="duplicate")
             else:
                 cost = self.pricing.cost(e.duration_seconds, e.cpu_cores, e.memory_mb, e.storage_mb)
                 fresh[e.allocation_id] = (i, e, cost)
@@ -122,12 +125,14 @@ class BillingService:
         )
         for allocation_id, (i, e, cost) in fresh.items():
             if allocation_id not in inserted:
-                results[i] = UsageResult(allocation_id=allocation_id, status="duplicate")
+                results[i] = UsageResult.model_construct(allocation_id=allocation_id, status="duplicate")
                 continue
             memo = {"allocationId": allocation_id, "durationSeconds": e.duration_seconds}
             if not book.capture(allocation_hold(allocation_id), cost, memo):
                 book.charge(e.user_id, cost, f"usage:{allocation_id}", memo)
-            results[i] = UsageResult(allocation_id=allocation_id, status="charged", cost=cents_to_decimal(cost))
+            results[i] = UsageResult.model_construct(
+                allocation_id=allocation_id, status="charged", cost=cents_to_decimal(cost)
+            )
         await book.flush()
         done = [r for r in results if r is not None]
         counts = {s: sum(r.status == s for r in done) for s in ("charged", "duplicate", "failed")}
