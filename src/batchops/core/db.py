@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
 log = structlog.get_logger(__name__)
@@ -198,13 +198,25 @@ async def pg_connection(session: AsyncSession) -> Any | None:
     transaction here if nothing has run yet: raw statements must never run in autocommit."""
     if session.get_bind().dialect.name != "postgresql":
         return None
-    fairy = await (await session.connection()).get_raw_connection()
-    adapted: Any = fairy.dbapi_connection
-    if adapted._transaction is None:  # SQLAlchemy 2.1 asyncpg adapter (pinned)
-        await adapted._start_transaction()
-    driver = adapted.driver_connection
+    driver = session.info.get(_PG_DRIVER)
+    if driver is None:
+        fairy = await (await session.connection()).get_raw_connection()
+        adapted: Any = fairy.dbapi_connection
+        if adapted._transaction is None:  # SQLAlchemy 2.1 asyncpg adapter (pinned)
+            await adapted._start_transaction()
+        driver = session.info[_PG_DRIVER] = adapted.driver_connection
     assert driver.is_in_transaction()
     return driver
+
+
+_PG_DRIVER = "pg_driver"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_driver(session: Session, transaction: SessionTransaction) -> None:
+    """The cached driver connection is valid for one transaction (the next may get another)."""
+    if transaction.parent is None:
+        session.info.pop(_PG_DRIVER, None)
 
 
 @dataclass(frozen=True)
