@@ -30,7 +30,7 @@ from batchops.core.schemas import Envelope, Page, PageParams, cents_to_decimal, 
 from batchops.identity.api import AdminUser, CurrentUser, ensure_self_or_admin
 
 
-def billing_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> BillingService:
+async def billing_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> BillingService:
     service: BillingService = rt.services["billing"]
     return service
 
