@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
 from batchops.core.db import PgColumns, insert_new, pg_columns, pg_connection, table_of, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
+from batchops.identity.models import User
 
 CNY, CREDITS = "CNY", "CREDITS"
 CURRENCIES = (CNY, CREDITS)
@@ -124,6 +125,27 @@ class Book:
                 rows = (await self.session.execute(HOLDS_BY_REFERENCE, {"refs": refs})).mappings()
             self.holds.update({r["reference"]: Hold(**dict(r)) for r in rows})
         return self
+
+    async def load_known(self, user_ids: Iterable[str]) -> set[str]:
+        """Those of ``user_ids`` that are users, with their accounts (unlocked, missing
+        ones created): one query when the accounts exist. For callers that must tell
+        unknown users apart anyway (usage ingestion): a users query and an accounts
+        query in one."""
+        ids = sorted(set(user_ids))
+        if not ids:
+            return set()
+        pg = await pg_connection(self.session)
+        if pg is not None:
+            rows: Any = await pg.fetch(PG_USERS_ACCOUNTS, ids, self.currency)
+        else:
+            rows = await self.session.execute(USERS_ACCOUNTS, {"ids": ids, "currency": self.currency})
+        known = set()
+        for user_id, account_id, balance, held in rows:
+            known.add(user_id)
+            if account_id is not None and user_id not in self.accounts:
+                self.accounts[user_id] = _Account(account_id, user_id, balance, held)
+        await self.load(known, lock=False)  # creates missing accounts; no query if none
+        return known
 
     async def _read_accounts(self, ids: list[str], lock: bool) -> set[str]:
         pg = await pg_connection(self.session)
@@ -326,6 +348,7 @@ class Book:
 
 
 ACCOUNTS, HOLDS, ENTRIES = table_of(Account), table_of(Hold), table_of(LedgerEntry)
+USERS = table_of(User)
 ACCOUNT_DELTA = (
     update(ACCOUNTS)
     .where(ACCOUNTS.c.id == bindparam("b_id"))
@@ -353,6 +376,13 @@ ACCOUNTS_BY_USER = (
     .where(ACCOUNTS.c.user_id.in_(bindparam("ids", expanding=True)), ACCOUNTS.c.currency == bindparam("currency"))
     .order_by(ACCOUNTS.c.id)
 )
+USERS_ACCOUNTS = (
+    select(USERS.c.id, ACCOUNTS.c.id, ACCOUNTS.c.balance, ACCOUNTS.c.held)
+    .select_from(
+        USERS.outerjoin(ACCOUNTS, and_(ACCOUNTS.c.user_id == USERS.c.id, ACCOUNTS.c.currency == bindparam("currency")))
+    )
+    .where(USERS.c.id.in_(bindparam("ids", expanding=True)))
+)
 HOLDS_BY_REFERENCE = select(HOLDS).where(HOLDS.c.reference.in_(bindparam("refs", expanding=True))).with_for_update()
 # The same reads for PostgreSQL's driver: an array parameter instead of an expanded IN list.
 PG_ACCOUNTS = (
@@ -360,6 +390,10 @@ PG_ACCOUNTS = (
     " WHERE user_id = ANY($1::varchar[]) AND currency = $2 ORDER BY id"
 )
 PG_ACCOUNTS_LOCKED = PG_ACCOUNTS + " FOR UPDATE"
+PG_USERS_ACCOUNTS = (
+    "SELECT u.id, a.id, a.balance, a.held FROM users u"
+    " LEFT JOIN billing_accounts a ON a.user_id = u.id AND a.currency = $2 WHERE u.id = ANY($1::varchar[])"
+)
 PG_HOLDS = "SELECT * FROM billing_holds WHERE reference = ANY($1::varchar[]) FOR UPDATE"
 
 

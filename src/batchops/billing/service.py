@@ -35,7 +35,7 @@ from batchops.billing.schemas import DeviceUsageIn
 from batchops.core.db import Database, insert_new, new_id
 from batchops.core.errors import NotFoundError, ServiceUnavailableError
 from batchops.core.outbox import Delivery, Outbox, OutboxMessage
-from batchops.identity.service import existing_user_ids, load_users
+from batchops.identity.service import load_users
 
 # Reconciliation compares the scheduler's usage facts with billing's charges: the one
 # place billing reads a scheduler table (models only, no service: no import cycle).
@@ -88,7 +88,10 @@ class BillingService:
     # --- ingestion ---------------------------------------------------------------------
     async def ingest(self, session: AsyncSession, events: list[DeviceUsageIn]) -> list[UsageOutcome]:
         """Charge every report not seen before, in a constant number of statements."""
-        users = await existing_user_ids(session, {e.user_id for e in events})
+        # No account lock: captures and charges never check a balance, and the flush
+        # writes relative changes, so concurrent reports for one user do not queue.
+        book = Book(session, CNY)
+        users = await book.load_known({e.user_id for e in events})
         results: list[UsageOutcome | None] = [None] * len(events)
         fresh: dict[str, tuple[int, DeviceUsageIn, int]] = {}
         for i, e in enumerate(events):
@@ -124,11 +127,7 @@ class BillingService:
                 returning="allocation_id",
             )
         )
-        # No account lock: captures and charges never check a balance, and the flush
-        # writes relative changes, so concurrent reports for one user do not queue.
-        book = await Book(session, CNY).load(
-            {fresh[a][1].user_id for a in inserted}, hold_references=[allocation_hold(a) for a in inserted], lock=False
-        )
+        await book.load((), hold_references=[allocation_hold(a) for a in inserted], lock=False)
         for allocation_id, (i, e, cost) in fresh.items():
             if allocation_id not in inserted:
                 results[i] = UsageOutcome(allocation_id, "duplicate")

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from batchops.core.db import Database, is_postgres, pg_connection, utcnow
+from batchops.core.db import Database, is_postgres, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
 from batchops.identity.models import User
 from batchops.identity.schemas import UserIn
@@ -31,15 +31,6 @@ def ensure_active(user: User | None) -> User:
     if user.status != "active":
         raise ForbiddenError(f"User account is {user.status}")
     return user
-
-
-async def existing_user_ids(session: AsyncSession, user_ids: Iterable[str]) -> set[str]:
-    """Which of these ids are users: one cheap query (usage ingestion asks on every batch)."""
-    ids = sorted(set(user_ids))
-    pg = await pg_connection(session)
-    if pg is not None:
-        return {r[0] for r in await pg.fetch("SELECT id FROM users WHERE id = ANY($1::varchar[])", ids)}
-    return set(await session.scalars(select(User.id).where(User.id.in_(ids))))
 
 
 async def load_users(session: AsyncSession, user_ids: Iterable[str], *, lock: bool = False) -> dict[str, User]:
