@@ -126,25 +126,27 @@ class Book:
             self.holds.update({r["reference"]: Hold(**dict(r)) for r in rows})
         return self
 
-    async def load_known(self, user_ids: Iterable[str]) -> set[str]:
+    async def load_known(self, user_ids: Iterable[str], *, hold_references: Iterable[str] = ()) -> set[str]:
         """Those of ``user_ids`` that are users, with their accounts (unlocked, missing
-        ones created): one query when the accounts exist. For callers that must tell
-        unknown users apart anyway (usage ingestion): a users query and an accounts
-        query in one."""
-        ids = sorted(set(user_ids))
-        if not ids:
-            return set()
+        ones created) and the named holds (locked): one query on PostgreSQL when the
+        accounts exist. For callers that must tell unknown users apart anyway (usage
+        ingestion), instead of a users, an accounts and a holds query."""
+        ids, refs = sorted(set(user_ids)), sorted(set(hold_references) - set(self.holds))
         pg = await pg_connection(self.session)
         if pg is not None:
-            rows: Any = await pg.fetch(PG_USERS_ACCOUNTS, ids, self.currency)
+            rows: Any = await pg.fetch(PG_USERS_ACCOUNTS_HOLDS, ids, self.currency, refs)
         else:
-            rows = await self.session.execute(USERS_ACCOUNTS, {"ids": ids, "currency": self.currency})
+            rows = await self.session.execute(USERS_ACCOUNTS, {"ids": ids, "currency": self.currency}) if ids else []
         known = set()
-        for user_id, account_id, balance, held in rows:
+        for user_id, account_id, balance, held, *hold in rows:
+            if hold and hold[0] is not None:
+                self.holds[hold[0]["reference"]] = Hold(**dict(hold[0]))
+                continue
             known.add(user_id)
             if account_id is not None and user_id not in self.accounts:
                 self.accounts[user_id] = _Account(account_id, user_id, balance, held)
-        await self.load(known, lock=False)  # creates missing accounts; no query if none
+        # missing accounts are created (no query if none); on SQLite, the holds read here
+        await self.load(known, hold_references=() if pg is not None else refs, lock=False)
         return known
 
     async def _read_accounts(self, ids: list[str], lock: bool) -> set[str]:
@@ -390,9 +392,13 @@ PG_ACCOUNTS = (
     " WHERE user_id = ANY($1::varchar[]) AND currency = $2 ORDER BY id"
 )
 PG_ACCOUNTS_LOCKED = PG_ACCOUNTS + " FOR UPDATE"
-PG_USERS_ACCOUNTS = (
-    "SELECT u.id, a.id, a.balance, a.held FROM users u"
+# Users, their accounts and the named holds (locked) in one round trip: the holds ride
+# along as whole rows of their table's composite type.
+PG_USERS_ACCOUNTS_HOLDS = (
+    "WITH h AS (SELECT * FROM billing_holds WHERE reference = ANY($3::varchar[]) FOR UPDATE)"
+    " SELECT u.id, a.id, a.balance, a.held, NULL::billing_holds FROM users u"
     " LEFT JOIN billing_accounts a ON a.user_id = u.id AND a.currency = $2 WHERE u.id = ANY($1::varchar[])"
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, ROW(h.*)::billing_holds FROM h"
 )
 PG_HOLDS = "SELECT * FROM billing_holds WHERE reference = ANY($1::varchar[]) FOR UPDATE"
 

@@ -90,8 +90,12 @@ class BillingService:
         """Charge every report not seen before, in a constant number of statements."""
         # No account lock: captures and charges never check a balance, and the flush
         # writes relative changes, so concurrent reports for one user do not queue.
+        # Holds are locked up front for every report of the batch (a duplicate's too:
+        # harmless, its insert below does nothing), in the same round trip as the users.
         book = Book(session, CNY)
-        users = await book.load_known({e.user_id for e in events})
+        users = await book.load_known(
+            {e.user_id for e in events}, hold_references=[allocation_hold(e.allocation_id) for e in events]
+        )
         results: list[UsageOutcome | None] = [None] * len(events)
         fresh: dict[str, tuple[int, DeviceUsageIn, int]] = {}
         for i, e in enumerate(events):
@@ -121,13 +125,14 @@ class BillingService:
                         "cost": cost,
                         "currency": CNY,
                     }
-                    for _, e, cost in fresh.values()
+                    # in key order, so two batches sharing reports wait on each other's
+                    # inserts in one order, never in a cycle
+                    for _, e, cost in sorted(fresh.values(), key=lambda f: f[1].allocation_id)
                 ],
                 conflict_on=["allocation_id"],
                 returning="allocation_id",
             )
         )
-        await book.load((), hold_references=[allocation_hold(a) for a in inserted], lock=False)
         for allocation_id, (i, e, cost) in fresh.items():
             if allocation_id not in inserted:
                 results[i] = UsageOutcome(allocation_id, "duplicate")
