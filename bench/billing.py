@@ -4,7 +4,7 @@ clients at once, real HTTP to a billing-only server on PostgreSQL), beside the
 same usage rows inserted by plain SQL in the same run (the floor), and beside
 Lago's reported ~10,000 events/s for its REST batch ingestion.
 
-    python -m bench billing [--db postgresql|sqlite] [--events 20000] [--clients 4]
+    python -m bench billing [--db postgresql|sqlite] [--events 20000] [--clients 16] [--processes 2]
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench billing")
     parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=16, help="concurrent callers (latency hides behind them)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, default=2, help="server processes (the machine has 2 cores)")
     args = parser.parse_args(argv)
