@@ -282,7 +282,8 @@ class Book:
 
     # --- one write ----------------------------------------------------------------------
     async def flush(self) -> None:
-        """Write every staged change: at most four statements, whatever the batch size.
+        """Write every staged change: one statement on PostgreSQL, at most four on SQLite,
+        whatever the batch size.
 
         Accounts get relative updates in id order (no lost update without a lock, no
         deadlock between two books), last: their row locks are then held only until the
@@ -312,8 +313,9 @@ class Book:
 
     async def _flush_pg(self, pg: Any, deltas: list[dict[str, Any]], now: datetime) -> None:
         """PostgreSQL: the same writes as one statement of data-modifying CTEs, one array
-        per column. The accounts are locked first, in id order (``lk``), as the separate
-        updates would: two books touching the same accounts never deadlock."""
+        per column. The accounts are locked first, in id order (the ``SELECT … ORDER BY id
+        FOR NO KEY UPDATE`` the update joins), as the separate updates in id order would:
+        two books touching the same accounts never deadlock."""
         dialect = self.session.get_bind().dialect
         ctes: list[str] = []
         args: list[Any] = []
