@@ -86,6 +86,7 @@ async def test_usage_report_rejects_bad_input(client: httpx.AsyncClient, admin: 
         usage("a1", seconds=-1),
         usage("a1", cpuCores=-2),
         usage("a1", releasedAt="2026-11-23T07:00:00Z"),
+        usage("a1", allocatedAt="2026-11-23T06:00:00", releasedAt="2026-11-23T07:00:00"),  # no offset: ambiguous
         usage("a1", durationSeconds="long"),
         usage("", seconds=1),
         {k: v for k, v in usage("a1").items() if k != "userId"},
@@ -93,6 +94,9 @@ async def test_usage_report_rejects_bad_input(client: httpx.AsyncClient, admin: 
     ]
     for body in bad:
         r = await client.post("/api/internal/metering/device-usage", json=body, headers=INTERNAL)
+        error(r, 400, "BadRequestException")
+        batch = {"events": [usage("a2"), body]}
+        r = await client.post("/api/internal/metering/device-usage/batch", json=batch, headers=INTERNAL)
         error(r, 400, "BadRequestException")
     json_headers = {**INTERNAL, "content-type": "application/json"}
     r = await client.post("/api/internal/metering/device-usage", content=b"{not json", headers=json_headers)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Response
+from fastapi.responses import JSONResponse
 
 from batchops.billing.ledger import CREDITS, Balance
 from batchops.billing.schemas import (
@@ -22,14 +23,15 @@ from batchops.billing.schemas import (
     UsageResult,
     UsageTotals,
 )
-from batchops.billing.service import BillingService
+from batchops.billing.service import BillingService, UsageOutcome
 from batchops.core.auth import check_service_token
+from batchops.core.routing import JsonBodyRoute
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, Page, PageParams, cents_to_decimal, decimal_to_cents, ok
 from batchops.identity.api import AdminUser, CurrentUser, ensure_self_or_admin
 
 
-def billing_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> BillingService:
+async def billing_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> BillingService:
     service: BillingService = rt.services["billing"]
     return service
 
@@ -43,7 +45,13 @@ async def service_caller(
 
 Service = Annotated[BillingService, Depends(billing_service)]
 
-internal = APIRouter(prefix="/api/internal", tags=["billing (internal)"], dependencies=[Depends(service_caller)])
+# JsonBodyRoute: the usage bodies (up to 100 events) are validated straight from their bytes.
+internal = APIRouter(
+    prefix="/api/internal",
+    tags=["billing (internal)"],
+    dependencies=[Depends(service_caller)],
+    route_class=JsonBodyRoute,
+)
 public = APIRouter(tags=["billing"])
 
 
@@ -62,21 +70,40 @@ def balance_out(bal: Balance, currency: str, reason: str | None = None) -> Balan
 @internal.post("/metering/device-usage", response_model=Envelope[UsageResult])
 async def report_usage(body: DeviceUsageIn, service: Service) -> Envelope[UsageResult]:
     """Charge one usage report. Idempotent on ``allocationId``: a repeat is ``duplicate``."""
-    [result] = await service.report([body])
+    [outcome] = await service.report([body])
+    result = usage_result(outcome)
     return ok(result, "💰 Billing data reported" if result.status != "failed" else "Usage report rejected")
 
 
+def usage_result(o: UsageOutcome) -> UsageResult:
+    cost = None if o.cost is None else cents_to_decimal(o.cost)
+    return UsageResult(allocation_id=o.allocation_id, status=o.status, cost=cost, error=o.error)
+
+
 @internal.post("/metering/device-usage/batch", response_model=Envelope[DeviceUsageBatchOut])
-async def report_usage_batch(body: DeviceUsageBatchIn, service: Service) -> Envelope[DeviceUsageBatchOut]:
-    results = await service.report(body.events)
-    failed = [r for r in results if r.status == "failed"]
-    out = DeviceUsageBatchOut(
-        success=len(results) - len(failed),
-        failed=len(failed),
-        errors=[f"{r.allocation_id}: {r.error}" for r in failed],
-        results=results,
+async def report_usage_batch(body: DeviceUsageBatchIn, service: Service) -> Response:
+    """The seed's batch form. The body is the documented ``Envelope[DeviceUsageBatchOut]``,
+    written directly: building and re-checking 100 result models cost more than the
+    charging itself. ``cost`` is ``cents / 100``, the same float ``Money`` writes."""
+    outcomes = await service.report(body.events)
+    errors = [f"{o.allocation_id}: {o.error}" for o in outcomes if o.status == "failed"]
+    success = len(outcomes) - len(errors)
+    results = [
+        {
+            "allocationId": o.allocation_id,
+            "status": o.status,
+            "cost": None if o.cost is None else o.cost / 100,
+            "error": o.error,
+        }
+        for o in outcomes
+    ]
+    return JSONResponse(
+        {
+            "success": True,
+            "data": {"success": success, "failed": len(errors), "errors": errors, "results": results},
+            "message": f"Batch billing report completed: {success} success, {len(errors)} failed",
+        }
     )
-    return ok(out, f"Batch billing report completed: {out.success} success, {out.failed} failed")
 
 
 @internal.get("/balance/user/{user_id}", response_model=Envelope[BalanceOut])

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
-from batchops.core.db import insert_new, table_of, utcnow
+from batchops.core.db import PgColumns, insert_new, pg_columns, pg_connection, table_of, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
+from batchops.identity.models import User
 
 CNY, CREDITS = "CNY", "CREDITS"
 CURRENCIES = (CNY, CREDITS)
@@ -114,19 +116,46 @@ class Book:
                 await self._read_accounts(sorted(missing), lock)
         refs = sorted(set(hold_references) - set(self.holds))
         if refs:
-            found = list(await self.session.scalars(select(Hold).where(Hold.reference.in_(refs)).with_for_update()))
-            for hold in found:  # flush() writes hold changes itself: the ORM must not write them again
-                self.session.expunge(hold)
-            self.holds.update({h.reference: h for h in found})
+            # Plain Hold objects, not attached to the session: ``flush`` writes their changes
+            # once, instead of the ORM writing them a second time at commit.
+            pg = await pg_connection(self.session)
+            if pg is not None:
+                rows: Any = await pg.fetch(PG_HOLDS, refs)
+            else:
+                rows = (await self.session.execute(HOLDS_BY_REFERENCE, {"refs": refs})).mappings()
+            self.holds.update({r["reference"]: Hold(**dict(r)) for r in rows})
         return self
 
+    async def load_known(self, user_ids: Iterable[str], *, hold_references: Iterable[str] = ()) -> set[str]:
+        """Those of ``user_ids`` that are users, with their accounts (unlocked, missing
+        ones created) and the named holds (locked): one query on PostgreSQL when the
+        accounts exist. For callers that must tell unknown users apart anyway (usage
+        ingestion), instead of a users, an accounts and a holds query."""
+        ids, refs = sorted(set(user_ids)), sorted(set(hold_references) - set(self.holds))
+        pg = await pg_connection(self.session)
+        if pg is not None:
+            rows: Any = await pg.fetch(PG_USERS_ACCOUNTS_HOLDS, ids, self.currency, refs)
+        else:
+            rows = await self.session.execute(USERS_ACCOUNTS, {"ids": ids, "currency": self.currency}) if ids else []
+        known = set()
+        for user_id, account_id, balance, held, *hold in rows:
+            if hold and hold[0] is not None:
+                self.holds[hold[0]["reference"]] = Hold(**dict(hold[0]))
+                continue
+            known.add(user_id)
+            if account_id is not None and user_id not in self.accounts:
+                self.accounts[user_id] = _Account(account_id, user_id, balance, held)
+        # missing accounts are created (no query if none); on SQLite, the holds read here
+        await self.load(known, hold_references=() if pg is not None else refs, lock=False)
+        return known
+
     async def _read_accounts(self, ids: list[str], lock: bool) -> set[str]:
-        stmt = (
-            select(Account.id, Account.user_id, Account.balance, Account.held)
-            .where(Account.user_id.in_(ids), Account.currency == self.currency)
-            .order_by(Account.id)
-        )
-        rows = await self.session.execute(stmt.with_for_update() if lock else stmt)
+        pg = await pg_connection(self.session)
+        if pg is not None:
+            rows: Any = await pg.fetch(PG_ACCOUNTS_LOCKED if lock else PG_ACCOUNTS, ids, self.currency)
+        else:
+            stmt = ACCOUNTS_BY_USER.with_for_update() if lock else ACCOUNTS_BY_USER
+            rows = await self.session.execute(stmt, {"ids": ids, "currency": self.currency})
         for account_id, user_id, balance, held in rows:
             self.accounts[user_id] = _Account(account_id, user_id, balance, held)
         return {u for u in ids if u in self.accounts}
@@ -253,33 +282,77 @@ class Book:
 
     # --- one write ----------------------------------------------------------------------
     async def flush(self) -> None:
-        """Write every staged change: at most four statements, whatever the batch size.
+        """Write every staged change: one statement on PostgreSQL, at most four on SQLite,
+        whatever the batch size.
 
         Accounts get relative updates in id order (no lost update without a lock, no
         deadlock between two books), last: their row locks are then held only until the
         commit that follows. Rows are Core executemany (no ORM bookkeeping)."""
         session, now = self.session, utcnow()
-        if self.new_holds:
-            await session.execute(insert(HOLDS), self.new_holds)
-            self.new_holds = []
-        if self.changed_holds:
-            changes = [{"b_" + k: v for k, v in h.items()} for h in self.changed_holds.values()]
-            await session.execute(HOLD_CHANGE, changes)
-            self.changed_holds = {}
-        if self.entries:
-            await session.execute(insert(ENTRIES), self.entries)
-            self.entries = []
         changed = sorted((a for a in self.accounts.values() if a.balance_delta or a.held_delta), key=lambda a: a.id)
-        if changed:
-            await session.execute(
-                ACCOUNT_DELTA,
-                [{"b_id": a.id, "b_balance": a.balance_delta, "b_held": a.held_delta, "b_now": now} for a in changed],
+        deltas = [{"id": a.id, "balance": a.balance_delta, "held": a.held_delta} for a in changed]
+        pg = await pg_connection(session)
+        if pg is not None:
+            await self._flush_pg(pg, deltas, now)
+        else:
+            if self.new_holds:
+                await session.execute(insert(HOLDS), self.new_holds)
+            if self.changed_holds:
+                changes = [{"b_" + k: v for k, v in h.items()} for h in self.changed_holds.values()]
+                await session.execute(HOLD_CHANGE, changes)
+            if self.entries:
+                await session.execute(insert(ENTRIES), self.entries)
+            if deltas:
+                await session.execute(
+                    ACCOUNT_DELTA,
+                    [{"b_id": d["id"], "b_balance": d["balance"], "b_held": d["held"], "b_now": now} for d in deltas],
+                )
+        self.new_holds, self.changed_holds, self.entries = [], {}, []
+        for a in changed:
+            a.balance_delta = a.held_delta = 0
+
+    async def _flush_pg(self, pg: Any, deltas: list[dict[str, Any]], now: datetime) -> None:
+        """PostgreSQL: the same writes as one statement of data-modifying CTEs, one array
+        per column. The accounts are locked first, in id order (the ``SELECT … ORDER BY id
+        FOR NO KEY UPDATE`` the update joins), as the separate updates in id order would:
+        two books touching the same accounts never deadlock."""
+        dialect = self.session.get_bind().dialect
+        ctes: list[str] = []
+        args: list[Any] = []
+
+        def columns(table: Table, rows: list[dict[str, Any]], names: tuple[str, ...]) -> PgColumns:
+            cols = pg_columns(table, names, dialect, len(args) + 1)
+            args.extend(cols.arrays(rows))
+            return cols
+
+        if self.new_holds:
+            c = columns(HOLDS, self.new_holds, tuple(self.new_holds[0]))
+            ctes.append(f"INSERT INTO {HOLDS.name} ({', '.join(c.names)}) SELECT * FROM {c.unnest}")
+        if self.changed_holds:
+            c = columns(HOLDS, list(self.changed_holds.values()), HOLD_CHANGED_COLUMNS)
+            sets = ", ".join(f"{n} = d.{n}" for n in c.names[1:])
+            ctes.append(
+                f"UPDATE {HOLDS.name} h SET {sets} FROM {c.unnest} AS d({', '.join(c.names)})"
+                " WHERE h.reference = d.reference"
             )
-            for a in changed:
-                a.balance_delta = a.held_delta = 0
+        if self.entries:
+            c = columns(ENTRIES, self.entries, tuple(self.entries[0]))
+            ctes.append(f"INSERT INTO {ENTRIES.name} ({', '.join(c.names)}) SELECT * FROM {c.unnest}")
+        if deltas:
+            c = columns(ACCOUNTS, deltas, ("id", "balance", "held"))
+            args.append(now)
+            ctes.append(f"SELECT id FROM {ACCOUNTS.name} WHERE id = ANY({c.params[0]}) ORDER BY id FOR NO KEY UPDATE")
+            ctes.append(
+                f"UPDATE {ACCOUNTS.name} a SET balance = a.balance + d.balance, held = a.held + d.held,"
+                f" updated_at = ${len(args)} FROM {c.unnest} AS d(id, balance, held)"
+                f" WHERE a.id = d.id AND a.id IN (SELECT id FROM w{len(ctes) - 1})"
+            )
+        if ctes:
+            await pg.execute("WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(ctes)) + " SELECT 1", *args)
 
 
 ACCOUNTS, HOLDS, ENTRIES = table_of(Account), table_of(Hold), table_of(LedgerEntry)
+USERS = table_of(User)
 ACCOUNT_DELTA = (
     update(ACCOUNTS)
     .where(ACCOUNTS.c.id == bindparam("b_id"))
@@ -299,6 +372,37 @@ HOLD_CHANGE = (
         closed_at=bindparam("b_closed_at"),
     )
 )
+
+
+HOLD_CHANGED_COLUMNS = ("reference", "amount", "status", "captured", "closed_at")
+ACCOUNTS_BY_USER = (
+    select(ACCOUNTS.c.id, ACCOUNTS.c.user_id, ACCOUNTS.c.balance, ACCOUNTS.c.held)
+    .where(ACCOUNTS.c.user_id.in_(bindparam("ids", expanding=True)), ACCOUNTS.c.currency == bindparam("currency"))
+    .order_by(ACCOUNTS.c.id)
+)
+USERS_ACCOUNTS = (
+    select(USERS.c.id, ACCOUNTS.c.id, ACCOUNTS.c.balance, ACCOUNTS.c.held)
+    .select_from(
+        USERS.outerjoin(ACCOUNTS, and_(ACCOUNTS.c.user_id == USERS.c.id, ACCOUNTS.c.currency == bindparam("currency")))
+    )
+    .where(USERS.c.id.in_(bindparam("ids", expanding=True)))
+)
+HOLDS_BY_REFERENCE = select(HOLDS).where(HOLDS.c.reference.in_(bindparam("refs", expanding=True))).with_for_update()
+# The same reads for PostgreSQL's driver: an array parameter instead of an expanded IN list.
+PG_ACCOUNTS = (
+    "SELECT id, user_id, balance, held FROM billing_accounts"
+    " WHERE user_id = ANY($1::varchar[]) AND currency = $2 ORDER BY id"
+)
+PG_ACCOUNTS_LOCKED = PG_ACCOUNTS + " FOR UPDATE"
+# Users, their accounts and the named holds (locked) in one round trip: the holds ride
+# along as whole rows of their table's composite type.
+PG_USERS_ACCOUNTS_HOLDS = (
+    "WITH h AS (SELECT * FROM billing_holds WHERE reference = ANY($3::varchar[]) FOR UPDATE)"
+    " SELECT u.id, a.id, a.balance, a.held, NULL::billing_holds FROM users u"
+    " LEFT JOIN billing_accounts a ON a.user_id = u.id AND a.currency = $2 WHERE u.id = ANY($1::varchar[])"
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, ROW(h.*)::billing_holds FROM h"
+)
+PG_HOLDS = "SELECT * FROM billing_holds WHERE reference = ANY($1::varchar[]) FOR UPDATE"
 
 
 class Ledger:

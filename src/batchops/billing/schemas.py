@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AwareDatetime, Field, model_validator
 
 from batchops.core.schemas import Money, Schema, StrictSchema
 
@@ -24,8 +24,9 @@ class DeviceUsageIn(StrictSchema):
     cpu_cores: int = Field(ge=0, le=1024)
     memory_mb: int = Field(alias="memoryMB", ge=0, le=64 * 1024 * 1024)
     storage_mb: int = Field(alias="storageMB", ge=0, le=1024 * 1024 * 1024)
-    allocated_at: datetime
-    released_at: datetime
+    # with an offset (the contract's UTC ``Z``): a naive time is ambiguous, and was a 500
+    allocated_at: AwareDatetime
+    released_at: AwareDatetime
 
     @model_validator(mode="after")
     def _ordered(self) -> DeviceUsageIn:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from prometheus_client import Counter, Histogram
@@ -31,12 +31,10 @@ from batchops.billing.client import BillingClient, BillingRejected, BillingUnava
 from batchops.billing.ledger import CNY, Balance, Book, Ledger, format_amount
 from batchops.billing.models import UsageRecord
 from batchops.billing.pricing import Pricing
-from batchops.billing.schemas import DeviceUsageIn, UsageResult
+from batchops.billing.schemas import DeviceUsageIn
 from batchops.core.db import Database, insert_new, new_id
 from batchops.core.errors import NotFoundError, ServiceUnavailableError
 from batchops.core.outbox import Delivery, Outbox, OutboxMessage
-from batchops.core.schemas import cents_to_decimal
-from batchops.identity.models import User
 from batchops.identity.service import load_users
 
 # Reconciliation compares the scheduler's usage facts with billing's charges: the one
@@ -58,6 +56,17 @@ def allocation_hold(allocation_id: str) -> str:
     return f"alloc:{allocation_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class UsageOutcome:
+    """What ingestion did with one report (a plain object: 100 per batch, built and
+    serialised on the hot path; the API turns it into ``UsageResult``)."""
+
+    allocation_id: str
+    status: Literal["charged", "duplicate", "failed"]
+    cost: int | None = None  # minor units, when charged
+    error: str | None = None
+
+
 @dataclass(frozen=True)
 class Unbilled:
     allocation_id: str
@@ -77,16 +86,23 @@ class BillingService:
         self.client: BillingClient | None = BillingClient(settings) if settings.billing_url else None
 
     # --- ingestion ---------------------------------------------------------------------
-    async def ingest(self, session: AsyncSession, events: list[DeviceUsageIn]) -> list[UsageResult]:
+    async def ingest(self, session: AsyncSession, events: list[DeviceUsageIn]) -> list[UsageOutcome]:
         """Charge every report not seen before, in a constant number of statements."""
-        users = set(await session.scalars(select(User.id).where(User.id.in_({e.user_id for e in events}))))
-        results: list[UsageResult | None] = [None] * len(events)
+        # No account lock: captures and charges never check a balance, and the flush
+        # writes relative changes, so concurrent reports for one user do not queue.
+        # Holds are locked up front for every report of the batch (a duplicate's too:
+        # harmless, its insert below does nothing), in the same round trip as the users.
+        book = Book(session, CNY)
+        users = await book.load_known(
+            {e.user_id for e in events}, hold_references=[allocation_hold(e.allocation_id) for e in events]
+        )
+        results: list[UsageOutcome | None] = [None] * len(events)
         fresh: dict[str, tuple[int, DeviceUsageIn, int]] = {}
         for i, e in enumerate(events):
             if e.user_id not in users:
-                results[i] = UsageResult(allocation_id=e.allocation_id, status="failed", error="User not found")
+                results[i] = UsageOutcome(e.allocation_id, "failed", error="User not found")
             elif e.allocation_id in fresh:
-                results[i] = UsageResult(allocation_id=e.allocation_id, status="duplicate")
+                results[i] = UsageOutcome(e.allocation_id, "duplicate")
             else:
                 cost = self.pricing.cost(e.duration_seconds, e.cpu_cores, e.memory_mb, e.storage_mb)
                 fresh[e.allocation_id] = (i, e, cost)
@@ -109,25 +125,22 @@ class BillingService:
                         "cost": cost,
                         "currency": CNY,
                     }
-                    for _, e, cost in fresh.values()
+                    # in key order, so two batches sharing reports wait on each other's
+                    # inserts in one order, never in a cycle
+                    for _, e, cost in sorted(fresh.values(), key=lambda f: f[1].allocation_id)
                 ],
                 conflict_on=["allocation_id"],
                 returning="allocation_id",
             )
         )
-        # No account lock: captures and charges never check a balance, and the flush
-        # writes relative changes, so concurrent reports for one user do not queue.
-        book = await Book(session, CNY).load(
-            {fresh[a][1].user_id for a in inserted}, hold_references=[allocation_hold(a) for a in inserted], lock=False
-        )
         for allocation_id, (i, e, cost) in fresh.items():
             if allocation_id not in inserted:
-                results[i] = UsageResult(allocation_id=allocation_id, status="duplicate")
+                results[i] = UsageOutcome(allocation_id, "duplicate")
                 continue
-            memo = {"allocationId": allocation_id, "durationSeconds": e.duration_seconds}
-            if not book.capture(allocation_hold(allocation_id), cost, memo):
-                book.charge(e.user_id, cost, f"usage:{allocation_id}", memo)
-            results[i] = UsageResult(allocation_id=allocation_id, status="charged", cost=cents_to_decimal(cost))
+            # no memo: the entry's reference names the allocation, whose usage row has the details
+            if not book.capture(allocation_hold(allocation_id), cost):
+                book.charge(e.user_id, cost, f"usage:{allocation_id}")
+            results[i] = UsageOutcome(allocation_id, "charged", cost)
         await book.flush()
         done = [r for r in results if r is not None]
         counts = {s: sum(r.status == s for r in done) for s in ("charged", "duplicate", "failed")}
@@ -135,7 +148,7 @@ class BillingService:
         log.info("💰 billing_usage_reported", **counts)
         return done
 
-    async def report(self, events: list[DeviceUsageIn]) -> list[UsageResult]:
+    async def report(self, events: list[DeviceUsageIn]) -> list[UsageOutcome]:
         async with self.db.transaction() as session:
             return await self.ingest(session, events)
 

@@ -73,6 +73,8 @@ def create_runtime(settings: Settings) -> Runtime:
     )
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool,
+    a thread hop per request (and per dependency built on it) for an attribute read."""
     runtime: Runtime = request.app.state.runtime
     return runtime
