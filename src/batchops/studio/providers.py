@@ -106,7 +106,8 @@ class SimulatedProvider:
     ``failure_rate`` of submissions fail with a retryable server error at the end
     of the render. Prompts may force an outcome: ``[reject]`` (content rejected),
     ``[429]`` (rate limited at submit), ``[5xx]`` (server error at the end),
-    ``[slow]`` (renders ten times longer than usual: past the timeout).
+    ``[slow]`` (renders a thousand times longer than usual: far past the timeout, so a
+    late poll on a loaded machine still finds it running, never finished).
     """
 
     name = "simulated"
@@ -128,7 +129,7 @@ class SimulatedProvider:
         draw = f"{req.prompt}:{req.request_id.rpartition('.')[2]}"
         render = base * (0.9 + 0.2 * _fraction("render:" + draw)) * self.time_scale
         if "[slow]" in req.prompt:
-            render *= 10
+            render *= 1000
         if "[reject]" in req.prompt:
             outcome = CONTENT_REJECTED
         elif "[5xx]" in req.prompt or _fraction("fail:" + draw) < self.failure_rate:
