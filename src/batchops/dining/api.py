@@ -40,7 +40,7 @@ QUICK_MESSAGE = "快速批量报餐提交完成"
 MealFilter = Literal["breakfast", "lunch", "dinner"]
 
 
-def dining_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> DiningService:
+async def dining_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> DiningService:
     service: DiningService = rt.services["dining"]
     return service
 

@@ -45,7 +45,7 @@ def ensure_self_or_admin(caller: User, user_id: str) -> None:
         raise ForbiddenError("You may only act on your own resources")
 
 
-def identity_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> IdentityService:
+async def identity_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> IdentityService:
     service: IdentityService = rt.services["identity"]
     return service
 

@@ -19,7 +19,7 @@ from batchops.notifications.service import NotificationService
 router = APIRouter(tags=["notifications"])
 
 
-def notification_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> NotificationService:
+async def notification_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> NotificationService:
     service: NotificationService = rt.services["notifications"]
     return service
 

@@ -55,7 +55,7 @@ from batchops.scheduler.service import Allocated, Extended, Queued, Released, Sc
 router = APIRouter(prefix="/scheduler", tags=["scheduler"])
 
 
-def scheduler_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> SchedulerService:
+async def scheduler_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> SchedulerService:
     service: SchedulerService = rt.services["scheduler"]
     return service
 

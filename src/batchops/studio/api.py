@@ -28,7 +28,7 @@ from batchops.studio.service import StudioService
 router = APIRouter(prefix="/api/v1/workflow", tags=["studio"])
 
 
-def studio_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> StudioService:
+async def studio_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> StudioService:
     service: StudioService = rt.services["studio"]
     return service
 
