@@ -146,6 +146,19 @@ class Database:
                 except Exception:  # a live push must never fail a committed request
                     log.exception("post_commit_failed")
 
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session for a single read, in no transaction of its own: no write lock on
+        SQLite (a ``transaction()`` takes ``BEGIN IMMEDIATE``, which would queue every
+        authenticated request behind the writers), no BEGIN/COMMIT round trips on
+        PostgreSQL. Each statement sees what was committed when it ran, so reads that
+        must agree with each other, or with a write, belong in ``transaction()``."""
+        options: dict[str, Any] = {READ_ONLY: True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**options)
+            async with AsyncSession(bind=conn, expire_on_commit=False, autoflush=False) as session:
+                yield session
+
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
@@ -176,7 +189,11 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if not conn.get_execution_options().get(READ_ONLY):  # Database.read(): sqlite3's autocommit
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+READ_ONLY = "batchops_read_only"
 
 
 def is_postgres(session: AsyncSession) -> bool:

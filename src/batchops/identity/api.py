@@ -21,7 +21,7 @@ async def current_user(request: Request, rt: Annotated[Runtime, Depends(get_runt
     if token is None:
         raise UnauthorizedError("Missing bearer token")
     user_id = decode_token(token, rt.settings.jwt_secret)
-    async with rt.db.transaction() as session:
+    async with rt.db.read() as session:
         user = await session.get(User, user_id)
     if user is None:
         raise UnauthorizedError("Unknown user")
