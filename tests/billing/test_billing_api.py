@@ -11,7 +11,7 @@ import pytest
 from batchops.core.runtime import Runtime
 from tests.billing.conftest import INTERNAL, balance, topup, usage
 from tests.conftest import auth
-from tests.helpers import create_devices, create_users, data, error, execute, sql_value
+from tests.helpers import create_devices, create_users, data, error, execute, sql, sql_value
 
 
 async def test_topup_balance_and_idempotent_reference(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
@@ -188,6 +188,22 @@ async def test_allocate_holds_release_captures(
     used = await sql_value(runtime, "SELECT cost FROM billing_usage")
     assert after["held"] == 0 and after["balance"] == pytest.approx(1 - used / 100)
     assert used <= 94  # a few seconds of use cost at most the hold
+
+
+async def test_a_zero_cost_report_closes_the_hold_without_a_charge_entry(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, billing_on: None
+) -> None:
+    await create_users(client, admin, [{"userId": "u1"}])
+    await create_devices(client, admin, 1)
+    await topup(client, admin, "u1", 1)
+    allocation_id = data(await allocate(client, "u1"))["allocationId"]
+    report = usage(allocation_id, seconds=0)
+    result = data(await client.post("/api/internal/metering/device-usage", json=report, headers=INTERNAL))
+    assert result["status"] == "charged" and result["cost"] == 0
+    kinds = await sql(runtime, "SELECT kind, amount FROM billing_entries WHERE kind <> 'topup' ORDER BY id")
+    assert [tuple(k) for k in kinds] == [("hold", 47), ("capture", 0)]  # no extra zero "charge"
+    after = await balance(client, "u1")
+    assert after["balance"] == 1 and after["held"] == 0
 
 
 async def test_a_small_balance_cannot_be_overspent_by_a_batch(

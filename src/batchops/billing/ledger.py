@@ -215,11 +215,12 @@ class Book:
         # the hold only grows, so its new total makes the entry's reference unique
         self._entry(account, "hold", amount, f"hold:{reference}:{hold.amount}", memo)
 
-    def capture(self, reference: str, amount: int, memo: dict[str, Any] | None = None) -> int:
-        """Charge up to ``amount`` from an open hold and free the rest. Returns what was charged."""
+    def capture(self, reference: str, amount: int, memo: dict[str, Any] | None = None) -> int | None:
+        """Charge up to ``amount`` from an open hold and free the rest. Returns what was
+        charged (0 for a use that cost nothing), or None if there was no open hold."""
         hold = self.holds.get(reference)
         if hold is None or hold.status != OPEN:
-            return 0
+            return None
         account = self._account_by_id(hold.account_id)
         charged = max(0, amount)
         account.change(balance=-charged, held=-hold.amount)

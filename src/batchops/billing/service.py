@@ -138,7 +138,7 @@ class BillingService:
                 results[i] = UsageOutcome(allocation_id, "duplicate")
                 continue
             # no memo: the entry's reference names the allocation, whose usage row has the details
-            if not book.capture(allocation_hold(allocation_id), cost):
+            if book.capture(allocation_hold(allocation_id), cost) is None:  # never pre-authorised
                 book.charge(e.user_id, cost, f"usage:{allocation_id}")
             results[i] = UsageOutcome(allocation_id, "charged", cost)
         await book.flush()
