@@ -83,8 +83,8 @@ async def notifications_ws(websocket: WebSocket, token: str | None = None) -> No
                 await websocket.send_json(getter.result())
             else:
                 getter.cancel()
-    except WebSocketDisconnect:
-        pass
+    except WebSocketDisconnect:  # the client left: the normal end of a subscription
+        return
     finally:
         rt.push.unsubscribe(user_id, queue)
 
