@@ -83,15 +83,7 @@ async def test_kie_provider_end_to_end(
     client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, fake_kie: tuple[FakeKie, str]
 ) -> None:
     fake, url = fake_kie
-    provider = KieProvider(url, "kie-test-key")
-    engine = Engine(
-        runtime.db,
-        runtime.services["ledger"],
-        provider,
-        runtime.services["notifications"],
-        runtime.push,
-        time_scale=0.001,
-    )
+    engine, provider = kie_engine(runtime, url, calls_back=False)
     user = await studio_user(client, admin, "u1", plan="pro", credits=1000)
     body = {
         "rows": [

@@ -501,7 +501,6 @@ class ExtendWork:
         self.extended: dict[str, datetime] = {}
         self.windows: dict[str, list[Window]] = {}
         self.book: Book | None = None
-        self.chosen: list[Candidate] = []
         self.now = utcnow()
 
     async def load(self, ids: Sequence[str]) -> ExtendWork:
