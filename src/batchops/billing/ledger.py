@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
-from batchops.core.db import PgColumns, insert_new, pg_columns, pg_connection, table_of, utcnow
+from batchops.core.db import insert_new, pg_connection, table_of, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
+from batchops.core.writes import PgPart, PgStatement, SqlitePart, WriteSet, joining
 from batchops.identity.models import User
 
 CNY, CREDITS = "CNY", "CREDITS"
@@ -282,74 +283,50 @@ class Book:
         )
 
     # --- one write ----------------------------------------------------------------------
-    async def flush(self) -> None:
+    async def flush(self, writes: WriteSet | None = None) -> None:
         """Write every staged change: one statement on PostgreSQL, at most four on SQLite,
-        whatever the batch size.
+        whatever the batch size (with ``writes``: added to the caller's, sent with them).
 
         Accounts get relative updates in id order (no lost update without a lock, no
         deadlock between two books), last: their row locks are then held only until the
         commit that follows. Rows are Core executemany (no ORM bookkeeping)."""
-        session, now = self.session, utcnow()
+        now = utcnow()
         changed = sorted((a for a in self.accounts.values() if a.balance_delta or a.held_delta), key=lambda a: a.id)
         deltas = [{"id": a.id, "balance": a.balance_delta, "held": a.held_delta} for a in changed]
-        pg = await pg_connection(session)
-        if pg is not None:
-            await self._flush_pg(pg, deltas, now)
-        else:
+        async with joining(self.session, writes) as w:
             if self.new_holds:
-                await session.execute(insert(HOLDS), self.new_holds)
+                w.insert(HOLDS, self.new_holds)
             if self.changed_holds:
-                changes = [{"b_" + k: v for k, v in h.items()} for h in self.changed_holds.values()]
-                await session.execute(HOLD_CHANGE, changes)
+                w.update(HOLDS, list(self.changed_holds.values()), key="reference")
             if self.entries:
-                await session.execute(insert(ENTRIES), self.entries)
+                w.insert(ENTRIES, self.entries)
             if deltas:
-                await session.execute(
-                    ACCOUNT_DELTA,
-                    [{"b_id": d["id"], "b_balance": d["balance"], "b_held": d["held"], "b_now": now} for d in deltas],
-                )
+                w.add(*_account_deltas(deltas, now))
         self.new_holds, self.changed_holds, self.entries = [], {}, []
         for a in changed:
             a.balance_delta = a.held_delta = 0
 
-    async def _flush_pg(self, pg: Any, deltas: list[dict[str, Any]], now: datetime) -> None:
-        """PostgreSQL: the same writes as one statement of data-modifying CTEs, one array
-        per column. The accounts are locked first, in id order (the ``SELECT … ORDER BY id
-        FOR NO KEY UPDATE`` the update joins), as the separate updates in id order would:
-        two books touching the same accounts never deadlock."""
-        dialect = self.session.get_bind().dialect
-        ctes: list[str] = []
-        args: list[Any] = []
 
-        def columns(table: Table, rows: list[dict[str, Any]], names: tuple[str, ...]) -> PgColumns:
-            cols = pg_columns(table, names, dialect, len(args) + 1)
-            args.extend(cols.arrays(rows))
-            return cols
+def _account_deltas(deltas: list[dict[str, Any]], now: datetime) -> tuple[PgPart, SqlitePart]:
+    """Relative updates of accounts. On PostgreSQL the accounts are locked first, in id
+    order (the ``SELECT … ORDER BY id FOR NO KEY UPDATE`` the update joins), as separate
+    updates in id order would be: two books touching the same accounts never deadlock."""
 
-        if self.new_holds:
-            c = columns(HOLDS, self.new_holds, tuple(self.new_holds[0]))
-            ctes.append(f"INSERT INTO {HOLDS.name} ({', '.join(c.names)}) SELECT * FROM {c.unnest}")
-        if self.changed_holds:
-            c = columns(HOLDS, list(self.changed_holds.values()), HOLD_CHANGED_COLUMNS)
-            sets = ", ".join(f"{n} = d.{n}" for n in c.names[1:])
-            ctes.append(
-                f"UPDATE {HOLDS.name} h SET {sets} FROM {c.unnest} AS d({', '.join(c.names)})"
-                " WHERE h.reference = d.reference"
-            )
-        if self.entries:
-            c = columns(ENTRIES, self.entries, tuple(self.entries[0]))
-            ctes.append(f"INSERT INTO {ENTRIES.name} ({', '.join(c.names)}) SELECT * FROM {c.unnest}")
-        if deltas:
-            c = columns(ACCOUNTS, deltas, ("id", "balance", "held"))
-            args.append(now)
-            ctes.append(f"SELECT id FROM {ACCOUNTS.name} WHERE id = ANY({c.params[0]}) ORDER BY id FOR NO KEY UPDATE")
-            ctes.append(
-                f"UPDATE {ACCOUNTS.name} a SET balance = a.balance + d.balance, held = a.held + d.held,"
-                f" updated_at = ${len(args)} FROM {c.unnest} AS d(id, balance, held)"
-                f" WHERE a.id = d.id AND a.id IN (SELECT id FROM w{len(ctes) - 1})"
-            )
-        if ctes:
-            await pg.execute("WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(ctes)) + " SELECT 1", *args)
+    def pg(stmt: PgStatement) -> str:
+        c = stmt.columns(ACCOUNTS, ("id", "balance", "held"), deltas)
+        locked = stmt.cte(f"SELECT id FROM {ACCOUNTS.name} WHERE id = ANY({c.params[0]}) ORDER BY id FOR NO KEY UPDATE")
+        return stmt.cte(
+            f"UPDATE {ACCOUNTS.name} a SET balance = a.balance + d.balance, held = a.held + d.held,"
+            f" updated_at = {stmt.param(now)} FROM {c.unnest} AS d(id, balance, held)"
+            f" WHERE a.id = d.id AND a.id IN (SELECT id FROM {locked}) RETURNING 1"
+        )
+
+    async def sqlite(session: AsyncSession) -> int:
+        rows = [{"b_id": d["id"], "b_balance": d["balance"], "b_held": d["held"], "b_now": now} for d in deltas]
+        result = await session.execute(ACCOUNT_DELTA, rows)
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    return pg, sqlite
 
 
 ACCOUNTS, HOLDS, ENTRIES = table_of(Account), table_of(Hold), table_of(LedgerEntry)
@@ -363,19 +340,6 @@ ACCOUNT_DELTA = (
         updated_at=bindparam("b_now"),
     )
 )
-HOLD_CHANGE = (
-    update(HOLDS)
-    .where(HOLDS.c.reference == bindparam("b_reference"))
-    .values(
-        amount=bindparam("b_amount"),
-        status=bindparam("b_status"),
-        captured=bindparam("b_captured"),
-        closed_at=bindparam("b_closed_at"),
-    )
-)
-
-
-HOLD_CHANGED_COLUMNS = ("reference", "amount", "status", "captured", "closed_at")
 ACCOUNTS_BY_USER = (
     select(ACCOUNTS.c.id, ACCOUNTS.c.user_id, ACCOUNTS.c.balance, ACCOUNTS.c.held)
     .where(ACCOUNTS.c.user_id.in_(bindparam("ids", expanding=True)), ACCOUNTS.c.currency == bindparam("currency"))

@@ -273,6 +273,16 @@ def pg_columns(table: Table, names: tuple[str, ...], dialect: Dialect, start: in
     )
 
 
+def python_defaults(table: Table, given: tuple[str, ...]) -> dict[str, Any]:
+    """Values of the Python-side column defaults (``default=utcnow``) of the columns not
+    ``given``: computed once for a batch, where SQLAlchemy would compute them per row."""
+    return {
+        c.name: c.default.arg(None) if c.default.is_callable else c.default.arg
+        for c in table.c
+        if c.name not in given and isinstance(c.default, ColumnDefault)
+    }
+
+
 async def insert_new(
     session: AsyncSession,
     model: type[Base],
@@ -291,11 +301,7 @@ async def insert_new(
     if pg is not None:
         # Python-side column defaults (``default=utcnow``), which SQLAlchemy would fill in: once per batch.
         given = tuple(rows[0])
-        defaults = {
-            c.name: c.default.arg(None) if c.default.is_callable else c.default.arg
-            for c in table.c
-            if c.name not in given and isinstance(c.default, ColumnDefault)
-        }
+        defaults = python_defaults(table, given)
         cols = pg_columns(table, given + tuple(defaults), session.get_bind().dialect)
         sql = (
             f"INSERT INTO {table.name} ({', '.join(cols.names)}) SELECT * FROM {cols.unnest}"

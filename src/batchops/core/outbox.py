@@ -19,12 +19,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Index, String, Text, delete, func, insert, select, update
+from sqlalchemy import Index, String, Text, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from batchops.core.db import Base, Database, table_of, utcnow
 from batchops.core.metrics import OUTBOX_DEAD, OUTBOX_DELIVERED, OUTBOX_FAILED
+from batchops.core.writes import WriteSet, joining
 
 log = structlog.get_logger(__name__)
 
@@ -71,8 +72,9 @@ class Delivery:
 Handler = Callable[[list[Delivery]], Awaitable[dict[int, str]]]
 
 
-async def enqueue(session: AsyncSession, items: Sequence[OutboxItem]) -> None:
-    """Add messages to the outbox in the caller's transaction: one INSERT."""
+async def enqueue(session: AsyncSession, items: Sequence[OutboxItem], writes: WriteSet | None = None) -> None:
+    """Add messages to the outbox in the caller's transaction: one INSERT (with
+    ``writes``: added to them, to be sent with the caller's other writes)."""
     if not items:
         return
     now = utcnow()
@@ -89,10 +91,10 @@ async def enqueue(session: AsyncSession, items: Sequence[OutboxItem]) -> None:
         }
         for i in items
     ]
-    # A Core executemany on the table: one statement whatever the rows hold (the ORM bulk
-    # path would split rows with and without a dedup_key into separate INSERTs, and costs
-    # a per-row key analysis that dominated a batch of 100 releases).
-    await session.execute(insert(table_of(OutboxMessage)), rows)
+    # Not the ORM bulk path: it would split rows with and without a dedup_key into
+    # separate INSERTs, and costs a per-row key analysis that dominated a batch of 100 releases.
+    async with joining(session, writes) as w:
+        w.insert(table_of(OutboxMessage), rows)
 
 
 def backoff_seconds(attempts: int, *, base: float = 2.0, cap: float = 300.0) -> float:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.core.db import Database, on_commit, table_of, utcnow
 from batchops.core.push import PushHub
+from batchops.core.writes import WriteSet, joining
 from batchops.notifications.models import Notification
 
 
@@ -31,8 +32,9 @@ class NotificationService:
         self.db = db
         self.push = push
 
-    async def send(self, session: AsyncSession, notes: list[NewNotification]) -> None:
-        """Insert every notification in one statement; push them together after commit."""
+    async def send(self, session: AsyncSession, notes: list[NewNotification], writes: WriteSet | None = None) -> None:
+        """Insert every notification in one statement (with ``writes``: added to them, to
+        be sent with the caller's other writes); push them together after commit."""
         if not notes:
             return
         now = utcnow()
@@ -48,7 +50,8 @@ class NotificationService:
             }
             for n in notes
         ]
-        await session.execute(insert(table_of(Notification)), rows)
+        async with joining(session, writes) as w:
+            w.insert(table_of(Notification), rows)
         stamp = now.isoformat().replace("+00:00", "Z")
         messages = [
             (

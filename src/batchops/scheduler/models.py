@@ -14,7 +14,10 @@ ACTIVE, RELEASED = "allocated", "released"
 class Device(Base):
     __tablename__ = "devices"
     __table_args__ = (
-        Index("ix_devices_status_fit", "status", "cpu_cores", "memory_mb", "storage_mb"),
+        # the first free devices of a (size, node) bucket, in id order (placement)
+        Index(
+            "ix_devices_bucket", "status", "cpu_cores", "memory_mb", "storage_mb", text("coalesce(node_id, '')"), "id"
+        ),
         Index("ix_devices_status_node", "status", "node_id"),  # node loads
     )
 

@@ -18,10 +18,11 @@ import structlog
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from batchops.core.db import utcnow
+from batchops.core.db import table_of, utcnow
 from batchops.core.errors import AppError, ConflictError, NotFoundError
 from batchops.core.events import event
 from batchops.core.outbox import Delivery, enqueue
+from batchops.core.writes import WriteSet
 from batchops.identity.models import User
 from batchops.notifications.service import NewNotification
 from batchops.scheduler.models import CANCELLED, EXPIRED, GRANTED, WAITING, QueueEntry
@@ -199,6 +200,7 @@ class WaitQueue:
                 granted.append((entry, result))
             if not granted:
                 return 0
+            writes = WriteSet(session)
             await work.flush(
                 [r for _, r in granted],
                 also_notify=[
@@ -211,11 +213,14 @@ class WaitQueue:
                     )
                     for e, r in granted
                 ],
+                writes=writes,
             )
-            await session.execute(
-                update(QueueEntry),
-                [{"id": e.id, "status": GRANTED, "granted_at": now, "allocation_id": r.id} for e, r in granted],
+            writes.update(
+                table_of(QueueEntry),
+                [{"id": e.id, "allocation_id": r.id} for e, r in granted],
+                values={"status": GRANTED, "granted_at": now},
             )
+            await writes.execute()
         log.info("queue_granted", count=len(granted))
         return len(granted)
 
