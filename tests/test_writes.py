@@ -1,0 +1,58 @@
+"""``core.writes.WriteSet``: several writes sent together (one statement on PostgreSQL),
+with the row counts, Python-side defaults and lost-claim checks of separate statements."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from batchops.core.db import table_of, utcnow
+from batchops.core.errors import ConflictError
+from batchops.core.runtime import Runtime
+from batchops.core.writes import WriteSet
+from batchops.identity.models import User
+from batchops.notifications.models import Notification
+
+USERS, NOTES = table_of(User), table_of(Notification)
+
+
+async def test_inserts_and_updates_go_together_with_their_row_counts(runtime: Runtime) -> None:
+    async with runtime.db.transaction() as session:
+        session.add(User(id="pending", name="added through the ORM"))  # flushed before the set
+        w = WriteSet(session)
+        w.insert(USERS, [{"id": f"u{i}", "name": f"user {i}"} for i in range(3)])
+        # rows that exist before the set (not ones it inserts: its parts share one snapshot on PostgreSQL)
+        w.update(USERS, [{"id": "pending", "name": "renamed"}, {"id": "nobody", "name": "x"}], values={"plan": "pro"})
+        w.insert(
+            NOTES,
+            [
+                {"user_id": "pending", "type": "t", "title": "a", "content": "", "channel": "c", "data": {"k": 1}},
+                {"user_id": "u1", "type": "t", "title": "b", "content": "", "channel": "c", "data": {}},
+            ],
+        )
+        assert await w.execute() == [3, 1, 2]
+    async with runtime.db.read() as session:
+        users = {u.id: u for u in await session.scalars(select(User))}
+        notes = list(await session.scalars(select(Notification).order_by(Notification.title)))
+    assert (users["pending"].name, users["pending"].plan) == ("renamed", "pro") and users["u1"].name == "user 1"
+    assert users["u2"].created_at <= utcnow()  # a Python-side default, filled in for the set
+    assert [(n.user_id, n.data) for n in notes] == [("pending", {"k": 1}), ("u1", {})]
+
+
+async def test_a_lost_claim_raises_and_nothing_is_written(runtime: Runtime) -> None:
+    async with runtime.db.transaction() as session:
+        session.add(User(id="busy", name="busy", status="suspended"))
+    with pytest.raises(ConflictError):
+        async with runtime.db.transaction() as session:
+            w = WriteSet(session)
+            w.update(
+                USERS,
+                [{"id": "busy"}],
+                values={"name": "claimed"},
+                where={"status": "active"},
+                unless_all=ConflictError("taken"),
+            )
+            w.insert(USERS, [{"id": "after", "name": "after"}])
+            await w.execute()
+    async with runtime.db.read() as session:
+        assert [u.name for u in await session.scalars(select(User))] == ["busy"]
