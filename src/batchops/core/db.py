@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any, ClassVar, cast
 
 import structlog
-from sqlalchemy import JSON, ColumnDefault, DateTime, MetaData, Table, event, text
+from sqlalchemy import JSON, ColumnDefault, DateTime, MetaData, Select, Table, event, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
@@ -200,13 +200,23 @@ def is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-async def advisory_lock(session: AsyncSession, name: str) -> None:
+async def advisory_lock(session: AsyncSession, name: str, *, only_if: Select[Any] | None = None) -> bool:
     """Serialise one kind of decision across processes until the transaction ends.
 
-    On SQLite ``BEGIN IMMEDIATE`` already serialises every writer, so this is a no-op.
+    ``only_if``: take the lock only if that query finds a row, in the same round trip
+    (for work that is often not there, such as a wait queue that is usually empty);
+    whether it was taken. On SQLite ``BEGIN IMMEDIATE`` already serialises every writer,
+    so this is a no-op (apart from ``only_if``'s query).
     """
+    key = zlib.crc32(name.encode())
+    if only_if is not None:
+        stmt = (
+            select(func.pg_advisory_xact_lock(key)).select_from(only_if.subquery()) if is_postgres(session) else only_if
+        )
+        return (await session.execute(stmt)).first() is not None
     if is_postgres(session):
-        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(name.encode())})
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    return True
 
 
 async def pg_connection(session: AsyncSession) -> Any | None:

@@ -178,14 +178,15 @@ class AllocateWork:
         self.book = await self.service.holds_book(self.session, list(self.users))
         return self
 
-    async def load_devices(self, per_bucket: int | None = None) -> AllocateWork:
+    async def load_devices(self, per_bucket: int | None = None, *, locked: bool = False) -> AllocateWork:
         """Take the allocation lock and load the free devices and the windows they must keep.
 
         ``per_bucket``: a batch of n asks takes at most n devices of one (size, node)
         bucket, so only the first n of each are read (1,000 free devices, 1 ask: 10
         rows, not 1,000); ``Placement`` asks for the rest if a bucket runs dry.
         """
-        await advisory_lock(self.session, ALLOCATE_LOCK)
+        if not locked:  # ``locked``: the caller took it already
+            await advisory_lock(self.session, ALLOCATE_LOCK)
         await self._read_devices(per_bucket)
         return self
 

@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from batchops.core.db import table_of, utcnow
+from batchops.core.db import advisory_lock, table_of, utcnow
 from batchops.core.errors import AppError, ConflictError, NotFoundError
 from batchops.core.events import event
 from batchops.core.outbox import Delivery, enqueue
@@ -26,7 +26,7 @@ from batchops.core.writes import WriteSet
 from batchops.identity.models import User
 from batchops.notifications.service import NewNotification
 from batchops.scheduler.models import CANCELLED, EXPIRED, GRANTED, WAITING, QueueEntry
-from batchops.scheduler.service import Allocated, AllocateWork, Ask, Queued, SchedulerService
+from batchops.scheduler.service import ALLOCATE_LOCK, Allocated, AllocateWork, Ask, Queued, SchedulerService
 
 log = structlog.get_logger(__name__)
 
@@ -167,10 +167,10 @@ class WaitQueue:
         now = utcnow()
         live = (QueueEntry.status == WAITING, QueueEntry.expires_at > now)
         async with self.db.transaction() as session:
-            waiting = await session.scalar(select(QueueEntry.id).where(*live).limit(1))
-            if waiting is None:
+            # The allocation lock, only if someone waits (usually no one): one round trip.
+            if not await advisory_lock(session, ALLOCATE_LOCK, only_if=select(QueueEntry.id).where(*live).limit(1)):
                 return 0
-            work = await AllocateWork(session, self.scheduler, None).load_devices()
+            work = await AllocateWork(session, self.scheduler, None).load_devices(locked=True)
             free = len(work.placement.by_id)
             if not free:
                 return 0
