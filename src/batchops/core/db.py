@@ -30,6 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
+from batchops.core.sqlite_driver import one_hop_dbapi
+
 log = structlog.get_logger(__name__)
 
 NAMING_CONVENTION = {
@@ -111,6 +113,7 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(
                 self.url,
                 echo=echo,
+                module=one_hop_dbapi(),  # one aiosqlite thread hop per statement, not four
                 connect_args={"timeout": 30},
                 pool_size=5,
                 max_overflow=10,
@@ -190,7 +193,8 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
         if not conn.get_execution_options().get(READ_ONLY):  # Database.read(): sqlite3's autocommit
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Sent with the transaction's first statement, in the same thread hop.
+            conn.connection.dbapi_connection.begin_with_next_statement("BEGIN IMMEDIATE")
 
 
 READ_ONLY = "batchops_read_only"
