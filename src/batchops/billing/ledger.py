@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
-from batchops.core.db import PgColumns, insert_new, pg_columns, pg_connection, table_of, utcnow
+from batchops.core.db import PgColumns, insert_new, insert_rows, pg_columns, pg_connection, table_of, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
 from batchops.identity.models import User
 
@@ -297,12 +297,12 @@ class Book:
             await self._flush_pg(pg, deltas, now)
         else:
             if self.new_holds:
-                await session.execute(insert(HOLDS), self.new_holds)
+                await insert_rows(session, HOLDS, self.new_holds)
             if self.changed_holds:
                 changes = [{"b_" + k: v for k, v in h.items()} for h in self.changed_holds.values()]
                 await session.execute(HOLD_CHANGE, changes)
             if self.entries:
-                await session.execute(insert(ENTRIES), self.entries)
+                await insert_rows(session, ENTRIES, self.entries)
             if deltas:
                 await session.execute(
                     ACCOUNT_DELTA,

@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Index, String, Text, delete, func, insert, select, update
+from sqlalchemy import Index, String, Text, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from batchops.core.db import Base, Database, table_of, utcnow
+from batchops.core.db import Base, Database, insert_rows, table_of, utcnow
 from batchops.core.metrics import OUTBOX_DEAD, OUTBOX_DELIVERED, OUTBOX_FAILED
 
 log = structlog.get_logger(__name__)
@@ -92,7 +92,7 @@ async def enqueue(session: AsyncSession, items: Sequence[OutboxItem]) -> None:
     # A Core executemany on the table: one statement whatever the rows hold (the ORM bulk
     # path would split rows with and without a dedup_key into separate INSERTs, and costs
     # a per-row key analysis that dominated a batch of 100 releases).
-    await session.execute(insert(table_of(OutboxMessage)), rows)
+    await insert_rows(session, table_of(OutboxMessage), rows)
 
 
 def backoff_seconds(attempts: int, *, base: float = 2.0, cap: float = 300.0) -> float:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from batchops.core.db import Database, on_commit, table_of, utcnow
+from batchops.core.db import Database, insert_rows, on_commit, table_of, utcnow
 from batchops.core.push import PushHub
 from batchops.notifications.models import Notification
 
@@ -48,7 +48,7 @@ class NotificationService:
             }
             for n in notes
         ]
-        await session.execute(insert(table_of(Notification)), rows)
+        await insert_rows(session, table_of(Notification), rows)
         stamp = now.isoformat().replace("+00:00", "Z")
         messages = [
             (

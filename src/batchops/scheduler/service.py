@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from batchops.billing.ledger import CNY, Book, InsufficientBalance
 from batchops.billing.service import USAGE_KIND, BillingService, allocation_hold
 from batchops.core.batch import BatchMode, BatchResult
-from batchops.core.db import advisory_lock, new_id, table_of, utcnow
+from batchops.core.db import advisory_lock, insert_rows, new_id, table_of, utcnow
 from batchops.core.errors import (
     AppError,
     BadRequestError,
@@ -284,7 +284,7 @@ class AllocateWork:
         )
         if claimed.rowcount != len(device_ids):  # type: ignore[attr-defined]
             raise ConflictError("A chosen device was taken concurrently; retry the request")
-        await session.execute(insert(table_of(Allocation)), [r.allocation for r in results])
+        await insert_rows(session, table_of(Allocation), [r.allocation for r in results])
         if self.book is not None:
             await self.book.flush()
         await enqueue(session, [event("device.allocated", allocated_payload(r)) for r in results])
@@ -864,9 +864,11 @@ class SchedulerService:
             update(Device)
             .where(Device.id.in_([r.loaded.device.id for r in results]), Device.status == ALLOCATED)
             .values(status=AVAILABLE, updated_at=now)
+            # The loaded devices are not read again: no evaluation of the WHERE on each of them.
+            .execution_options(synchronize_session=False)
         )
         usage = [usage_record(r) for r in results]
-        await session.execute(insert(table_of(DeviceUsage)), usage)
+        await insert_rows(session, table_of(DeviceUsage), usage)
         messages: list[OutboxItem] = []
         for r, u in zip(results, usage, strict=True):
             payload = released_payload(r)
