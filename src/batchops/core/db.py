@@ -22,13 +22,29 @@ from functools import lru_cache
 from typing import Any, ClassVar, cast
 
 import structlog
-from sqlalchemy import JSON, ColumnDefault, DateTime, MetaData, Select, Table, event, func, select, text
+from sqlalchemy import (
+    JSON,
+    ColumnDefault,
+    DateTime,
+    Executable,
+    MetaData,
+    Row,
+    Select,
+    Table,
+    event,
+    func,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
+
+from batchops.core.sqlite_driver import one_hop_dbapi
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +127,7 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(
                 self.url,
                 echo=echo,
+                module=one_hop_dbapi(),  # one aiosqlite thread hop per statement, not four
                 connect_args={"timeout": 30},
                 pool_size=5,
                 max_overflow=10,
@@ -159,6 +176,15 @@ class Database:
             async with AsyncSession(bind=conn, expire_on_commit=False, autoflush=False) as session:
                 yield session
 
+    async def read_first(self, stmt: Executable, params: dict[str, Any]) -> Row[Any] | None:
+        """The first row of a single Core read, as :meth:`read` would run it, without an
+        ORM session (~0.4 ms less per call: it is the per-request caller lookup)."""
+        options: dict[str, Any] = {READ_ONLY: True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**options)
+            row: Row[Any] | None = (await conn.execute(stmt, params)).first()
+        return row
+
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
@@ -190,7 +216,8 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
         if not conn.get_execution_options().get(READ_ONLY):  # Database.read(): sqlite3's autocommit
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Sent with the transaction's first statement, in the same thread hop.
+            conn.connection.dbapi_connection.begin_with_next_statement("BEGIN IMMEDIATE")
 
 
 READ_ONLY = "batchops_read_only"
@@ -327,3 +354,65 @@ async def insert_new(
         await session.execute(stmt, rows)
         return []
     return list((await session.execute(stmt.returning(table.c[returning]), rows)).scalars().all())
+
+
+async def insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT ``rows`` (dicts with the same keys) as one executemany.
+
+    SQLite: the hot bulk inserts (outbox, notifications, usage, allocations) hand the
+    driver ready-made tuples. Through ``session.execute(insert(table), rows)`` SQLAlchemy
+    spends a few µs per parameter (its parameter dicts, then each value's processor one by
+    one), more than sqlite3 takes to write the row; here each column's processor is looked
+    up once, and a value repeated down a column (the batch's ``now``) is processed once.
+    Python-side column defaults are evaluated once per batch, as :func:`insert_new` does.
+    PostgreSQL: unchanged (SQLAlchemy's executemany)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect
+    if dialect.name != "sqlite":
+        await session.execute(insert(table), rows)
+        return
+    plan = _sqlite_insert_plan(table, tuple(rows[0]), dialect)
+    conn = await session.connection()
+    await conn.exec_driver_sql(plan.sql, plan.parameters(rows))
+
+
+@dataclass(frozen=True)
+class _SqliteInsert:
+    sql: str
+    names: tuple[str, ...]  # the given keys, then the defaulted columns
+    given: int
+    defaults: tuple[Any, ...]  # ColumnDefault of each defaulted column
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    memo: tuple[bool, ...]  # hashable values (datetimes): process each distinct one once
+
+    def parameters(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        defaults = [d.arg(None) if d.is_callable else d.arg for d in self.defaults]
+        columns: list[list[Any]] = []
+        for i, (name, process) in enumerate(zip(self.names, self.processors, strict=True)):
+            values = [r[name] for r in rows] if i < self.given else [defaults[i - self.given]] * len(rows)
+            if process is not None:
+                if self.memo[i]:
+                    seen: dict[Any, Any] = {}
+                    values = [seen[v] if v in seen else seen.setdefault(v, process(v)) for v in values]
+                else:
+                    values = [process(v) for v in values]
+            columns.append(values)
+        return list(zip(*columns, strict=True))
+
+
+@lru_cache(maxsize=256)
+def _sqlite_insert_plan(table: Table, given: tuple[str, ...], dialect: Dialect) -> _SqliteInsert:
+    defaulted = tuple(c.name for c in table.c if c.name not in given and isinstance(c.default, ColumnDefault))
+    names = given + defaulted
+    quote = dialect.identifier_preparer
+    types = [table.c[n].type for n in names]
+    return _SqliteInsert(
+        sql=f"INSERT INTO {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) "
+        f"VALUES ({', '.join('?' * len(names))})",
+        names=names,
+        given=len(given),
+        defaults=tuple(table.c[n].default for n in defaulted),
+        processors=tuple(t._cached_bind_processor(dialect) for t in types),
+        memo=tuple(isinstance(t, (UTCDateTime, DateTime)) for t in types),
+    )

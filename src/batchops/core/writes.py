@@ -22,12 +22,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert
+from sqlalchemy import Table, bindparam
 from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from batchops.core.db import PgColumns, pg_columns, pg_connection, python_defaults
+from batchops.core.db import PgColumns, insert_rows, pg_columns, pg_connection, python_defaults
 
 
 class PgStatement:
@@ -96,9 +96,8 @@ class WriteSet:
             return stmt.cte(f"INSERT INTO {table.name} ({names}) SELECT * FROM {cols.unnest} RETURNING 1")
 
         async def sqlite(session: AsyncSession) -> int:
-            # Core executemany: one compiled statement, no ORM bookkeeping.
-            result = await session.execute(insert(table), rows)
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            await insert_rows(session, table, rows)
+            return len(rows)
 
         return self.add(pg, sqlite)
 

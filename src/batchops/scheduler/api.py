@@ -50,7 +50,7 @@ from batchops.scheduler.schemas import (
     ReservationStatus,
     UserFailure,
 )
-from batchops.scheduler.service import Allocated, Extended, Queued, Released, SchedulerService
+from batchops.scheduler.service import Allocated, Extended, QueriedAllocation, Queued, Released, SchedulerService
 
 router = APIRouter(prefix="/scheduler", tags=["scheduler"])
 
@@ -126,7 +126,7 @@ def extend_success(r: Extended) -> ExtendSuccess:
     )
 
 
-def allocation_view(a: Allocation, device_name: str) -> AllocationView:
+def allocation_view(a: Allocation | QueriedAllocation, device_name: str) -> AllocationView:
     return AllocationView(
         allocation_id=a.id,
         device_id=a.device_id,
