@@ -48,6 +48,7 @@ from batchops.studio.config import (
     DEGRADE_WINDOW,
     FIRST_POLL_SHARE,
     MAX_RETRIES,
+    PARTIAL_ROUND_LEAD,
     SLOW_QUEUE_KEY,
     calculate_actual_concurrency,
     degraded_concurrency,
@@ -374,13 +375,15 @@ class Engine:
         ahead of them would lengthen the batch: the slow queue's last, partial round is
         then pulled forward into slots that would otherwise idle at the end. When the slow
         tasks fill whole rounds, this happens only when no fast work is left at all, so
-        the fast queue still goes entirely first.
+        the fast queue still goes entirely first. The partial round goes a little early
+        (``PARTIAL_ROUND_LEAD``): the estimate of the work left is optimistic.
         """
         slots = get_batch_config(plan).concurrency
         k = calculate_actual_concurrency(plan, head.model, head.resolution, head.duration)
         render = expected_render_seconds(head.generation_type, head.model, head.resolution, head.duration)
         rounds = math.ceil(max(slow_left, 1) / k)
-        return area / slots <= rounds * render * self.scale + 1e-9
+        lead = PARTIAL_ROUND_LEAD if slow_left % k else 0.0
+        return area / slots <= rounds * render * self.scale * (1 + lead) + 1e-9
 
     # --- 2. due polls and orphaned submissions ---------------------------------------------
     async def claim_due(self) -> list[Claim]:
