@@ -34,7 +34,12 @@ from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
 from batchops.settings import Settings
-from batchops.studio.config import SLOW_QUEUE_KEY, calculate_actual_concurrency, get_batch_config
+from batchops.studio.config import (
+    PARTIAL_ROUND_LEAD,
+    SLOW_QUEUE_KEY,
+    calculate_actual_concurrency,
+    get_batch_config,
+)
 from batchops.studio.engine import Engine
 from batchops.studio.models import SimJob, StudioTask
 from batchops.studio.providers import Status, SubmitRequest, expected_render_seconds
@@ -143,7 +148,11 @@ def policy_makespan(tasks: dict[str, StudioTask], render: dict[str, float], slot
         while fast or slow:
             area = sum(weight[t] * max(0.0, e - now) for _, e, t in running)
             area += sum(weight[t] * expected[t] for t in fast + slow)
-            critical = bool(slow) and area / slots <= math.ceil(len(slow) / k[slow[0]]) * expected[slow[0]] + 1e-9
+            critical = False
+            if slow:
+                lead = PARTIAL_ROUND_LEAD if len(slow) % k[slow[0]] else 0.0
+                rounds = math.ceil(len(slow) / k[slow[0]])
+                critical = area / slots <= rounds * expected[slow[0]] * (1 + lead) + 1e-9
             queue = slow if critical or not fast else fast
             if used + weight[queue[0]] > slots + 1e-9:
                 break

@@ -261,3 +261,22 @@ async def test_retry_failed_holds_credits_again(
     other = await studio_user(client, admin, "u2")
     r = await client.post(f"/api/v1/workflow/batches/{batch_id}/retry-failed", headers=other)
     assert r.status_code == 403
+
+
+async def test_poll_steps_run_from_the_first_poll(engine_factory: Callable[..., Engine]) -> None:
+    """A render is polled at the schedule's first step when it may be done: 1080p 10 s (360 s
+    typical) first at 270 s, then every 5 s (not the 8 s due 180 s after submission); the
+    next steps come 180 s and 480 s after that first poll."""
+    engine = engine_factory(scale=1.0)
+    start = datetime(2025, 1, 1)
+    task = StudioTask(generation_type="video", model="sora-2-pro", resolution="1080p", duration=10, submitted_at=start)
+    assert engine._first_poll(task, start) == start + timedelta(seconds=270)
+    for after_first, step in ((0, 5), (179, 5), (180, 8), (479, 8), (480, 12)):
+        now = start + timedelta(seconds=270 + after_first)
+        assert engine._next_poll(task, now) == now + timedelta(seconds=step)
+    sd = StudioTask(generation_type="video", model="sora-2", resolution="720p", duration=10, submitted_at=start)
+    assert engine._first_poll(sd, start) == start + timedelta(seconds=45)
+    assert [
+        engine._next_poll(sd, start + timedelta(seconds=45 + e)) - start - timedelta(seconds=45 + e)
+        for e in (0, 59, 60, 180)
+    ] == [timedelta(seconds=s) for s in (3, 3, 5, 8)]

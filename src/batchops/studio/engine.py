@@ -48,6 +48,7 @@ from batchops.studio.config import (
     DEGRADE_WINDOW,
     FIRST_POLL_SHARE,
     MAX_RETRIES,
+    PARTIAL_ROUND_LEAD,
     SLOW_QUEUE_KEY,
     calculate_actual_concurrency,
     degraded_concurrency,
@@ -137,11 +138,13 @@ class Engine:
 
     # --- the periodic job -----------------------------------------------------------------
     async def tick(self) -> int:
-        """Admit, claim, call the provider, record; once more at once if slots were freed."""
+        """Admit, claim, call the provider, record; once more at once if slots were freed
+        (admitting only: the freed slots are filled without waiting for the next tick)."""
         handled = 0
-        for _ in range(2):
+        for again in (False, True):
             claims = await self.admit()
-            claims += await self.claim_due()
+            if not again:
+                claims += await self.claim_due()
             if not claims:
                 break
             outcomes = await asyncio.gather(*(self.step(c) for c in claims))
@@ -170,14 +173,19 @@ class Engine:
     async def idle_hint(self) -> tuple[int, float]:
         """Unfinished tasks (queued ones of paused batches aside), and seconds until one is due.
 
-        A ``submitting`` task counts as due when its lease runs out (its worker died)."""
+        A ``submitting`` task counts as due when its lease runs out (its worker died). A queued
+        task already past its due time is not counted: asked after a tick that admitted nothing,
+        it waits for room, which only a task ending makes (and the tick that records the end
+        admits at once); counting it would have the caller tick without pause until then."""
         now = utcnow()
         async with self.db.transaction() as session:
             left, next_due, next_lease = (
                 await session.execute(
                     select(
                         func.count(),
-                        func.min(StudioTask.due_at).filter(StudioTask.state.in_((QUEUED, RUNNING))),
+                        func.min(StudioTask.due_at).filter(
+                            or_(StudioTask.state == RUNNING, and_(StudioTask.state == QUEUED, StudioTask.due_at > now))
+                        ),
                         func.min(StudioTask.lease_until).filter(StudioTask.state == SUBMITTING),
                     )
                     .select_from(StudioTask)
@@ -204,15 +212,19 @@ class Engine:
         claims: list[Claim] = []
         updates: list[dict[str, Any]] = []
         async with self.db.transaction() as session:
-            users = sorted(
-                await session.scalars(
-                    select(StudioTask.user_id)
-                    .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
-                    .where(due)
-                    .distinct()
-                    .limit(100)
-                )
+            plans: dict[str, str | None] = dict(
+                (
+                    await session.execute(
+                        select(StudioTask.user_id, User.plan)
+                        .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
+                        .join(User, User.id == StudioTask.user_id)
+                        .where(due)
+                        .distinct()
+                        .limit(100)
+                    )
+                ).all()
             )
+            users = sorted(plans)
             if users and is_postgres(session):
                 # one admitter per user at a time: count-and-claim must not interleave across workers
                 keys = {zlib.crc32(f"studio:user:{u}".encode()): u for u in users}
@@ -222,7 +234,7 @@ class Engine:
                 )
                 users = sorted(keys[k] for k in got)
             if users:
-                for task in await self._admit_users(session, users, due):
+                for task in await self._admit_users(session, users, plans, due):
                     updates.append(
                         {
                             "id": task.id,
@@ -242,7 +254,9 @@ class Engine:
                 setattr(claim.task, column, value)
         return claims
 
-    async def _admit_users(self, session: AsyncSession, users: list[str], due: Any) -> list[StudioTask]:
+    async def _admit_users(
+        self, session: AsyncSession, users: list[str], plans: dict[str, str | None], due: Any
+    ) -> list[StudioTask]:
         """Each user's next tasks while they fit: the fast queue first, the slow queue when due.
 
         Each running task takes ``plan concurrency / actual concurrency of its kind`` slots
@@ -256,10 +270,10 @@ class Engine:
         waiting any longer to start it would push the end of the user's work past the
         earliest end its remaining work allows. Admission is strict within the chosen queue:
         nothing jumps ahead of a heavier task that waits for room.
+
+        Whether a user has a slot free is known from the running tasks alone: most ticks (one
+        runs whenever a poll is due) find every slot taken and stop there.
         """
-        plans: dict[str, str | None] = dict(
-            (await session.execute(select(User.id, User.plan).where(User.id.in_(users)))).all()
-        )
 
         def weight(user_id: str, model: str, resolution: str | None, duration: int | None) -> float:
             plan = plans.get(user_id)
@@ -271,19 +285,6 @@ class Engine:
                 select(StudioTask.user_id, StudioTask.batch_id, *kind, StudioTask.submitted_at).where(
                     StudioTask.user_id.in_(users), StudioTask.state.in_(ACTIVE_STATES)
                 )
-            )
-        ).all()
-        slow = StudioTask.sort_key >= SLOW_QUEUE_KEY
-        waiting = (
-            await session.execute(
-                select(StudioTask.user_id, *kind, slow.label("slow"), func.count())
-                .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
-                .where(
-                    StudioTask.user_id.in_(users),
-                    StudioTask.state == QUEUED,
-                    StudioBatch.status.in_(RUNNABLE_BATCH),
-                )
-                .group_by(StudioTask.user_id, *kind, slow)
             )
         ).all()
         now = utcnow()
@@ -298,14 +299,27 @@ class Engine:
             expected = self.seconds(expected_render_seconds(gen, model, resolution, duration))
             left = ((submitted_at or now) + expected - now).total_seconds()
             area[user_id] += w * max(0.0, left)
+        open_users = [u for u in users if used[u] + 1 <= get_batch_config(plans.get(u)).concurrency + 1e-9]
+        if not open_users:
+            return []
+        slow = StudioTask.sort_key >= SLOW_QUEUE_KEY
+        waiting = (
+            await session.execute(
+                select(StudioTask.user_id, *kind, slow.label("slow"), func.count())
+                .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
+                .where(
+                    StudioTask.user_id.in_(open_users),
+                    StudioTask.state == QUEUED,
+                    StudioBatch.status.in_(RUNNABLE_BATCH),
+                )
+                .group_by(StudioTask.user_id, *kind, slow)
+            )
+        ).all()
         for user_id, gen, model, resolution, duration, is_slow, n in waiting:
             render = self.seconds(expected_render_seconds(gen, model, resolution, duration)).total_seconds()
             area[user_id] += n * weight(user_id, model, resolution, duration) * render
             if is_slow:
                 slow_left[user_id] += n
-        open_users = [u for u in users if used[u] + 1 <= get_batch_config(plans.get(u)).concurrency + 1e-9]
-        if not open_users:
-            return []
         order = (StudioTask.sort_key, StudioBatch.created_at, StudioTask.batch_id, StudioTask.index)
         rank = func.row_number().over(partition_by=(StudioTask.user_id, slow), order_by=order).label("rank")
         ranked = (
@@ -315,27 +329,17 @@ class Engine:
             .subquery()
         )
         head = max(get_batch_config(plans.get(u)).concurrency for u in open_users) * 2
-        ids = list(await session.scalars(select(ranked.c.id).where(ranked.c.rank <= head)))
-        if not ids:
-            return []
-        candidates = list(
-            await session.scalars(
-                select(StudioTask)
+        rows = (
+            await session.execute(
+                select(StudioTask, StudioBatch.concurrency_limit)
                 .join(StudioBatch, StudioBatch.id == StudioTask.batch_id)
-                .where(StudioTask.id.in_(ids), due)
+                .where(StudioTask.id.in_(select(ranked.c.id).where(ranked.c.rank <= head)), due)
                 .order_by(StudioTask.user_id, *order)
                 .with_for_update(skip_locked=True, of=StudioTask)
             )
-        )
-        limits = dict(
-            (
-                await session.execute(
-                    select(StudioBatch.id, StudioBatch.concurrency_limit).where(
-                        StudioBatch.id.in_({t.batch_id for t in candidates})
-                    )
-                )
-            ).all()
-        )
+        ).all()
+        candidates = [task for task, _ in rows]
+        limits = {task.batch_id: limit for task, limit in rows}
         queues: dict[str, tuple[list[StudioTask], list[StudioTask]]] = {}
         for task in candidates:
             fast_q, slow_q = queues.setdefault(task.user_id, ([], []))
@@ -371,13 +375,15 @@ class Engine:
         ahead of them would lengthen the batch: the slow queue's last, partial round is
         then pulled forward into slots that would otherwise idle at the end. When the slow
         tasks fill whole rounds, this happens only when no fast work is left at all, so
-        the fast queue still goes entirely first.
+        the fast queue still goes entirely first. The partial round goes a little early
+        (``PARTIAL_ROUND_LEAD``): the estimate of the work left is optimistic.
         """
         slots = get_batch_config(plan).concurrency
         k = calculate_actual_concurrency(plan, head.model, head.resolution, head.duration)
         render = expected_render_seconds(head.generation_type, head.model, head.resolution, head.duration)
         rounds = math.ceil(max(slow_left, 1) / k)
-        return area / slots <= rounds * render * self.scale + 1e-9
+        lead = PARTIAL_ROUND_LEAD if slow_left % k else 0.0
+        return area / slots <= rounds * render * self.scale * (1 + lead) + 1e-9
 
     # --- 2. due polls and orphaned submissions ---------------------------------------------
     async def claim_due(self) -> list[Claim]:
@@ -480,14 +486,25 @@ class Engine:
 
     # --- 4. outcomes, in one transaction ------------------------------------------------------
     def _next_poll(self, task: StudioTask, now: datetime) -> datetime:
+        """The schedule's interval for the time spent polling so far.
+
+        The ladder (720p 3 s → 5 s → 8 s, 1080p 5 s → 8 s → 12 s) runs from the first poll,
+        made when the render may be done, not from the submission: a 1080p render is never
+        done within 180 s, so timing the ladder from the submission would poll it every 8 s
+        just when it finishes, and every task would sit finished for half an interval more.
+        """
         submitted = task.submitted_at or now
         elapsed = (now - submitted).total_seconds() / self.scale if self.scale else 0.0
-        return now + self.seconds(get_polling_config(task.resolution).interval(elapsed))
+        polling = get_polling_config(task.resolution)
+        return now + self.seconds(polling.interval(max(0.0, elapsed - self._first_poll_after(task))))
+
+    def _first_poll_after(self, task: StudioTask) -> float:
+        """Unscaled seconds from submission to the first poll."""
+        expected = expected_render_seconds(task.generation_type, task.model, task.resolution, task.duration)
+        return max(get_polling_config(task.resolution).interval(0.0), expected * FIRST_POLL_SHARE)
 
     def _first_poll(self, task: StudioTask, now: datetime) -> datetime:
-        polling = get_polling_config(task.resolution)
-        expected = expected_render_seconds(task.generation_type, task.model, task.resolution, task.duration)
-        return now + self.seconds(max(polling.interval(0.0), expected * FIRST_POLL_SHARE))
+        return now + self.seconds(self._first_poll_after(task))
 
     async def record(self, outcomes: list[Outcome]) -> None:
         """Write every outcome of a tick in one transaction, a constant number of statements."""
