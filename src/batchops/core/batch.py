@@ -33,10 +33,11 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.core.audit import AuditLog
-from batchops.core.db import Database, insert_rows, on_commit, table_of
+from batchops.core.db import Database, on_commit, table_of
 from batchops.core.errors import AppError
 from batchops.core.metrics import batch_metrics
 from batchops.core.push import PushHub
+from batchops.core.writes import insert_rows
 
 log = structlog.get_logger(__name__)
 AUDIT = table_of(AuditLog)

@@ -33,7 +33,6 @@ from sqlalchemy import (
     Table,
     event,
     func,
-    insert,
     select,
     text,
 )
@@ -356,22 +355,18 @@ async def insert_new(
     return list((await session.execute(stmt.returning(table.c[returning]), rows)).scalars().all())
 
 
-async def insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT ``rows`` (dicts with the same keys) as one executemany.
+async def sqlite_insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+    """SQLite: INSERT ``rows`` (dicts with the same keys) as one executemany of ready-made
+    tuples (``core.writes`` uses it; on PostgreSQL rows go as arrays instead).
 
-    SQLite: the hot bulk inserts (outbox, notifications, usage, allocations) hand the
-    driver ready-made tuples. Through ``session.execute(insert(table), rows)`` SQLAlchemy
-    spends a few µs per parameter (its parameter dicts, then each value's processor one by
-    one), more than sqlite3 takes to write the row; here each column's processor is looked
-    up once, and a value repeated down a column (the batch's ``now``) is processed once.
-    Python-side column defaults are evaluated once per batch, as :func:`insert_new` does.
-    PostgreSQL: unchanged (SQLAlchemy's executemany)."""
+    Through ``session.execute(insert(table), rows)`` SQLAlchemy spends a few µs per
+    parameter (its parameter dicts, then each value's processor one by one), more than
+    sqlite3 takes to write the row; here each column's processor is looked up once, and a
+    value repeated down a column (the batch's ``now``) is processed once. Python-side
+    column defaults are evaluated once per batch, as :func:`insert_new` does."""
     if not rows:
         return
     dialect = session.get_bind().dialect
-    if dialect.name != "sqlite":
-        await session.execute(insert(table), rows)
-        return
     plan = _sqlite_insert_plan(table, tuple(rows[0]), dialect)
     conn = await session.connection()
     await conn.exec_driver_sql(plan.sql, plan.parameters(rows))

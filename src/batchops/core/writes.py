@@ -27,7 +27,7 @@ from sqlalchemy import update as sa_update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from batchops.core.db import PgColumns, insert_rows, pg_columns, pg_connection, python_defaults
+from batchops.core.db import PgColumns, pg_columns, pg_connection, python_defaults, sqlite_insert_rows
 
 
 class PgStatement:
@@ -96,7 +96,7 @@ class WriteSet:
             return stmt.cte(f"INSERT INTO {table.name} ({names}) SELECT * FROM {cols.unnest} RETURNING 1")
 
         async def sqlite(session: AsyncSession) -> int:
-            await insert_rows(session, table, rows)
+            await sqlite_insert_rows(session, table, rows)
             return len(rows)
 
         return self.add(pg, sqlite)
@@ -190,3 +190,9 @@ async def joining(session: AsyncSession, writes: WriteSet | None) -> AsyncIterat
     own = WriteSet(session)
     yield own
     await own.execute()
+
+
+async def insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT ``rows`` (dicts with the same keys) now: one statement, the fast form of each engine."""
+    async with joining(session, None) as w:
+        w.insert(table, rows)

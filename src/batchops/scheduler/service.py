@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from batchops.billing.ledger import CNY, Book, InsufficientBalance
 from batchops.billing.service import USAGE_KIND, BillingService, allocation_hold
 from batchops.core.batch import BatchMode, BatchResult
-from batchops.core.db import advisory_lock, insert_rows, is_postgres, new_id, table_of, utcnow
+from batchops.core.db import advisory_lock, is_postgres, new_id, table_of, utcnow
 from batchops.core.errors import (
     AppError,
     BadRequestError,
@@ -50,7 +50,7 @@ from batchops.core.errors import (
 from batchops.core.events import event
 from batchops.core.outbox import OutboxItem, enqueue
 from batchops.core.runtime import Runtime
-from batchops.core.writes import WriteSet, joining
+from batchops.core.writes import WriteSet, insert_rows, joining
 from batchops.identity.models import User
 from batchops.identity.service import ensure_active
 from batchops.notifications.service import NewNotification, NotificationService
