@@ -82,6 +82,20 @@ class _Account:
         self.held_delta += held
 
 
+@dataclass(slots=True)
+class _Hold:
+    """A ``billing_holds`` row as the book sees it: a plain object, not an ORM ``Hold``,
+    whose instrumented construction cost ~80 µs per allocation of a batch."""
+
+    reference: str
+    account_id: int
+    amount: int
+    status: str
+    captured: int
+    created_at: datetime
+    closed_at: datetime | None
+
+
 @dataclass
 class Book:
     """Accounts of a set of users in one currency, (locked,) changed in memory, written once."""
@@ -89,7 +103,7 @@ class Book:
     session: AsyncSession
     currency: str
     accounts: dict[str, _Account] = field(default_factory=dict)
-    holds: dict[str, Hold] = field(default_factory=dict)
+    holds: dict[str, _Hold] = field(default_factory=dict)
     new_holds: list[dict[str, Any]] = field(default_factory=list)
     changed_holds: dict[str, dict[str, Any]] = field(default_factory=dict)
     entries: list[dict[str, Any]] = field(default_factory=list)
@@ -117,14 +131,14 @@ class Book:
                 await self._read_accounts(sorted(missing), lock)
         refs = sorted(set(hold_references) - set(self.holds))
         if refs:
-            # Plain Hold objects, not attached to the session: ``flush`` writes their changes
+            # Plain objects, not attached to the session: ``flush`` writes their changes
             # once, instead of the ORM writing them a second time at commit.
             pg = await pg_connection(self.session)
             if pg is not None:
                 rows: Any = await pg.fetch(PG_HOLDS, refs)
             else:
                 rows = (await self.session.execute(HOLDS_BY_REFERENCE, {"refs": refs})).mappings()
-            self.holds.update({r["reference"]: Hold(**dict(r)) for r in rows})
+            self.holds.update({r["reference"]: _Hold(**dict(r)) for r in rows})
         return self
 
     async def load_known(self, user_ids: Iterable[str], *, hold_references: Iterable[str] = ()) -> set[str]:
@@ -141,7 +155,7 @@ class Book:
         known = set()
         for user_id, account_id, balance, held, *hold in rows:
             if hold and hold[0] is not None:
-                self.holds[hold[0]["reference"]] = Hold(**dict(hold[0]))
+                self.holds[hold[0]["reference"]] = _Hold(**dict(hold[0]))
                 continue
             known.add(user_id)
             if account_id is not None and user_id not in self.accounts:
@@ -189,17 +203,18 @@ class Book:
             raise InsufficientBalance(self.currency, amount, account.balance - account.held)
         account.change(held=amount)
         now = utcnow()
-        row = {
-            "reference": reference,
-            "account_id": account.id,
-            "amount": amount,
-            "status": OPEN,
-            "captured": 0,
-            "created_at": now,
-            "closed_at": None,
-        }
-        self.new_holds.append(row)
-        self.holds[reference] = Hold(**row)
+        self.holds[reference] = _Hold(reference, account.id, amount, OPEN, 0, now, None)
+        self.new_holds.append(
+            {
+                "reference": reference,
+                "account_id": account.id,
+                "amount": amount,
+                "status": OPEN,
+                "captured": 0,
+                "created_at": now,
+                "closed_at": None,
+            }
+        )
         self._entry(account, "hold", amount, f"hold:{reference}", memo)
 
     def add_to_hold(self, reference: str, amount: int, memo: dict[str, Any] | None = None) -> None:
@@ -261,7 +276,7 @@ class Book:
     def _account_by_id(self, account_id: int) -> _Account:
         return next(a for a in self.accounts.values() if a.id == account_id)
 
-    def _changed(self, hold: Hold) -> None:
+    def _changed(self, hold: _Hold) -> None:
         values = {"amount": hold.amount, "status": hold.status, "captured": hold.captured, "closed_at": hold.closed_at}
         staged = next((h for h in self.new_holds if h["reference"] == hold.reference), None)
         if staged is not None:  # not written yet: change the row to insert

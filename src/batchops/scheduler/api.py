@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
 
 from batchops.core.batch import BatchMode, BatchResult
 from batchops.core.runtime import Runtime, get_runtime
@@ -48,9 +49,16 @@ from batchops.scheduler.schemas import (
     ReservationsBatchIn,
     ReservationsBatchOut,
     ReservationStatus,
-    UserFailure,
 )
-from batchops.scheduler.service import Allocated, Extended, QueriedAllocation, Queued, Released, SchedulerService
+from batchops.scheduler.service import (
+    Allocated,
+    Extended,
+    QueriedAllocation,
+    Queued,
+    Released,
+    SchedulerService,
+    iso,
+)
 
 router = APIRouter(prefix="/scheduler", tags=["scheduler"])
 
@@ -170,31 +178,64 @@ async def list_devices(
 
 
 # --- batch operations --------------------------------------------------------------------------------
+# The three hot batch routes write their documented ``Envelope[...]`` body directly:
+# building a model per item and then re-checking them all against the response model
+# cost more than the batch's own work. ``iso`` gives what pydantic writes for a UTC
+# datetime (``…Z``); tests/scheduler/test_batch_bodies.py holds them to the models.
+def summary_out(result: BatchResult[Any, Any]) -> dict[str, int]:
+    return {
+        "successCount": result.success_count,
+        "failedCount": result.failed_count,
+        "totalCount": result.total_count,
+        "executionTimeMs": result.execution_time_ms,
+    }
+
+
+def envelope(data: dict[str, Any], message: str) -> JSONResponse:
+    return JSONResponse({"success": True, "data": data, "message": message})
+
+
 @router.post("/allocations/batch", response_model=Envelope[BatchAllocateOut])
 async def batch_allocate(
     body: BatchAllocateIn, service: Service, actor: User = rate_limited_admin("scheduler.allocate")
-) -> Envelope[BatchAllocateOut]:
+) -> Response:
     result = await service.batch_allocate(actor, body.requests, mode_of(body))
-    out = BatchAllocateOut(
-        **result.summary(),
-        successes=[allocation_success(r) for r in result.results if isinstance(r, Allocated)],
-        queued=[queued_out(r) for r in result.results if isinstance(r, Queued)],
-        failures=[UserFailure(user_id=f.item.user_id, reason=f.reason, error=f.error) for f in result.failures],
-    )
-    return ok(out, completed("allocation", result))
+    successes, queued = [], []
+    for r in result.results:
+        if isinstance(r, Allocated):
+            a = r.allocation
+            successes.append(
+                {
+                    "userId": a["user_id"],
+                    "allocationId": a["id"],
+                    "deviceId": r.device.id,
+                    "deviceName": r.device.name,
+                    "allocatedAt": iso(a["allocated_at"]),
+                    "expiresAt": iso(a["expires_at"]),
+                }
+            )
+        else:
+            queued.append({"userId": r.entry["user_id"], "queueEntryId": r.id, "position": r.position})
+    out = {
+        **summary_out(result),
+        "successes": successes,
+        "queued": queued,
+        "failures": [{"userId": f.item.user_id, "reason": f.reason, "error": f.error} for f in result.failures],
+    }
+    return envelope(out, completed("allocation", result))
 
 
 @router.post("/allocations/batch/release", response_model=Envelope[BatchReleaseOut])
 async def batch_release(
     body: BatchReleaseIn, service: Service, actor: User = rate_limited_admin("scheduler.release")
-) -> Envelope[BatchReleaseOut]:
+) -> Response:
     result = await service.batch_release(actor, body.allocation_ids, body.reason, mode_of(body))
-    out = BatchReleaseOut(
-        **result.summary(),
-        success_ids=[r.id for r in result.results],
-        failures=allocation_failures(result),
-    )
-    return ok(out, completed("release", result))
+    out = {
+        **summary_out(result),
+        "successIds": [r.id for r in result.results],
+        "failures": [{"allocationId": f.item, "reason": f.reason, "error": f.error} for f in result.failures],
+    }
+    return envelope(out, completed("release", result))
 
 
 @router.post("/allocations/batch/extend", response_model=Envelope[BatchExtendOut])
@@ -213,12 +254,25 @@ async def batch_extend(
 @router.post("/allocations/batch/query", response_model=Envelope[BatchQueryOut])
 async def batch_query(
     body: BatchQueryIn, service: Service, actor: User = rate_limited_admin("scheduler.query")
-) -> Envelope[BatchQueryOut]:
+) -> Response:
     result = await service.batch_query(actor, body.user_ids, body.active_only)
-    allocations = {user_id: [allocation_view(a, name) for a, name in rows] for user_id, rows in result.results}
+    allocations = {
+        user_id: [
+            {
+                "allocationId": a.id,
+                "deviceId": a.device_id,
+                "deviceName": name,
+                "status": a.status,
+                "allocatedAt": iso(a.allocated_at),
+                "expiresAt": iso(a.expires_at),
+            }
+            for a, name in rows
+        ]
+        for user_id, rows in result.results
+    }
     total = sum(len(v) for v in allocations.values())
-    out = BatchQueryOut(allocations=allocations, user_count=len(allocations), total_allocations=total)
-    return ok(out, f"Found {total} allocations for {len(allocations)} users")
+    out = {"allocations": allocations, "userCount": len(allocations), "totalAllocations": total}
+    return envelope(out, f"Found {total} allocations for {len(allocations)} users")
 
 
 # --- single-item forms ------------------------------------------------------------------------------

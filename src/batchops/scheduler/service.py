@@ -340,6 +340,7 @@ class AllocateWork:
 
 MAX_MINUTES = 1440
 DEVICES, RESERVATIONS = table_of(Device), table_of(Reservation)
+_A = table_of(Allocation)
 
 
 def _free_devices_statement(free: Subquery) -> Select[Any]:
@@ -490,24 +491,68 @@ USERS_WITH_ACTIVE = (
 
 
 # --- release & extend share the loading of allocations -------------------------------------------
-@dataclass
+@dataclass(slots=True)
+class LoadedRow:
+    """What release and extend read of an allocation: plain objects from a Core row,
+    not ORM ``Allocation``/``Device`` instances (their identity-map bookkeeping was
+    the largest cost of a 100-item release)."""
+
+    id: str
+    device_id: str
+    user_id: str
+    status: str
+    allocated_at: datetime
+    expires_at: datetime
+
+
+@dataclass(slots=True)
+class LoadedDevice:
+    id: str
+    name: str
+    cpu_cores: int
+    memory_mb: int
+    storage_mb: int
+
+
+@dataclass(slots=True)
 class LoadedAllocation:
-    allocation: Allocation
-    device: Device
+    allocation: LoadedRow
+    device: LoadedDevice
+
+
+_D = DEVICES.c
+LOAD_ALLOCATIONS = (
+    select(
+        _A.c.id,
+        _A.c.device_id,
+        _A.c.user_id,
+        _A.c.status,
+        _A.c.allocated_at,
+        _A.c.expires_at,
+        _D.name,
+        _D.cpu_cores,
+        _D.memory_mb,
+        _D.storage_mb,
+    )
+    .join(DEVICES, _D.id == _A.c.device_id)
+    .where(_A.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_A.c.id)
+    .with_for_update(of=_A)
+)
 
 
 async def load_allocations(session: AsyncSession, ids: Sequence[str]) -> dict[str, LoadedAllocation]:
     """Allocations with their devices in one SELECT, locked for the transaction."""
     if not ids:
         return {}
-    rows = await session.execute(
-        select(Allocation, Device)
-        .join(Device, Device.id == Allocation.device_id)
-        .where(Allocation.id.in_(sorted(set(ids))))
-        .order_by(Allocation.id)
-        .with_for_update(of=Allocation)
-    )
-    return {a.id: LoadedAllocation(a, d) for a, d in rows}
+    rows = await session.execute(LOAD_ALLOCATIONS, {"ids": sorted(set(ids))})
+    return {
+        i: LoadedAllocation(
+            LoadedRow(i, device_id, user_id, status, allocated_at, expires_at),
+            LoadedDevice(device_id, name, cpu, memory, storage),
+        )
+        for i, device_id, user_id, status, allocated_at, expires_at, name, cpu, memory, storage in rows
+    }
 
 
 def check_active(loaded: LoadedAllocation | None, staged_status: str | None = None) -> LoadedAllocation:
@@ -668,7 +713,6 @@ class ExtendWork:
 # ``user_id``, ``status``, ``allocated_at``, ``expires_at``), not ORM objects, whose
 # identity-map bookkeeping cost more than the rest of a 100-user query.
 QueriedAllocation = Row[*tuple[Any, ...]]
-_A = table_of(Allocation)
 QUERY_ALLOCATIONS = (
     select(_A.c.id, _A.c.device_id, _A.c.user_id, _A.c.status, _A.c.allocated_at, _A.c.expires_at, DEVICES.c.name)
     .join(DEVICES, DEVICES.c.id == _A.c.device_id)
@@ -759,7 +803,7 @@ class SchedulerService:
             return None
         return await Book(session, CNY).load(user_ids, hold_references=refs)
 
-    def estimate(self, device: Candidate | Device, minutes: int) -> int:
+    def estimate(self, device: Candidate | LoadedDevice, minutes: int) -> int:
         """The pre-authorised cost of ``minutes`` on ``device`` (seed 001 P2)."""
         return self.billing.pricing.cost(minutes * 60, device.cpu_cores, device.memory_mb, device.storage_mb)
 
