@@ -22,12 +22,15 @@ EVENT_KIND = "event"
 Subscriber = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def event(name: str, data: dict[str, Any]) -> OutboxItem:
-    """An outbox item for event ``name`` with the seed's ``{event, data}`` shape."""
+def occurred_at() -> str:
+    return utcnow().isoformat().replace("+00:00", "Z")
+
+
+def event(name: str, data: dict[str, Any], at: str | None = None) -> OutboxItem:
+    """An outbox item for event ``name`` with the seed's ``{event, data}`` shape.
+    ``at``: the ``occurredAt`` a batch's events share (one clock read per batch)."""
     return OutboxItem(
-        kind=EVENT_KIND,
-        name=name,
-        payload={"event": name, "data": data, "occurredAt": utcnow().isoformat().replace("+00:00", "Z")},
+        kind=EVENT_KIND, name=name, payload={"event": name, "data": data, "occurredAt": at or occurred_at()}
     )
 
 

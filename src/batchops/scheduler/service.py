@@ -47,7 +47,7 @@ from batchops.core.errors import (
     ForbiddenError,
     NotFoundError,
 )
-from batchops.core.events import event
+from batchops.core.events import event, occurred_at
 from batchops.core.outbox import OutboxItem, enqueue
 from batchops.core.runtime import Runtime
 from batchops.core.writes import WriteSet, insert_rows, joining
@@ -316,7 +316,8 @@ class AllocateWork:
         writes.insert(table_of(Allocation), [r.allocation for r in results])
         if self.book is not None:
             await self.book.flush(writes)
-        await enqueue(self.session, [event("device.allocated", allocated_payload(r)) for r in results], writes)
+        at = occurred_at()
+        await enqueue(self.session, [event("device.allocated", allocated_payload(r), at) for r in results], writes)
         await self.service.notifications.send(
             self.session,
             [
@@ -563,6 +564,24 @@ def check_active(loaded: LoadedAllocation | None, staged_status: str | None = No
     if status != ACTIVE:
         raise BadRequestError(f"Allocation is not active (status: {status})")
     return loaded
+
+
+# Built once (Core, not ORM-enabled updates): a hot path, where building, cache-keying
+# and ORM-routing the statement per batch cost more than sending it.
+RELEASE_ALLOCATIONS = (
+    update(_A)
+    .where(_A.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=RELEASED,
+        released_at=bindparam("b_at", type_=_A.c.released_at.type),
+        release_reason=bindparam("b_reason", type_=_A.c.release_reason.type),
+    )
+)
+FREE_RELEASED_DEVICES = (
+    update(DEVICES)
+    .where(_D.id.in_(bindparam("ids", expanding=True)), _D.status == ALLOCATED)
+    .values(status=AVAILABLE, updated_at=bindparam("b_now", type_=_D.updated_at.type))
+)
 
 
 @dataclass
@@ -987,26 +1006,16 @@ class SchedulerService:
         for r in results:  # one group: a batch shares its time and reason
             groups[(r.released_at, r.reason)].append(r.id)
         for (released_at, reason), ids in groups.items():
-            await session.execute(
-                update(Allocation)
-                .where(Allocation.id.in_(ids))
-                .values(status=RELEASED, released_at=released_at, release_reason=reason)
-                .execution_options(synchronize_session=False)
-            )
-        await session.execute(
-            update(Device)
-            .where(Device.id.in_([r.loaded.device.id for r in results]), Device.status == ALLOCATED)
-            .values(status=AVAILABLE, updated_at=now)
-            # The loaded devices are not read again: no evaluation of the WHERE on each of them.
-            .execution_options(synchronize_session=False)
-        )
+            await session.execute(RELEASE_ALLOCATIONS, {"ids": ids, "b_at": released_at, "b_reason": reason})
+        await session.execute(FREE_RELEASED_DEVICES, {"ids": [r.loaded.device.id for r in results], "b_now": now})
         usage = [usage_record(r) for r in results]
         await insert_rows(session, table_of(DeviceUsage), usage)
         messages: list[OutboxItem] = []
+        at = occurred_at()
         for r, u in zip(results, usage, strict=True):
             payload = released_payload(r)
-            messages.append(event("device.released", payload))
-            messages.append(event("scheduler.allocation.released", payload))
+            messages.append(event("device.released", payload, at))
+            messages.append(event("scheduler.allocation.released", payload, at))
             messages.append(
                 OutboxItem(kind=USAGE_KIND, name="device-usage", payload=usage_report(u), dedup_key=f"usage:{r.id}")
             )
