@@ -57,6 +57,7 @@ from batchops.scheduler.service import (
     Queued,
     Released,
     SchedulerService,
+    allocated_result,
     iso,
 )
 
@@ -203,17 +204,7 @@ async def batch_allocate(
     successes, queued = [], []
     for r in result.results:
         if isinstance(r, Allocated):
-            a = r.allocation
-            successes.append(
-                {
-                    "userId": a["user_id"],
-                    "allocationId": a["id"],
-                    "deviceId": r.device.id,
-                    "deviceName": r.device.name,
-                    "allocatedAt": iso(a["allocated_at"]),
-                    "expiresAt": iso(a["expires_at"]),
-                }
-            )
+            successes.append(allocated_result(r))
         else:
             queued.append({"userId": r.entry["user_id"], "queueEntryId": r.id, "position": r.position})
     out = {

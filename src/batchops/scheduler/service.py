@@ -454,17 +454,22 @@ async def reserved_windows(
     return dict(windows)
 
 
-def allocated_payload(r: Allocated) -> dict[str, Any]:
+def allocated_result(r: Allocated) -> dict[str, Any]:
+    """An allocation as the batch response shows it (``AllocationSuccess``, in its field order)."""
     a = r.allocation
     return {
-        "allocationId": a["id"],
         "userId": a["user_id"],
+        "allocationId": a["id"],
         "deviceId": r.device.id,
         "deviceName": r.device.name,
         "allocatedAt": iso(a["allocated_at"]),
         "expiresAt": iso(a["expires_at"]),
-        "durationMinutes": a["duration_minutes"],
     }
+
+
+def allocated_payload(r: Allocated) -> dict[str, Any]:
+    """The ``device.allocated`` event: the response's view and the duration."""
+    return {**allocated_result(r), "durationMinutes": r.allocation["duration_minutes"]}
 
 
 async def users_with_active_counts(
