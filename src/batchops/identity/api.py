@@ -5,20 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import bindparam, select
-from sqlalchemy.orm import make_transient_to_detached
 
 from batchops.core.auth import bearer_token, decode_token
-from batchops.core.db import table_of
 from batchops.core.errors import ForbiddenError, UnauthorizedError
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, ok
 from batchops.identity.models import User
 from batchops.identity.schemas import UserOut, UsersBatchIn, UsersBatchOut
 from batchops.identity.service import IdentityService, ensure_active
-
-USERS = table_of(User)
-USER_BY_ID = select(USERS).where(USERS.c.id == bindparam("id"))
 
 
 async def current_user(request: Request, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
@@ -27,13 +21,10 @@ async def current_user(request: Request, rt: Annotated[Runtime, Depends(get_runt
     if token is None:
         raise UnauthorizedError("Missing bearer token")
     user_id = decode_token(token, rt.settings.jwt_secret)
-    row = await rt.db.read_first(USER_BY_ID, {"id": user_id})
-    if row is None:
+    identity: IdentityService = rt.services["identity"]
+    user = await identity.find(user_id)
+    if user is None:
         raise UnauthorizedError("Unknown user")
-    # Built from a Core row (an ORM session.get costs twice as much), then given its identity,
-    # so it is the detached instance session.get would have left behind.
-    user = User(**row._mapping)
-    make_transient_to_detached(user)
     ensure_active(user)
     request.state.user_id = user.id
     return user

@@ -6,12 +6,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
-from batchops.core.db import Database, is_postgres, utcnow
+from batchops.core.db import Database, is_postgres, table_of, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
 from batchops.identity.models import User
 from batchops.identity.schemas import UserIn
@@ -44,9 +45,24 @@ async def load_users(session: AsyncSession, user_ids: Iterable[str], *, lock: bo
     return {u.id: u for u in (await session.scalars(stmt)).all()}
 
 
+USERS = table_of(User)
+USER_BY_ID = select(USERS).where(USERS.c.id == bindparam("id"))
+
+
 class IdentityService:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    async def find(self, user_id: str) -> User | None:
+        """A user, detached (read on every request for its caller: kept cheap)."""
+        row = await self.db.read_first(USER_BY_ID, {"id": user_id})
+        if row is None:
+            return None
+        # Built from a Core row (an ORM session.get costs twice as much), then given its
+        # identity, so it is the detached instance session.get would have left behind.
+        user = User(**row._mapping)
+        make_transient_to_detached(user)
+        return user
 
     async def upsert_users(self, items: list[UserIn]) -> tuple[list[User], int]:
         """Create or update users in two statements; fields left out keep their value."""
@@ -92,8 +108,7 @@ class IdentityService:
         await session.execute(stmt)
 
     async def get_user(self, user_id: str) -> User:
-        async with self.db.transaction() as session:
-            user = await session.get(User, user_id)
+        user = await self.find(user_id)
         if user is None:
             raise NotFoundError("User not found")
         return user

@@ -12,7 +12,6 @@ from batchops.core.errors import AppError
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, Page, PageParams, StrictSchema, ok
 from batchops.identity.api import CurrentUser
-from batchops.identity.models import User
 from batchops.notifications.schemas import NotificationOut
 from batchops.notifications.service import NotificationService
 
@@ -63,8 +62,7 @@ async def notifications_ws(websocket: WebSocket, token: str | None = None) -> No
             first = await asyncio.wait_for(websocket.receive_json(), timeout=10)
             token = first.get("token") if isinstance(first, dict) else None
         user_id = decode_token(token or "", rt.settings.jwt_secret)
-        async with rt.db.transaction() as session:
-            user = await session.get(User, user_id)
+        user = await rt.services["identity"].find(user_id)
         if user is None or user.status != "active":
             raise AppError("Unknown or inactive user")
     except (AppError, TimeoutError, ValueError, WebSocketDisconnect):
