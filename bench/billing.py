@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchops.settings import Settings
-from bench.harness import Server
+from bench.harness import KeepAlive, Server
 
 LAGO_EVENTS_PER_SECOND = 10_000
 BATCH = 100
@@ -48,36 +48,6 @@ def events(count: int, run: str) -> list[dict[str, Any]]:
     ]
 
 
-class KeepAlive:
-    """A minimal HTTP/1.1 keep-alive client: one connection, one request at a time.
-
-    The load generator shares the 2 cores with the server and PostgreSQL; httpx costs
-    ~4 ms of CPU per call here, a fifth of the server's own, which would be measured as
-    the server's slowness. This writes the request bytes and reads one response."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> None:
-        self.reader, self.writer, self.head = reader, writer, head
-
-    @classmethod
-    async def open(cls, server: Server, path: str, headers: dict[str, str]) -> KeepAlive:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}", *(f"{k}: {v}" for k, v in headers.items())]
-        return cls(reader, writer, ("\r\n".join(lines) + "\r\n").encode())
-
-    async def post(self, body: bytes) -> tuple[int, Any]:
-        self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = next(
-            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
-        )
-        return status, json.loads(await self.reader.readexactly(length))
-
-    async def close(self) -> None:
-        self.writer.close()
-        await self.writer.wait_closed()
-
-
 async def through_api(server: Server, count: int, clients: int) -> float:
     """Events per second over HTTP, ``clients`` concurrent callers of 100-event batches."""
     # Bodies are encoded before the clock starts: JSON encoding is the caller's work.
@@ -85,15 +55,13 @@ async def through_api(server: Server, count: int, clients: int) -> float:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for b in bodies:
         queue.put_nowait(b)
-    headers = {"X-Service-Token": SERVICE_TOKEN, "Content-Type": "application/json"}
-    connections = [
-        await KeepAlive.open(server, "/api/internal/metering/device-usage/batch", headers) for _ in range(clients)
-    ]
+    headers = {"X-Service-Token": SERVICE_TOKEN}
+    connections = [await KeepAlive.open(server, headers) for _ in range(clients)]
 
     async def caller(http: KeepAlive) -> None:
         while not queue.empty():
-            status, body = await http.post(queue.get_nowait())
-            assert status == 200 and body["data"]["failed"] == 0, body
+            reply = await http.post("/api/internal/metering/device-usage/batch", body=queue.get_nowait())
+            assert reply.status_code == 200 and reply.json()["data"]["failed"] == 0, reply.text
 
     started = time.perf_counter()
     await asyncio.gather(*(caller(c) for c in connections))
