@@ -4,7 +4,8 @@ with the row counts, Python-side defaults and lost-claim checks of separate stat
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
 
 from batchops.core.db import table_of, utcnow
 from batchops.core.errors import ConflictError
@@ -56,3 +57,39 @@ async def test_a_lost_claim_raises_and_nothing_is_written(runtime: Runtime) -> N
             await w.execute()
     async with runtime.db.read() as session:
         assert [u.name for u in await session.scalars(select(User))] == ["busy"]
+
+
+async def test_a_failed_write_raises_sqlalchemys_error_and_listeners_see_every_statement(runtime: Runtime) -> None:
+    """On SQLite the set's writes go to the driver in one call, past SQLAlchemy's execute:
+    engine listeners (logging, statement counts) must still see them, and a constraint
+    violation must surface as the IntegrityError callers catch, with nothing written."""
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(" ".join(statement.split()[:3]))
+
+    event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with runtime.db.transaction() as session:
+            w = WriteSet(session)
+            w.insert(USERS, [{"id": "dup", "name": "first"}])
+            await w.execute()
+        async with runtime.db.transaction() as session:
+            w = WriteSet(session)
+            w.update(USERS, [{"id": "dup", "name": "renamed"}])
+            w.insert(USERS, [{"id": "other", "name": "other"}])
+            await w.execute()
+        with pytest.raises(IntegrityError):
+            async with runtime.db.transaction() as session:
+                w = WriteSet(session)
+                w.insert(NOTES, [{"user_id": "dup", "type": "t", "title": "kept?", "content": "", "channel": "c"}])
+                w.insert(USERS, [{"id": "dup", "name": "second"}])
+                await w.execute()
+    finally:
+        event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+    if runtime.db.is_sqlite:  # (PostgreSQL: one statement of CTEs through asyncpg)
+        assert seen[:3] == ["INSERT INTO users", "UPDATE users SET", "INSERT INTO users"], seen
+    async with runtime.db.read() as session:
+        users = [(u.id, u.name) for u in await session.scalars(select(User).order_by(User.id))]
+        assert users == [("dup", "renamed"), ("other", "other")]
+        assert list(await session.scalars(select(Notification))) == []

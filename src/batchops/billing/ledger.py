@@ -23,10 +23,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
-from batchops.core.db import insert_new, pg_connection, table_of, utcnow
+from batchops.core.db import SqliteWrite, insert_new, pg_connection, sqlite_statement, table_of, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
 from batchops.core.writes import PgPart, PgStatement, SqlitePart, WriteSet, joining
 from batchops.identity.models import User
@@ -336,10 +337,9 @@ def _account_deltas(deltas: list[dict[str, Any]], now: datetime) -> tuple[PgPart
             f" WHERE a.id = d.id AND a.id IN (SELECT id FROM {locked}) RETURNING 1"
         )
 
-    async def sqlite(session: AsyncSession) -> int:
+    def sqlite(dialect: Dialect) -> SqliteWrite:
         rows = [{"b_id": d["id"], "b_balance": d["balance"], "b_held": d["held"], "b_now": now} for d in deltas]
-        result = await session.execute(ACCOUNT_DELTA, rows)
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return sqlite_statement(ACCOUNT_DELTA, rows, dialect)
 
     return pg, sqlite
 

@@ -12,15 +12,17 @@ Correctness under concurrency comes from the database:
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, ClassVar, cast
 
+import asyncpg  # type: ignore[import-untyped]
 import structlog
 from sqlalchemy import (
     JSON,
@@ -39,13 +41,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.types import TypeDecorator
 
-from batchops.core.sqlite_driver import one_hop_dbapi
+from batchops.core.sqlite_driver import Write, one_hop_dbapi
 
 log = structlog.get_logger(__name__)
+
+SqliteWrite = Write  # (sql, parameter tuples, rows it must affect or None): see sqlite_run_writes
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -272,9 +277,10 @@ _PG_DRIVER = "pg_driver"
 
 @event.listens_for(Session, "after_transaction_end")
 def _forget_driver(session: Session, transaction: SessionTransaction) -> None:
-    """The cached driver connection is valid for one transaction (the next may get another)."""
+    """A cached driver connection is valid for one transaction (the next may get another)."""
     if transaction.parent is None:
         session.info.pop(_PG_DRIVER, None)
+        session.info.pop(_SQLITE_DRIVER, None)
 
 
 @dataclass(frozen=True)
@@ -343,10 +349,11 @@ async def insert_new(
             f"INSERT INTO {table.name} ({', '.join(cols.names)}) SELECT * FROM {cols.unnest}"
             f" ON CONFLICT ({', '.join(conflict_on)}) DO NOTHING"
         )
-        if returning is None:
-            await pg.execute(sql, *cols.arrays(rows, defaults))
-            return []
-        return [r[0] for r in await pg.fetch(f"{sql} RETURNING {returning}", *cols.arrays(rows, defaults))]
+        with driver_errors(sql):
+            if returning is None:
+                await pg.execute(sql, *cols.arrays(rows, defaults))
+                return []
+            return [r[0] for r in await pg.fetch(f"{sql} RETURNING {returning}", *cols.arrays(rows, defaults))]
     # SQLite: the executemany form, so the compiled statement is cached.
     stmt = sqlite_insert(table).on_conflict_do_nothing(index_elements=conflict_on)
     if returning is None:
@@ -355,21 +362,94 @@ async def insert_new(
     return list((await session.execute(stmt.returning(table.c[returning]), rows)).scalars().all())
 
 
-async def sqlite_insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+def sqlite_insert_write(table: Table, rows: list[dict[str, Any]], dialect: Dialect) -> SqliteWrite:
     """SQLite: INSERT ``rows`` (dicts with the same keys) as one executemany of ready-made
-    tuples (``core.writes`` uses it; on PostgreSQL rows go as arrays instead).
+    tuples, for :func:`sqlite_run_writes` (``core.writes`` uses it; on PostgreSQL rows go
+    as arrays instead).
 
     Through ``session.execute(insert(table), rows)`` SQLAlchemy spends a few µs per
     parameter (its parameter dicts, then each value's processor one by one), more than
     sqlite3 takes to write the row; here each column's processor is looked up once, and a
     value repeated down a column (the batch's ``now``) is processed once. Python-side
     column defaults are evaluated once per batch, as :func:`insert_new` does."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect
     plan = _sqlite_insert_plan(table, tuple(rows[0]), dialect)
-    conn = await session.connection()
-    await conn.exec_driver_sql(plan.sql, plan.parameters(rows))
+    return plan.sql, plan.parameters(rows), None
+
+
+def sqlite_statement(stmt: Executable, rows: list[dict[str, Any]], dialect: Dialect) -> SqliteWrite:
+    """SQLite: a Core statement whose parameters are all ``bindparam``s (a module-level
+    constant: it is compiled once) as one executemany of ``rows``, for
+    :func:`sqlite_run_writes`. A parameter missing from a row takes its bindparam's value;
+    Python-side column defaults (``onupdate=utcnow``) are evaluated once for all rows."""
+    plan = _sqlite_compiled(stmt, dialect)
+    fallback = [v if d is None else d.arg(None) if d.is_callable else d.arg for v, d in plan.fallbacks]
+    params = []
+    for row in rows:
+        given = [row.get(n, v) for n, v in zip(plan.names, fallback, strict=True)]
+        params.append(tuple(v if p is None or v is None else p(v) for p, v in zip(plan.processors, given, strict=True)))
+    return plan.sql, params, None
+
+
+@dataclass(frozen=True)
+class _SqliteCompiled:
+    sql: str
+    names: tuple[str, ...]  # the positional parameters, in order
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    fallbacks: tuple[tuple[Any, ColumnDefault | None], ...]  # a bindparam's value, or a column default
+
+
+@lru_cache(maxsize=256)
+def _sqlite_compiled(stmt: Executable, dialect: Dialect) -> _SqliteCompiled:
+    compiled: Any = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+    names = tuple(compiled.positiontup or ())
+    defaults = {c.key: c.onupdate for c in compiled.update_prefetch} | {
+        c.key: c.default for c in compiled.insert_prefetch
+    }
+    binds = [compiled.binds[n] for n in names]
+    return _SqliteCompiled(
+        compiled.string,
+        names,
+        tuple(b.type._cached_bind_processor(dialect) for b in binds),
+        tuple((b.value, defaults.get(n)) for n, b in zip(names, binds, strict=True)),
+    )
+
+
+@contextmanager
+def driver_errors(statement: str) -> Iterator[None]:
+    """A raw asyncpg statement's errors as SQLAlchemy's, as ``session.execute`` raises them
+    (callers catch ``IntegrityError`` to retry or to answer 409, whichever path wrote)."""
+    try:
+        yield
+    except asyncpg.IntegrityConstraintViolationError as error:
+        raise IntegrityError(statement, None, error) from error
+    except asyncpg.PostgresError as error:
+        raise DBAPIError(statement, None, error) from error
+
+
+async def sqlite_run_writes(session: AsyncSession, writes: list[SqliteWrite]) -> list[int]:
+    """SQLite: ``writes`` in order, in the session's transaction and one thread hop; the
+    rows each affected. Stops after a write that affected other than its expected count
+    (its caller decides what that means). Engine listeners (``before_cursor_execute``)
+    still see every statement; errors come as SQLAlchemy's, as from ``session.execute``."""
+    found: tuple[Any, Any] | None = session.info.get(_SQLITE_DRIVER)
+    if found is None:  # once per transaction: each AsyncSession call costs a greenlet switch
+        conn = await session.connection()
+        raw: Any = (await conn.get_raw_connection()).dbapi_connection
+        sync_conn: Any = conn.sync_connection
+        found = session.info[_SQLITE_DRIVER] = (raw, sync_conn)
+    adapted, sync = found
+    if sync._has_events or sync.engine._has_events:
+        for sql, params, _ in writes:
+            sync.dispatch.before_cursor_execute(sync, None, sql, params, None, True)
+    try:
+        counts: list[int] = await adapted.run_writes(writes)
+    except sqlite3.Error as error:
+        sql, params, _ = writes[getattr(error, "failed_write", 0)]
+        raise DBAPIError.instance(sql, params, error, sqlite3.Error, ismulti=True) from error
+    return counts
+
+
+_SQLITE_DRIVER = "sqlite_driver"
 
 
 @dataclass(frozen=True)
