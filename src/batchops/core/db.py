@@ -12,11 +12,12 @@ Correctness under concurrency comes from the database:
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -150,6 +151,7 @@ class Database:
                 pool_reset_on_return=None,  # as above: no ROLLBACK round trip per checkout
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self.checkpointer: Checkpointer | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -194,8 +196,77 @@ class Database:
             await conn.execute(text("SELECT 1"))
         return True
 
+    async def start(self) -> None:
+        """SQLite: checkpoint the WAL in the background from now on (see :class:`Checkpointer`)."""
+        if self.is_sqlite and self.checkpointer is None and self.engine.url.database not in (None, "", ":memory:"):
+            self.checkpointer = Checkpointer(str(self.engine.url.database))
+            self.checkpointer.start()
+
     async def dispose(self) -> None:
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()
+            self.checkpointer = None
         await self.engine.dispose()
+
+
+# A request's connections still checkpoint past this many WAL pages (~40 MB): a bound
+# for processes that run no Checkpointer (the CLI's), far above what one keeps.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+
+
+class Checkpointer:
+    """Copies SQLite's WAL into the database file from a thread of its own, every
+    ``every`` seconds, so no request does it.
+
+    SQLite's default is to checkpoint inside the COMMIT that takes the WAL past 1,000
+    pages: copying them (and the fsync) cost that request 20-100 ms here, every few
+    large batches. A PASSIVE checkpoint never waits for, or blocks, readers and writers;
+    pages a reader still needs are left for the next round. Several processes may each
+    run one: SQLite lets one checkpoint at a time and the others find nothing to do."""
+
+    def __init__(self, path: str, every: float = 0.25) -> None:
+        self.path, self.every = path, every
+        self.checkpointed_pages = 0  # in all (for tests and the curious)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._rounds = asyncio.Condition()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Let the round under way finish (its thread cannot be cancelled), then end."""
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.every)
+                return
+            try:
+                self.checkpointed_pages += await asyncio.to_thread(self._checkpoint, self.path)
+            except sqlite3.Error as error:  # busy, or the file went away: try again later
+                log.debug("sqlite_checkpoint_failed", error=str(error))
+            async with self._rounds:
+                self._rounds.notify_all()
+
+    async def next_round(self) -> None:
+        """Return once the next round has run (for tests: no guessing how long to wait)."""
+        async with self._rounds:
+            await self._rounds.wait()
+
+    @staticmethod
+    def _checkpoint(path: str) -> int:
+        # A connection of its own per round, opened and closed in the round's thread: nothing
+        # is shared with a thread that a cancelled task would leave running.
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            _, _, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            conn.close()
+        return max(0, int(done))
 
 
 def on_commit(session: AsyncSession, callback: PostCommit) -> None:
@@ -213,6 +284,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
             "PRAGMA synchronous=NORMAL",
             "PRAGMA foreign_keys=ON",
             "PRAGMA busy_timeout=30000",
+            f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}",  # the Checkpointer's job
         ):
             cursor.execute(pragma)
         cursor.close()

@@ -35,6 +35,7 @@ class Runtime:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start(self) -> None:
+        await self.db.start()
         await self.bus.start(self.settings.amqp_url, self.settings.amqp_exchange)
         await self.push.start(self.settings.redis_url)
 
