@@ -4,7 +4,7 @@ A real ``batchops serve`` (embedded worker on, as ``make run``) on a fresh datab
 200 users, 200 devices. Each row is timed over ``--reps`` repetitions with the state
 reset between them (allocations released after an allocate, made before a release),
 and the outbox left to drain before the next repetition. The floor writes the same
-rows (devices, allocations, outbox events, notifications, usage, audit) with
+rows (devices, allocations, billing holds, outbox events, notifications, usage, audit) with
 sqlite3 / asyncpg ``executemany`` in one transaction, on the same database file.
 
     python -m bench.scheduler [--db sqlite|postgresql] [--reps 30] [--single-reps 8]
@@ -32,6 +32,7 @@ SEED_MS = {("allocate", 50): 5500.0, ("release", 100): 6800.0, ("query", 100): 3
 # Targets on SQLite (median ms) for the largest size of each operation; and within 3x of the floor.
 TARGET_MS = {("allocate", 50): 20.0, ("release", 100): 25.0, ("query", 100): 8.0}
 FLOOR_FACTOR = 3.0
+HOLD_AMOUNT = 100  # the floor's pre-authorisation per allocation (the API's depends on the price)
 SIZES = {"allocate": (10, 25, 50), "release": (10, 50, 100), "query": (10, 50, 100)}
 
 
@@ -144,6 +145,29 @@ class Floor:
             )
             ids = [f"alloc-{uuid.uuid4().hex}" for _ in users]
             expires = now + timedelta(minutes=60)
+            # the pre-authorisation the API writes with each allocation: hold, ledger entry, account held
+            marks = ",".join("?" * len(users))
+            accounts = dict(
+                await db.fetch(
+                    f"SELECT user_id, id FROM billing_accounts WHERE user_id IN ({marks}) AND currency = 'CNY'",
+                    users,
+                )
+            )
+            holds = [(f"alloc:{i}", accounts[u], HOLD_AMOUNT) for i, u in zip(ids, users, strict=True)]
+            await db.many(
+                "INSERT INTO billing_holds (reference, account_id, amount, status, captured, created_at)"
+                " VALUES (?, ?, ?, 'open', 0, ?)",
+                [(*h, db.ts(now)) for h in holds],
+            )
+            await db.many(
+                "INSERT INTO billing_entries (account_id, kind, amount, reference, memo, created_at)"
+                " VALUES (?, 'hold', ?, ?, ?, ?)",
+                [(a, n, f"hold:{r}", json.dumps({"allocationId": r[6:]}), db.ts(now)) for r, a, n in holds],
+            )
+            await db.many(
+                "UPDATE billing_accounts SET balance = balance + ?, held = held + ?, updated_at = ? WHERE id = ?",
+                [(0, n, db.ts(now), a) for _, a, n in holds],
+            )
             await db.many(
                 "INSERT INTO allocations (id, device_id, user_id, status, duration_minutes, allocated_at, "
                 "expires_at) VALUES (?, ?, ?, 'allocated', 60, ?, ?)",
