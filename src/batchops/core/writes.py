@@ -184,12 +184,11 @@ class WriteSet:
                 # a claim that must hold stops the writes that follow it (the caller raises)
                 statements.append((sql, params, checks[index][0] if index in checks else None))
                 sent.append(index)
-        counts = [0] * len(writes)
+        counts = [0] * len(writes)  # a write with no rows affects none (and must affect none)
+        # fewer counts than writes sent: the driver stopped after a claim that did not hold
         for index, count in zip(sent, await sqlite_run_writes(self.session, statements), strict=False):
             counts[index] = count
             _check(checks, index, count)
-        for index in checks.keys() - set(sent):
-            _check(checks, index, 0)
         return counts
 
 
