@@ -4,13 +4,13 @@ with the row counts, Python-side defaults and lost-claim checks of separate stat
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 
 from batchops.core.db import table_of, utcnow
 from batchops.core.errors import ConflictError
 from batchops.core.runtime import Runtime
-from batchops.core.writes import WriteSet
+from batchops.core.writes import WriteSet, insert_at_commit, insert_rows
 from batchops.identity.models import User
 from batchops.notifications.models import Notification
 
@@ -93,3 +93,41 @@ async def test_a_failed_write_raises_sqlalchemys_error_and_listeners_see_every_s
         users = [(u.id, u.name) for u in await session.scalars(select(User).order_by(User.id))]
         assert users == [("dup", "renamed"), ("other", "other")]
         assert list(await session.scalars(select(Notification))) == []
+
+
+async def test_rows_inserted_at_commit_are_written_last_kept_on_commit_and_dropped_on_rollback(
+    runtime: Runtime,
+) -> None:
+    """``insert_at_commit`` (the batch runner's audit row): on SQLite the row goes in the
+    COMMIT's hop, after the statements that follow the call; it is kept only if the
+    transaction commits, and a failing row fails the commit with nothing kept."""
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        seen.append(" ".join(statement.split()[:3]))
+
+    event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        async with runtime.db.transaction() as session:
+            await insert_at_commit(session, USERS, [{"id": "audited", "name": "at commit"}])
+            await insert_rows(session, USERS, [{"id": "before", "name": "a later statement"}])
+            # a statement after the call does not see the row on SQLite: it is written last
+            found = await session.scalar(select(func.count()).select_from(USERS).where(USERS.c.id == "audited"))
+            assert found == (0 if runtime.db.is_sqlite else 1)
+        with pytest.raises(RuntimeError):
+            async with runtime.db.transaction() as session:
+                await insert_at_commit(session, USERS, [{"id": "rolled-back", "name": "never"}])
+                raise RuntimeError("the request failed")
+        with pytest.raises(IntegrityError):
+            async with runtime.db.transaction() as session:
+                await insert_rows(session, USERS, [{"id": "lost", "name": "rolled back with the failed row"}])
+                await insert_at_commit(session, USERS, [{"id": "audited", "name": "a duplicate"}])
+        async with runtime.db.transaction() as session:  # the connection is usable afterwards
+            await insert_at_commit(session, USERS, [{"id": "next", "name": "next"}])
+    finally:
+        event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+    if runtime.db.is_sqlite:  # listeners see each row's statement (PostgreSQL: raw asyncpg)
+        assert seen.count("INSERT INTO users") == 6, seen
+    async with runtime.db.read() as session:
+        ids = list(await session.scalars(select(User.id).order_by(User.id)))
+    assert ids == ["audited", "before", "next"]

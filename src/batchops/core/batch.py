@@ -37,7 +37,7 @@ from batchops.core.db import Database, on_commit, table_of
 from batchops.core.errors import AppError
 from batchops.core.metrics import batch_metrics
 from batchops.core.push import PushHub
-from batchops.core.writes import insert_rows
+from batchops.core.writes import insert_at_commit
 
 log = structlog.get_logger(__name__)
 AUDIT = table_of(AuditLog)
@@ -203,7 +203,8 @@ class BatchRunner:
         result: BatchResult[Any, Any],
         detail: dict[str, Any] | None,
     ) -> None:
-        # A Core INSERT, not session.add(): the ORM unit of work costs more than the row.
+        # A Core INSERT, not session.add() (the ORM unit of work costs more than the row),
+        # and the transaction's last write: on SQLite it goes with the COMMIT, in one hop.
         row = {
             "actor_id": actor_id,
             "domain": domain,
@@ -215,7 +216,7 @@ class BatchRunner:
             "execution_time_ms": result.execution_time_ms,
             "detail": detail or {},
         }
-        await insert_rows(session, AUDIT, [row])
+        await insert_at_commit(session, AUDIT, [row])
 
     def _progress_push(
         self, actor_id: str, domain: str, operation: str, result: BatchResult[Any, Any]

@@ -503,6 +503,25 @@ async def sqlite_run_writes(session: AsyncSession, writes: list[SqliteWrite]) ->
     rows each affected. Stops after a write that affected other than its expected count
     (its caller decides what that means). Engine listeners (``before_cursor_execute``)
     still see every statement; errors come as SQLAlchemy's, as from ``session.execute``."""
+    adapted = await _sqlite_driver(session, writes)
+    try:
+        counts: list[int] = await adapted.run_writes(writes)
+    except sqlite3.Error as error:
+        sql, params, _ = writes[getattr(error, "failed_write", 0)]
+        raise DBAPIError.instance(sql, params, error, sqlite3.Error, ismulti=True) from error
+    return counts
+
+
+async def sqlite_write_at_commit(session: AsyncSession, writes: list[SqliteWrite]) -> None:
+    """SQLite: ``writes`` run in the hop of the session's COMMIT, after every other
+    statement (``OneHopConnection.write_at_commit``); a failed one fails the COMMIT
+    with SQLAlchemy's error, and nothing of the transaction is kept."""
+    (await _sqlite_driver(session, writes)).write_at_commit(writes)
+
+
+async def _sqlite_driver(session: AsyncSession, writes: list[SqliteWrite]) -> Any:
+    """The session's ``OneHopConnection``, once ``writes`` are shown to engine listeners
+    (``before_cursor_execute``: statement counts, logs), as SQLAlchemy would show them."""
     found: tuple[Any, Any] | None = session.info.get(_SQLITE_DRIVER)
     if found is None:  # once per transaction: each AsyncSession call costs a greenlet switch
         conn = await session.connection()
@@ -513,12 +532,7 @@ async def sqlite_run_writes(session: AsyncSession, writes: list[SqliteWrite]) ->
     if sync._has_events or sync.engine._has_events:
         for sql, params, _ in writes:
             sync.dispatch.before_cursor_execute(sync, None, sql, params, None, True)
-    try:
-        counts: list[int] = await adapted.run_writes(writes)
-    except sqlite3.Error as error:
-        sql, params, _ = writes[getattr(error, "failed_write", 0)]
-        raise DBAPIError.instance(sql, params, error, sqlite3.Error, ismulti=True) from error
-    return counts
+    return adapted
 
 
 _SQLITE_DRIVER = "sqlite_driver"

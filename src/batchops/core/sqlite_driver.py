@@ -13,7 +13,9 @@ when sqlite3 says no transaction is open. What runs, and in which order, is unch
 from __future__ import annotations
 
 import collections
+import contextlib
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
@@ -83,6 +85,21 @@ def _end(conn: sqlite3.Connection, commit: bool) -> tuple[Exception | None, bool
     except Exception as error:
         return error, conn.in_transaction
     return None, conn.in_transaction
+
+
+def _write_and_commit(
+    conn: sqlite3.Connection, begin: str | None, writes: list[Write]
+) -> tuple[Exception | None, bool]:
+    """The writes kept for the COMMIT, then the COMMIT; a failed write rolls the whole
+    transaction back (as a failed statement before it would have) and is returned."""
+    outcome, _ = _run_writes(conn, begin, writes)
+    if isinstance(outcome, tuple):
+        index, error = outcome
+        error.failed_write = index  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        return error, conn.in_transaction
+    return _end(conn, True)
 
 
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
@@ -158,7 +175,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("in_transaction", "pending_begin")
+    __slots__ = ("at_commit", "in_transaction", "pending_begin")
 
     _cursor_cls = OneHopCursor
 
@@ -166,6 +183,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         super().__init__(dbapi, connection)
         self.pending_begin: str | None = None
         self.in_transaction = False
+        self.at_commit: list[Write] = []  # written in the COMMIT's hop (see write_at_commit)
 
     async def run_writes(self, writes: list[Write]) -> list[int]:
         """Several executemany writes in one thread hop (a batch's writes, which SQLAlchemy
@@ -188,18 +206,29 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         counts: list[int] = outcome
         return counts
 
+    def write_at_commit(self, writes: list[Write]) -> None:
+        """Keep ``writes`` (whose row counts nobody reads) for the COMMIT: they run in its
+        hop, after every other statement, so a transaction's last insert (its audit row)
+        costs no hop of its own. A ROLLBACK drops them; a failed one fails the COMMIT."""
+        self.at_commit.extend(writes)
+
     def begin_with_next_statement(self, sql: str) -> None:
         """Run ``sql`` (``BEGIN IMMEDIATE``) just before the next statement, in the same hop.
         A transaction with no statement then takes no lock and costs nothing."""
         self.pending_begin = sql
 
     def _end(self, commit: bool) -> None:
-        self.pending_begin = None
-        if not self.in_transaction:  # autocommit (isolation_level None): nothing to end
-            return
+        begin, self.pending_begin = self.pending_begin, None
+        writes, self.at_commit = self.at_commit, []
+        if commit and writes:
+            self._finish(_write_and_commit, begin, writes)
+        elif self.in_transaction:  # else autocommit (isolation_level None): nothing to end
+            self._finish(_end, commit)
+
+    def _finish(self, end: Callable[..., tuple[Exception | None, bool]], *args: Any) -> None:
         try:
             try:
-                error, self.in_transaction = await_(self._connection._execute(_end, self._connection._conn, commit))
+                error, self.in_transaction = await_(self._connection._execute(end, self._connection._conn, *args))
             except BaseException:
                 self.in_transaction = True  # unknown, as above
                 raise

@@ -39,6 +39,7 @@ from batchops.core.db import (
     sqlite_insert_write,
     sqlite_run_writes,
     sqlite_statement,
+    sqlite_write_at_commit,
 )
 
 
@@ -236,3 +237,15 @@ async def insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, 
     """INSERT ``rows`` (dicts with the same keys) now: one statement, the fast form of each engine."""
     async with joining(session, None) as w:
         w.insert(table, rows)
+
+
+async def insert_at_commit(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT ``rows`` as the transaction's last statement, for rows nothing in it reads
+    (an audit row). On SQLite they go in the COMMIT's thread hop (``db.sqlite_write_at_commit``),
+    saving one; on PostgreSQL they go now, as :func:`insert_rows`."""
+    if not rows:
+        return
+    if await pg_connection(session) is not None:
+        await insert_rows(session, table, rows)
+        return
+    await sqlite_write_at_commit(session, [sqlite_insert_write(table, rows, session.get_bind().dialect)])
