@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, event, func, select
 
+from batchops.core.db import fetch_rows, in_list, table_of
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
+
+USERS = table_of(User)
 
 
 async def test_read_sessions_leave_later_transactions_transactional(runtime: Runtime) -> None:
@@ -30,3 +33,52 @@ async def test_a_read_sees_what_was_committed(runtime: Runtime) -> None:
     async with runtime.db.read() as session:
         user = await session.get(User, "kept")
     assert user is not None and user.name == "kept"
+
+
+async def test_fetch_rows_gives_what_sqlalchemy_gives_with_a_list_bound_as_one_parameter(runtime: Runtime) -> None:
+    """``fetch_rows`` + ``in_list``: the driver's rows, processed as SQLAlchemy processes
+    them (UTC datetimes, JSON), for an empty, a one-value and a long list (ids with
+    quotes and non-ASCII: the list travels as JSON on SQLite), with one SQL text for all."""
+    ids = [f"u{i}" for i in range(40)] + ['quo"te', "it's", "用户"]
+    async with runtime.db.transaction() as session:
+        session.add_all(User(id=i, name=f"name of {i}", max_devices=len(i)) for i in ids)
+        await session.flush()
+        base = select(USERS.c.id, USERS.c.max_devices, USERS.c.created_at).where(USERS.c.status == "active")
+        stmt = base.where(in_list(USERS.c.id, "ids")).order_by(USERS.c.id)
+        seen: list[str] = []
+
+        def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            seen.append(statement)
+
+        event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+        try:
+            for wanted in ([], ["it's"], [*ids, "nobody"]):
+                rows = await fetch_rows(session, stmt, {"ids": wanted})  # sees the transaction's own rows
+                expected = (await session.execute(base.where(USERS.c.id.in_(wanted)).order_by(USERS.c.id))).all()
+                assert [tuple(r) for r in rows] == [tuple(r) for r in expected]
+                assert (await session.execute(stmt, {"ids": wanted})).all() == expected  # also through SQLAlchemy
+                assert [r.id for r in rows] == sorted(wanted[: len(ids)]) if wanted else rows == []
+        finally:
+            event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+    first = rows[0]
+    assert first.created_at.tzinfo is not None and first.max_devices == len(first.id)
+    assert len({s for s in seen if "json_each" in s or "ANY" in s}) == 1, seen  # one SQL for any length
+
+
+async def test_read_first_leaves_later_transactions_transactional(runtime: Runtime) -> None:
+    """The caller lookup reads outside any transaction, straight from the driver."""
+    db = runtime.db
+    async with db.transaction() as session:
+        session.add(User(id="kept", name="kept"))
+    stmt = select(USERS).where(USERS.c.id == bindparam("id"))
+    for i in range(25):  # more rounds than the pool has connections
+        row = await db.read_first(stmt, {"id": "kept"})
+        assert row is not None and row.name == "kept" and row.created_at.tzinfo is not None
+        assert await db.read_first(stmt, {"id": "nobody"}) is None
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as session:
+                session.add(User(id=f"rolled-back-{i}", name="x"))
+                await session.flush()
+                raise RuntimeError("roll it back")
+    async with db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(User)) == 1

@@ -78,6 +78,16 @@ def _run_writes(
     return counts, conn.in_transaction
 
 
+def _fetch(conn: sqlite3.Connection, begin: str | None, sql: str, parameters: tuple[Any, ...]) -> tuple[Any, bool]:
+    """In aiosqlite's thread: a read's rows (or its error)."""
+    try:
+        if begin is not None:
+            conn.execute(begin)
+        return conn.execute(sql, parameters).fetchall(), conn.in_transaction
+    except Exception as error:
+        return error, conn.in_transaction
+
+
 def _end(conn: sqlite3.Connection, commit: bool) -> tuple[Exception | None, bool]:
     """COMMIT or ROLLBACK; sqlite3 keeps the transaction open when COMMIT fails (busy)."""
     try:
@@ -205,6 +215,22 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             raise error
         counts: list[int] = outcome
         return counts
+
+    async def fetch(self, sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """A read's rows in one hop, as sqlite3 gives them (no cursor kept, no result
+        object): in the connection's transaction if one is open or pending, else alone."""
+        async with self._execute_mutex:
+            begin, self.pending_begin = self.pending_begin, None
+            driver = self._connection
+            try:
+                outcome, self.in_transaction = await driver._execute(_fetch, driver._conn, begin, sql, parameters)
+            except BaseException:
+                self.in_transaction = True  # unknown, as in OneHopCursor._run
+                raise
+        if isinstance(outcome, Exception):
+            raise outcome
+        rows: list[tuple[Any, ...]] = outcome
+        return rows
 
     def write_at_commit(self, writes: list[Write]) -> None:
         """Keep ``writes`` (whose row counts nobody reads) for the COMMIT: they run in its

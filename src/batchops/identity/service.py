@@ -60,7 +60,7 @@ class IdentityService:
             return None
         # Built from a Core row (an ORM session.get costs twice as much), then given its
         # identity, so it is the detached instance session.get would have left behind.
-        user = User(**row._mapping)
+        user = User(**row._asdict())
         make_transient_to_detached(user)
         return user
 

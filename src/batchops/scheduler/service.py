@@ -21,7 +21,6 @@ import structlog
 from sqlalchemy import (
     ColumnElement,
     FromClause,
-    Row,
     Select,
     Subquery,
     and_,
@@ -39,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from batchops.billing.ledger import CNY, Book, InsufficientBalance
 from batchops.billing.service import USAGE_KIND, BillingService, allocation_hold
 from batchops.core.batch import BatchMode, BatchResult
-from batchops.core.db import advisory_lock, is_postgres, new_id, table_of, utcnow
+from batchops.core.db import advisory_lock, fetch_rows, in_list, is_postgres, new_id, table_of, utcnow
 from batchops.core.errors import (
     AppError,
     BadRequestError,
@@ -733,16 +732,18 @@ class ExtendWork:
 
 
 # --- query -----------------------------------------------------------------------------------
-# What a batch query shows of an allocation: Core rows (attributes ``id``, ``device_id``,
-# ``user_id``, ``status``, ``allocated_at``, ``expires_at``), not ORM objects, whose
-# identity-map bookkeeping cost more than the rest of a 100-user query.
-QueriedAllocation = Row[*tuple[Any, ...]]
+# What a batch query shows of an allocation: rows read by ``fetch_rows`` (attributes ``id``,
+# ``device_id``, ``user_id``, ``status``, ``allocated_at``, ``expires_at``, ``name``), not
+# ORM objects, whose bookkeeping cost more than the rest of a 100-user query. The users
+# are one list parameter: the same SQL for 1 or 100 of them.
+QueriedAllocation = Any
 QUERY_ALLOCATIONS = (
     select(_A.c.id, _A.c.device_id, _A.c.user_id, _A.c.status, _A.c.allocated_at, _A.c.expires_at, DEVICES.c.name)
     .join(DEVICES, DEVICES.c.id == _A.c.device_id)
-    .where(_A.c.user_id.in_(bindparam("users", expanding=True)))
+    .where(in_list(_A.c.user_id, "users"))
     .order_by(_A.c.user_id, _A.c.allocated_at, _A.c.id)
 )
+QUERY_ACTIVE_ALLOCATIONS = QUERY_ALLOCATIONS.where(_A.c.status == ACTIVE)
 
 
 @dataclass
@@ -752,9 +753,9 @@ class QueryWork:
 
     async def load(self, user_ids: Sequence[str], active_only: bool) -> QueryWork:
         """The seed's single SELECT … WHERE userId IN (…) for every user at once."""
-        stmt = QUERY_ALLOCATIONS.where(_A.c.status == ACTIVE) if active_only else QUERY_ALLOCATIONS
+        stmt = QUERY_ACTIVE_ALLOCATIONS if active_only else QUERY_ALLOCATIONS
         grouped: dict[str, list[tuple[QueriedAllocation, str]]] = defaultdict(list)
-        for row in await self.session.execute(stmt, {"users": sorted(set(user_ids))}):
+        for row in await fetch_rows(self.session, stmt, {"users": sorted(set(user_ids))}):
             grouped[row.user_id].append((row, row.name))
         self.by_user = dict(grouped)
         return self
