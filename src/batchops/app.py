@@ -11,7 +11,6 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -21,6 +20,7 @@ from batchops.billing.api import internal as billing_internal
 from batchops.billing.api import public as billing_public
 from batchops.core.errors import ErrorResponseDoc, error_body, install_error_handlers
 from batchops.core.logging import configure_logging
+from batchops.core.responses import JSONResponse
 from batchops.core.runtime import Runtime
 from batchops.dining.api import router as dining_router
 from batchops.identity.api import router as identity_router
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         description="Batch operations: device scheduler, billing, canteen orders, AI video generation.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        default_response_class=JSONResponse,
     )
     app.state.runtime = rt
     install_error_handlers(app)

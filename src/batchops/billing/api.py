@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Response
-from fastapi.responses import JSONResponse
 
 from batchops.billing.ledger import CREDITS, Balance
 from batchops.billing.schemas import (
@@ -25,6 +24,7 @@ from batchops.billing.schemas import (
 )
 from batchops.billing.service import BillingService, UsageOutcome
 from batchops.core.auth import check_service_token
+from batchops.core.responses import JSONResponse
 from batchops.core.routing import JsonBodyRoute
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, Page, PageParams, cents_to_decimal, decimal_to_cents, ok

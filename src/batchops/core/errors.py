@@ -12,9 +12,10 @@ from typing import Any, Literal
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from batchops.core.responses import JSONResponse
 
 log = structlog.get_logger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
-from fastapi.responses import JSONResponse
 
 from batchops.core.batch import BatchMode, BatchResult
+from batchops.core.responses import JSONResponse
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, Page, PageParams, ok
 from batchops.identity.api import AdminUser, CurrentUser, ensure_self_or_admin, rate_limited_admin
@@ -58,7 +58,6 @@ from batchops.scheduler.service import (
     Released,
     SchedulerService,
     allocated_result,
-    iso,
 )
 
 router = APIRouter(prefix="/scheduler", tags=["scheduler"])
@@ -181,8 +180,9 @@ async def list_devices(
 # --- batch operations --------------------------------------------------------------------------------
 # The three hot batch routes write their documented ``Envelope[...]`` body directly:
 # building a model per item and then re-checking them all against the response model
-# cost more than the batch's own work. ``iso`` gives what pydantic writes for a UTC
-# datetime (``…Z``); tests/scheduler/test_batch_bodies.py holds them to the models.
+# cost more than the batch's own work. Datetimes are written as pydantic writes them
+# (``…Z``, by ``iso`` or by core.responses); tests/scheduler/test_batch_bodies.py holds
+# the bodies to the models.
 def summary_out(result: BatchResult[Any, Any]) -> dict[str, int]:
     return {
         "successCount": result.success_count,
@@ -254,8 +254,8 @@ async def batch_query(
                 "deviceId": a.device_id,
                 "deviceName": name,
                 "status": a.status,
-                "allocatedAt": iso(a.allocated_at),
-                "expiresAt": iso(a.expires_at),
+                "allocatedAt": a.allocated_at,  # written as pydantic writes them (core.responses)
+                "expiresAt": a.expires_at,
             }
             for a, name in rows
         ]
