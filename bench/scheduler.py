@@ -388,6 +388,19 @@ async def bench_query(api: Api, floor: Floor, users: list[str], reps: int, singl
 BENCHES = {"allocate": bench_allocate, "release": bench_release, "query": bench_query}
 
 
+async def bench_noop(api: Api, floor: Floor, reps: int) -> Cells:
+    """What any request costs before its work: GET /health (HTTP, routing, one SELECT 1)
+    beside the same SELECT 1 through the driver (a reference row, no target)."""
+
+    async def select_one(db: Floor) -> Any:
+        return await db.fetch("SELECT 1")
+
+    return {
+        "batch API": await timed(lambda: api.c.get("/health"), reps),
+        "SQL floor": await timed(lambda: floor.tx(select_one), reps),
+    }
+
+
 async def measure(server: Server, reps: int, single_reps: int) -> CompareTable:
     http = await KeepAlive.open(server)
     api, floor = Api(http), await Floor(server).open()
@@ -401,6 +414,7 @@ async def measure(server: Server, reps: int, single_reps: int) -> CompareTable:
             " on a keep-alive connection (bench.harness.KeepAlive)",
             "N single calls: POST /scheduler/devices/allocate, /devices/release or GET /scheduler/allocations, N times",
             "SQL floor: the same rows written/read with the driver's executemany in one transaction",
+            "no-op: GET /health (HTTP, routing, one SELECT 1) beside SELECT 1 alone: the fixed cost of any request",
             "targets (SQLite): allocate 50 < 20 ms, release 100 < 25 ms, query 100 < 8 ms; "
             f"each <= {FLOOR_FACTOR:g}x its floor",
         ],
@@ -412,6 +426,7 @@ async def measure(server: Server, reps: int, single_reps: int) -> CompareTable:
                 cells = await BENCHES[op](api, floor, [user(i) for i in range(n)], reps, single_reps)
                 cells["seed"] = SEED_MS.get((op, n))
                 table.add(f"{op} {n}", cells, verdict(server.engine, table, op, n, cells))
+        table.add("no-op (GET /health)", await bench_noop(api, floor, reps))
     finally:
         await floor.close()
         await http.close()
