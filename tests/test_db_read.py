@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from sqlalchemy import bindparam, event, func, select
+from sqlalchemy import bindparam, func, select
 
 from batchops.core.db import fetch_rows, in_list, table_of
 from batchops.core.runtime import Runtime
@@ -13,18 +15,26 @@ from batchops.identity.models import User
 USERS = table_of(User)
 
 
+async def roll_back_a_write(runtime: Runtime, user_id: str) -> None:
+    """A transaction that writes and rolls back: it must leave nothing, whichever pooled
+    connection it gets (one a read left in autocommit would keep the row)."""
+    with pytest.raises(RuntimeError):
+        async with runtime.db.transaction() as session:
+            session.add(User(id=user_id, name="x"))
+            await session.flush()
+            raise RuntimeError("roll it back")
+
+
+async def count_users(runtime: Runtime) -> int | None:
+    async with runtime.db.read() as session:
+        return await session.scalar(select(func.count()).select_from(User))
+
+
 async def test_read_sessions_leave_later_transactions_transactional(runtime: Runtime) -> None:
-    db = runtime.db
     for i in range(25):  # more rounds than the pool has connections: every one is reused after a read
-        async with db.read() as session:
-            assert await session.scalar(select(func.count()).select_from(User)) == 0
-        with pytest.raises(RuntimeError):
-            async with db.transaction() as session:
-                session.add(User(id=f"rolled-back-{i}", name="x"))
-                await session.flush()
-                raise RuntimeError("roll it back")
-    async with db.read() as session:
-        assert await session.scalar(select(func.count()).select_from(User)) == 0
+        assert await count_users(runtime) == 0
+        await roll_back_a_write(runtime, f"rolled-back-{i}")
+    assert await count_users(runtime) == 0
 
 
 async def test_a_read_sees_what_was_committed(runtime: Runtime) -> None:
@@ -35,7 +45,9 @@ async def test_a_read_sees_what_was_committed(runtime: Runtime) -> None:
     assert user is not None and user.name == "kept"
 
 
-async def test_fetch_rows_gives_what_sqlalchemy_gives_with_a_list_bound_as_one_parameter(runtime: Runtime) -> None:
+async def test_fetch_rows_gives_what_sqlalchemy_gives_with_a_list_bound_as_one_parameter(
+    runtime: Runtime, statement_counter: Callable[[], list[str]]
+) -> None:
     """``fetch_rows`` + ``in_list``: the driver's rows, processed as SQLAlchemy processes
     them (UTC datetimes, JSON), for an empty, a one-value and a long list (ids with
     quotes and non-ASCII: the list travels as JSON on SQLite), with one SQL text for all."""
@@ -45,23 +57,15 @@ async def test_fetch_rows_gives_what_sqlalchemy_gives_with_a_list_bound_as_one_p
         await session.flush()
         base = select(USERS.c.id, USERS.c.max_devices, USERS.c.created_at).where(USERS.c.status == "active")
         stmt = base.where(in_list(USERS.c.id, "ids")).order_by(USERS.c.id)
-        seen: list[str] = []
-
-        def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-            seen.append(statement)
-
-        event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
-        try:
-            for wanted in ([], ["it's"], [*ids, "nobody"]):
-                rows = await fetch_rows(session, stmt, {"ids": wanted})  # sees the transaction's own rows
-                expected = (await session.execute(base.where(USERS.c.id.in_(wanted)).order_by(USERS.c.id))).all()
-                assert [tuple(r) for r in rows] == [tuple(r) for r in expected]
-                assert (await session.execute(stmt, {"ids": wanted})).all() == expected  # also through SQLAlchemy
-                assert [r.id for r in rows] == sorted(wanted[: len(ids)]) if wanted else rows == []
-        finally:
-            event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+        for wanted in ([], ["it's"], [*ids, "nobody"]):
+            rows = await fetch_rows(session, stmt, {"ids": wanted})  # sees the transaction's own rows
+            expected = (await session.execute(base.where(USERS.c.id.in_(wanted)).order_by(USERS.c.id))).all()
+            assert [tuple(r) for r in rows] == [tuple(r) for r in expected]
+            assert (await session.execute(stmt, {"ids": wanted})).all() == expected  # also through SQLAlchemy
+            assert [r.id for r in rows] == sorted(wanted[: len(ids)]) if wanted else rows == []
     first = rows[0]
     assert first.created_at.tzinfo is not None and first.max_devices == len(first.id)
+    seen = statement_counter()
     assert len({s for s in seen if "json_each" in s or "ANY" in s}) == 1, seen  # one SQL for any length
 
 
@@ -75,10 +79,5 @@ async def test_read_first_leaves_later_transactions_transactional(runtime: Runti
         row = await db.read_first(stmt, {"id": "kept"})
         assert row is not None and row.name == "kept" and row.created_at.tzinfo is not None
         assert await db.read_first(stmt, {"id": "nobody"}) is None
-        with pytest.raises(RuntimeError):
-            async with db.transaction() as session:
-                session.add(User(id=f"rolled-back-{i}", name="x"))
-                await session.flush()
-                raise RuntimeError("roll it back")
-    async with db.read() as session:
-        assert await session.scalar(select(func.count()).select_from(User)) == 1
+        await roll_back_a_write(runtime, f"rolled-back-{i}")
+    assert await count_users(runtime) == 1

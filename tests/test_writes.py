@@ -3,8 +3,10 @@ with the row counts, Python-side defaults and lost-claim checks of separate stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from batchops.core.db import table_of, utcnow
@@ -59,35 +61,33 @@ async def test_a_lost_claim_raises_and_nothing_is_written(runtime: Runtime) -> N
         assert [u.name for u in await session.scalars(select(User))] == ["busy"]
 
 
-async def test_a_failed_write_raises_sqlalchemys_error_and_listeners_see_every_statement(runtime: Runtime) -> None:
+def kinds(statements: list[str]) -> list[str]:
+    return [" ".join(s.split()[:3]) for s in statements]
+
+
+async def test_a_failed_write_raises_sqlalchemys_error_and_listeners_see_every_statement(
+    runtime: Runtime, statement_counter: Callable[[], list[str]]
+) -> None:
     """On SQLite the set's writes go to the driver in one call, past SQLAlchemy's execute:
     engine listeners (logging, statement counts) must still see them, and a constraint
     violation must surface as the IntegrityError callers catch, with nothing written."""
-    seen: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        seen.append(" ".join(statement.split()[:3]))
-
-    event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
-    try:
+    async with runtime.db.transaction() as session:
+        w = WriteSet(session)
+        w.insert(USERS, [{"id": "dup", "name": "first"}])
+        await w.execute()
+    async with runtime.db.transaction() as session:
+        w = WriteSet(session)
+        w.update(USERS, [{"id": "dup", "name": "renamed"}])
+        w.insert(USERS, [{"id": "other", "name": "other"}])
+        await w.execute()
+    with pytest.raises(IntegrityError):
         async with runtime.db.transaction() as session:
             w = WriteSet(session)
-            w.insert(USERS, [{"id": "dup", "name": "first"}])
+            w.insert(NOTES, [{"user_id": "dup", "type": "t", "title": "kept?", "content": "", "channel": "c"}])
+            w.insert(USERS, [{"id": "dup", "name": "second"}])
             await w.execute()
-        async with runtime.db.transaction() as session:
-            w = WriteSet(session)
-            w.update(USERS, [{"id": "dup", "name": "renamed"}])
-            w.insert(USERS, [{"id": "other", "name": "other"}])
-            await w.execute()
-        with pytest.raises(IntegrityError):
-            async with runtime.db.transaction() as session:
-                w = WriteSet(session)
-                w.insert(NOTES, [{"user_id": "dup", "type": "t", "title": "kept?", "content": "", "channel": "c"}])
-                w.insert(USERS, [{"id": "dup", "name": "second"}])
-                await w.execute()
-    finally:
-        event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)
     if runtime.db.is_sqlite:  # (PostgreSQL: one statement of CTEs through asyncpg)
+        seen = kinds(statement_counter())
         assert seen[:3] == ["INSERT INTO users", "UPDATE users SET", "INSERT INTO users"], seen
     async with runtime.db.read() as session:
         users = [(u.id, u.name) for u in await session.scalars(select(User).order_by(User.id))]
@@ -96,37 +96,29 @@ async def test_a_failed_write_raises_sqlalchemys_error_and_listeners_see_every_s
 
 
 async def test_rows_inserted_at_commit_are_written_last_kept_on_commit_and_dropped_on_rollback(
-    runtime: Runtime,
+    runtime: Runtime, statement_counter: Callable[[], list[str]]
 ) -> None:
     """``insert_at_commit`` (the batch runner's audit row): on SQLite the row goes in the
     COMMIT's hop, after the statements that follow the call; it is kept only if the
     transaction commits, and a failing row fails the commit with nothing kept."""
-    seen: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-        seen.append(" ".join(statement.split()[:3]))
-
-    event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
-    try:
+    async with runtime.db.transaction() as session:
+        await insert_at_commit(session, USERS, [{"id": "audited", "name": "at commit"}])
+        await insert_rows(session, USERS, [{"id": "before", "name": "a later statement"}])
+        # a statement after the call does not see the row on SQLite: it is written last
+        found = await session.scalar(select(func.count()).select_from(USERS).where(USERS.c.id == "audited"))
+        assert found == (0 if runtime.db.is_sqlite else 1)
+    with pytest.raises(RuntimeError):
         async with runtime.db.transaction() as session:
-            await insert_at_commit(session, USERS, [{"id": "audited", "name": "at commit"}])
-            await insert_rows(session, USERS, [{"id": "before", "name": "a later statement"}])
-            # a statement after the call does not see the row on SQLite: it is written last
-            found = await session.scalar(select(func.count()).select_from(USERS).where(USERS.c.id == "audited"))
-            assert found == (0 if runtime.db.is_sqlite else 1)
-        with pytest.raises(RuntimeError):
-            async with runtime.db.transaction() as session:
-                await insert_at_commit(session, USERS, [{"id": "rolled-back", "name": "never"}])
-                raise RuntimeError("the request failed")
-        with pytest.raises(IntegrityError):
-            async with runtime.db.transaction() as session:
-                await insert_rows(session, USERS, [{"id": "lost", "name": "rolled back with the failed row"}])
-                await insert_at_commit(session, USERS, [{"id": "audited", "name": "a duplicate"}])
-        async with runtime.db.transaction() as session:  # the connection is usable afterwards
-            await insert_at_commit(session, USERS, [{"id": "next", "name": "next"}])
-    finally:
-        event.remove(runtime.db.engine.sync_engine, "before_cursor_execute", record)
+            await insert_at_commit(session, USERS, [{"id": "rolled-back", "name": "never"}])
+            raise RuntimeError("the request failed")
+    with pytest.raises(IntegrityError):
+        async with runtime.db.transaction() as session:
+            await insert_rows(session, USERS, [{"id": "lost", "name": "rolled back with the failed row"}])
+            await insert_at_commit(session, USERS, [{"id": "audited", "name": "a duplicate"}])
+    async with runtime.db.transaction() as session:  # the connection is usable afterwards
+        await insert_at_commit(session, USERS, [{"id": "next", "name": "next"}])
     if runtime.db.is_sqlite:  # listeners see each row's statement (PostgreSQL: raw asyncpg)
+        seen = kinds(statement_counter())
         assert seen.count("INSERT INTO users") == 6, seen
     async with runtime.db.read() as session:
         ids = list(await session.scalars(select(User.id).order_by(User.id)))
