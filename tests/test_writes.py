@@ -29,7 +29,14 @@ async def test_inserts_and_updates_go_together_with_their_row_counts(runtime: Ru
         w.insert(
             NOTES,
             [
-                {"user_id": "pending", "type": "t", "title": "a", "content": "", "channel": "c", "data": {"k": 1}},
+                {
+                    "user_id": "pending",
+                    "type": "t",
+                    "title": "a",
+                    "content": "",
+                    "channel": "c",
+                    "data": {"k": 1, "标题": "🔓"},
+                },
                 {"user_id": "u1", "type": "t", "title": "b", "content": "", "channel": "c", "data": {}},
             ],
         )
@@ -39,7 +46,7 @@ async def test_inserts_and_updates_go_together_with_their_row_counts(runtime: Ru
         notes = list(await session.scalars(select(Notification).order_by(Notification.title)))
     assert (users["pending"].name, users["pending"].plan) == ("renamed", "pro") and users["u1"].name == "user 1"
     assert users["u2"].created_at <= utcnow()  # a Python-side default, filled in for the set
-    assert [(n.user_id, n.data) for n in notes] == [("pending", {"k": 1}), ("u1", {})]
+    assert [(n.user_id, n.data) for n in notes] == [("pending", {"k": 1, "标题": "🔓"}), ("u1", {})]
 
 
 async def test_a_lost_claim_raises_and_nothing_is_written(runtime: Runtime) -> None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from batchops.core.batch import BatchMode, BatchResult
 from batchops.core.responses import JSONResponse
+from batchops.core.routing import JsonBodyRoute
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, Page, PageParams, ok
 from batchops.identity.api import AdminUser, CurrentUser, ensure_self_or_admin, rate_limited_admin
@@ -60,7 +61,8 @@ from batchops.scheduler.service import (
     allocated_result,
 )
 
-router = APIRouter(prefix="/scheduler", tags=["scheduler"])
+# JsonBodyRoute: batch bodies (up to 100 items) are validated straight from their bytes.
+router = APIRouter(prefix="/scheduler", tags=["scheduler"], route_class=JsonBodyRoute)
 
 
 async def scheduler_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> SchedulerService:
