@@ -523,11 +523,27 @@ def sqlite_statement(stmt: Executable, rows: list[dict[str, Any]], dialect: Dial
     Python-side column defaults (``onupdate=utcnow``) are evaluated once for all rows."""
     plan = _sqlite_compiled(stmt, dialect)
     fallback = [v if d is None else d.arg(None) if d.is_callable else d.arg for v, d in plan.fallbacks]
-    params = []
-    for row in rows:
-        given = [row.get(n, v) for n, v in zip(plan.names, fallback, strict=True)]
-        params.append(tuple(v if p is None or v is None else p(v) for p, v in zip(plan.processors, given, strict=True)))
-    return plan.sql, params, None
+    columns = [
+        _processed([row.get(name, value) for row in rows], process, memo, none_is_null=True)
+        for name, value, process, memo in zip(plan.names, fallback, plan.processors, plan.memo, strict=True)
+    ]
+    return plan.sql, list(zip(*columns, strict=True)), None
+
+
+def _processed(
+    values: list[Any], process: Callable[[Any], Any] | None, memo: bool, *, none_is_null: bool = False
+) -> list[Any]:
+    """A column's values through its bind processor; ``memo``: each distinct value once (a
+    batch's datetimes repeat down a column: its "now", a shared expiry); ``none_is_null``:
+    None stays SQL NULL (a JSON column's processor would write the JSON text ``null``)."""
+    if process is None:
+        return values
+    if memo:
+        seen: dict[Any, Any] = {}
+        return [seen[v] if v in seen else seen.setdefault(v, process(v)) for v in values]
+    if none_is_null:
+        return [None if v is None else process(v) for v in values]
+    return [process(v) for v in values]
 
 
 @dataclass(frozen=True)
@@ -536,6 +552,7 @@ class _SqliteCompiled:
     names: tuple[str, ...]  # the positional parameters, in order
     processors: tuple[Callable[[Any], Any] | None, ...]
     fallbacks: tuple[tuple[Any, ColumnDefault | None], ...]  # a bindparam's value, or a column default
+    memo: tuple[bool, ...]  # datetimes: process each distinct one once
 
 
 @lru_cache(maxsize=256)
@@ -551,7 +568,12 @@ def _sqlite_compiled(stmt: Executable, dialect: Dialect) -> _SqliteCompiled:
         names,
         tuple(b.type._cached_bind_processor(dialect) for b in binds),
         tuple((b.value, defaults.get(n)) for n, b in zip(names, binds, strict=True)),
+        tuple(_is_datetime(b.type) for b in binds),
     )
+
+
+def _is_datetime(type_: TypeEngine[Any]) -> bool:
+    return isinstance(type_, (UTCDateTime, DateTime))
 
 
 @contextmanager
@@ -688,16 +710,12 @@ class _SqliteInsert:
 
     def parameters(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         defaults = [d.arg(None) if d.is_callable else d.arg for d in self.defaults]
-        columns: list[list[Any]] = []
-        for i, (name, process) in enumerate(zip(self.names, self.processors, strict=True)):
-            values = [r[name] for r in rows] if i < self.given else [defaults[i - self.given]] * len(rows)
-            if process is not None:
-                if self.memo[i]:
-                    seen: dict[Any, Any] = {}
-                    values = [seen[v] if v in seen else seen.setdefault(v, process(v)) for v in values]
-                else:
-                    values = [process(v) for v in values]
-            columns.append(values)
+        columns = [
+            _processed(
+                [r[name] for r in rows] if i < self.given else [defaults[i - self.given]] * len(rows), process, memo
+            )
+            for i, (name, process, memo) in enumerate(zip(self.names, self.processors, self.memo, strict=True))
+        ]
         return list(zip(*columns, strict=True))
 
 
@@ -714,5 +732,5 @@ def _sqlite_insert_plan(table: Table, given: tuple[str, ...], dialect: Dialect) 
         given=len(given),
         defaults=tuple(table.c[n].default for n in defaulted),
         processors=tuple(t._cached_bind_processor(dialect) for t in types),
-        memo=tuple(isinstance(t, (UTCDateTime, DateTime)) for t in types),
+        memo=tuple(_is_datetime(t) for t in types),
     )
