@@ -50,7 +50,7 @@ from batchops.core.errors import (
 from batchops.core.events import event, occurred_at
 from batchops.core.outbox import OutboxItem, enqueue
 from batchops.core.runtime import Runtime
-from batchops.core.writes import WriteSet, insert_rows, joining
+from batchops.core.writes import WriteSet, joining
 from batchops.identity.models import User
 from batchops.identity.service import ensure_active
 from batchops.notifications.service import NewNotification, NotificationService
@@ -584,22 +584,6 @@ def check_active(loaded: LoadedAllocation | None, staged_status: str | None = No
 
 # Built once (Core, not ORM-enabled updates): a hot path, where building, cache-keying
 # and ORM-routing the statement per batch cost more than sending it.
-RELEASE_ALLOCATIONS = (
-    update(_A)
-    .where(_A.c.id.in_(bindparam("ids", expanding=True)))
-    .values(
-        status=RELEASED,
-        released_at=bindparam("b_at", type_=_A.c.released_at.type),
-        release_reason=bindparam("b_reason", type_=_A.c.release_reason.type),
-    )
-)
-FREE_RELEASED_DEVICES = (
-    update(DEVICES)
-    .where(_D.id.in_(bindparam("ids", expanding=True)), _D.status == ALLOCATED)
-    .values(status=AVAILABLE, updated_at=bindparam("b_now", type_=_D.updated_at.type))
-)
-
-
 @dataclass
 class Released:
     loaded: LoadedAllocation
@@ -1017,17 +1001,29 @@ class SchedulerService:
 
     # release side effects, shared by release, batch release and expiry -------------------------
     async def write_releases(self, session: AsyncSession, results: list[Released]) -> None:
+        """Every write of the releases as one WriteSet (one round trip / one thread hop):
+        the allocations, their devices, the usage records, the events and notifications."""
         if not results:
             return
+        w = WriteSet(session)
         now = results[0].released_at
         groups: dict[tuple[datetime, str | None], list[str]] = defaultdict(list)
         for r in results:  # one group: a batch shares its time and reason
             groups[(r.released_at, r.reason)].append(r.id)
         for (released_at, reason), ids in groups.items():
-            await session.execute(RELEASE_ALLOCATIONS, {"ids": ids, "b_at": released_at, "b_reason": reason})
-        await session.execute(FREE_RELEASED_DEVICES, {"ids": [r.loaded.device.id for r in results], "b_now": now})
+            w.update(
+                _A,
+                [{"id": i} for i in ids],
+                values={"status": RELEASED, "released_at": released_at, "release_reason": reason},
+            )
+        w.update(
+            DEVICES,
+            [{"id": r.loaded.device.id} for r in results],
+            values={"status": AVAILABLE, "updated_at": now},
+            where={"status": ALLOCATED},
+        )
         usage = [usage_record(r) for r in results]
-        await insert_rows(session, table_of(DeviceUsage), usage)
+        w.insert(table_of(DeviceUsage), usage)
         messages: list[OutboxItem] = []
         at = occurred_at()
         for r, u in zip(results, usage, strict=True):
@@ -1038,7 +1034,7 @@ class SchedulerService:
                 OutboxItem(kind=USAGE_KIND, name="device-usage", payload=usage_report(u), dedup_key=f"usage:{r.id}")
             )
         messages.append(DEVICES_FREED)
-        await enqueue(session, messages)
+        await enqueue(session, messages, w)
         await self.notifications.send(
             session,
             [
@@ -1052,7 +1048,9 @@ class SchedulerService:
                 )
                 for r in results
             ],
+            w,
         )
+        await w.execute()
 
     async def expire_due(self, limit: int = 500) -> int:
         """Release every allocation past its ``expiresAt`` (reason ``expired``)."""
