@@ -79,7 +79,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         description="Batch operations: device scheduler, billing, canteen orders, AI video generation.",
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
-        default_response_class=JSONResponse,
     )
     app.state.runtime = rt
     install_error_handlers(app)
