@@ -242,6 +242,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         """Run ``sql`` (``BEGIN IMMEDIATE``) just before the next statement, in the same hop.
         A transaction with no statement then takes no lock and costs nothing."""
         self.pending_begin = sql
+        self.at_commit = []  # a new transaction: nothing of one that never ended is written
 
     def _end(self, commit: bool) -> None:
         begin, self.pending_begin = self.pending_begin, None
