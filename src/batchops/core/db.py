@@ -255,8 +255,9 @@ class Database:
     async def read_first(self, stmt: Select[Any], params: dict[str, Any]) -> Any | None:
         """The first row of a single Core read (see :func:`fetch_rows`), in no transaction,
         as :meth:`read` would run it: the per-request caller lookup, kept cheap."""
-        async with self.engine.connect() as conn:
-            rows = await _fetch_raw(conn.sync_connection, await conn.get_raw_connection(), stmt, params)
+        async with self.engine.connect() as conn:  # no transaction: autocommit on both engines
+            adapted = (await conn.get_raw_connection()).dbapi_connection
+            rows = await _fetch_raw(conn.sync_connection, adapted, stmt, params)
         return rows[0] if rows else None
 
     async def ping(self) -> bool:
@@ -401,26 +402,35 @@ async def pg_connection(session: AsyncSession) -> Any | None:
     transaction here if nothing has run yet: raw statements must never run in autocommit."""
     if session.get_bind().dialect.name != "postgresql":
         return None
-    driver = session.info.get(_PG_DRIVER)
-    if driver is None:
-        fairy = await (await session.connection()).get_raw_connection()
-        adapted: Any = fairy.dbapi_connection
-        if adapted._transaction is None:  # SQLAlchemy 2.1 asyncpg adapter (pinned)
-            await adapted._start_transaction()
-        driver = session.info[_PG_DRIVER] = adapted.driver_connection
+    _, adapted = await _session_driver(session)
+    driver = adapted.driver_connection
     assert driver.is_in_transaction()
     return driver
 
 
-_PG_DRIVER = "pg_driver"
+async def _session_driver(session: AsyncSession) -> tuple[Any, Any]:
+    """(SQLAlchemy's sync ``Connection``, the adapted DBAPI connection) under ``session``,
+    in its transaction, kept for the transaction (each AsyncSession call costs a greenlet
+    switch). On PostgreSQL the transaction is begun here if nothing has run yet:
+    SQLAlchemy's adapter sends BEGIN lazily, and raw statements must never autocommit."""
+    found: tuple[Any, Any] | None = session.info.get(_DRIVER)
+    if found is None:
+        conn = await session.connection()
+        adapted: Any = (await conn.get_raw_connection()).dbapi_connection
+        if conn.dialect.name == "postgresql" and adapted._transaction is None:  # SQLAlchemy 2.1 (pinned)
+            await adapted._start_transaction()
+        found = session.info[_DRIVER] = (conn.sync_connection, adapted)
+    return found
+
+
+_DRIVER = "raw_driver"
 
 
 @event.listens_for(Session, "after_transaction_end")
 def _forget_driver(session: Session, transaction: SessionTransaction) -> None:
     """A cached driver connection is valid for one transaction (the next may get another)."""
     if transaction.parent is None:
-        session.info.pop(_PG_DRIVER, None)
-        session.info.pop(_SQLITE_DRIVER, None)
+        session.info.pop(_DRIVER, None)
 
 
 @dataclass(frozen=True)
@@ -597,22 +607,17 @@ async def fetch_rows(session: AsyncSession, stmt: Select[Any], params: dict[str,
     spends more in Python (compiled-cache lookup, parameter processing, result rows)
     than SQLite takes to run it. The statement must bind no expanding (``IN``) list:
     bind the list as one parameter (:func:`in_list`) so the SQL is the same at any size."""
-    conn = await session.connection()
-    return await _fetch_raw(conn.sync_connection, await conn.get_raw_connection(), stmt, params)
+    return await _fetch_raw(*await _session_driver(session), stmt, params)
 
 
-async def _fetch_raw(sync: Any, fairy: Any, stmt: Select[Any], params: dict[str, Any]) -> list[Any]:
+async def _fetch_raw(sync: Any, adapted: Any, stmt: Select[Any], params: dict[str, Any]) -> list[Any]:
     plan = _read_plan(stmt, sync.dialect)
     args = plan.arguments(params)
     if sync._has_events or sync.engine._has_events:
         sync.dispatch.before_cursor_execute(sync, None, plan.sql, args, None, False)
-    adapted: Any = fairy.dbapi_connection
     if sync.dialect.name == "postgresql":
-        driver = adapted.driver_connection
-        if adapted._transaction is None and sync.in_transaction():  # SQLAlchemy begins lazily
-            await adapted._start_transaction()
         with driver_errors(plan.sql):
-            raw = await driver.fetch(plan.sql, *args)
+            raw = await adapted.driver_connection.fetch(plan.sql, *args)
     else:
         try:
             raw = await adapted.fetch(plan.sql, args)
@@ -683,20 +688,11 @@ async def sqlite_write_at_commit(session: AsyncSession, writes: list[SqliteWrite
 async def _sqlite_driver(session: AsyncSession, writes: list[SqliteWrite]) -> Any:
     """The session's ``OneHopConnection``, once ``writes`` are shown to engine listeners
     (``before_cursor_execute``: statement counts, logs), as SQLAlchemy would show them."""
-    found: tuple[Any, Any] | None = session.info.get(_SQLITE_DRIVER)
-    if found is None:  # once per transaction: each AsyncSession call costs a greenlet switch
-        conn = await session.connection()
-        raw: Any = (await conn.get_raw_connection()).dbapi_connection
-        sync_conn: Any = conn.sync_connection
-        found = session.info[_SQLITE_DRIVER] = (raw, sync_conn)
-    adapted, sync = found
+    sync, adapted = await _session_driver(session)
     if sync._has_events or sync.engine._has_events:
         for sql, params, _ in writes:
             sync.dispatch.before_cursor_execute(sync, None, sql, params, None, True)
     return adapted
-
-
-_SQLITE_DRIVER = "sqlite_driver"
 
 
 @dataclass(frozen=True)
