@@ -531,13 +531,8 @@ def sqlite_statement(stmt: Executable, rows: list[dict[str, Any]], dialect: Dial
     constant: it is compiled once) as one executemany of ``rows``, for
     :func:`sqlite_run_writes`. A parameter missing from a row takes its bindparam's value;
     Python-side column defaults (``onupdate=utcnow``) are evaluated once for all rows."""
-    plan = _sqlite_compiled(stmt, dialect)
-    fallback = [v if d is None else d.arg(None) if d.is_callable else d.arg for v, d in plan.fallbacks]
-    columns = [
-        _processed([row.get(name, value) for row in rows], process, memo, none_is_null=True)
-        for name, value, process, memo in zip(plan.names, fallback, plan.processors, plan.memo, strict=True)
-    ]
-    return plan.sql, list(zip(*columns, strict=True)), None
+    plan = _compiled(stmt, dialect)
+    return plan.sql, plan.parameter_rows(rows), None
 
 
 def _processed(
@@ -557,23 +552,37 @@ def _processed(
 
 
 @dataclass(frozen=True)
-class _SqliteCompiled:
+class _Compiled:
+    """A statement compiled once for a positional dialect (SQLite's ``?``, asyncpg's ``$n``)."""
+
     sql: str
     names: tuple[str, ...]  # the positional parameters, in order
     processors: tuple[Callable[[Any], Any] | None, ...]
     fallbacks: tuple[tuple[Any, ColumnDefault | None], ...]  # a bindparam's value, or a column default
     memo: tuple[bool, ...]  # datetimes: process each distinct one once
 
+    def parameter_rows(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """One tuple per row: a parameter missing from a row takes its bindparam's value;
+        column defaults (``onupdate=utcnow``) are evaluated once for all rows."""
+        fallback = [v if d is None else d.arg(None) if d.is_callable else d.arg for v, d in self.fallbacks]
+        columns = [
+            _processed([row.get(name, value) for row in rows], process, memo, none_is_null=True)
+            for name, value, process, memo in zip(self.names, fallback, self.processors, self.memo, strict=True)
+        ]
+        return list(zip(*columns, strict=True))
+
 
 @lru_cache(maxsize=256)
-def _sqlite_compiled(stmt: Executable, dialect: Dialect) -> _SqliteCompiled:
+def _compiled(stmt: Executable, dialect: Dialect) -> _Compiled:
     compiled: Any = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
     names = tuple(compiled.positiontup or ())
     defaults = {c.key: c.onupdate for c in compiled.update_prefetch} | {
         c.key: c.default for c in compiled.insert_prefetch
     }
     binds = [compiled.binds[n] for n in names]
-    return _SqliteCompiled(
+    if any(b.expanding for b in binds):  # its SQL would depend on the list's length
+        raise ValueError("bind a list as one parameter (db.in_list), not as an expanding IN")
+    return _Compiled(
         compiled.string,
         names,
         tuple(b.type._cached_bind_processor(dialect) for b in binds),
@@ -612,32 +621,26 @@ async def fetch_rows(session: AsyncSession, stmt: Select[Any], params: dict[str,
 
 async def _fetch_raw(sync: Any, adapted: Any, stmt: Select[Any], params: dict[str, Any]) -> list[Any]:
     plan = _read_plan(stmt, sync.dialect)
-    args = plan.arguments(params)
+    args = plan.statement.parameter_rows([params])[0]
+    sql = plan.statement.sql
     if sync._has_events or sync.engine._has_events:
-        sync.dispatch.before_cursor_execute(sync, None, plan.sql, args, None, False)
+        sync.dispatch.before_cursor_execute(sync, None, sql, args, None, False)
     if sync.dialect.name == "postgresql":
-        with driver_errors(plan.sql):
-            raw = await adapted.driver_connection.fetch(plan.sql, *args)
+        with driver_errors(sql):
+            raw = await adapted.driver_connection.fetch(sql, *args)
     else:
         try:
-            raw = await adapted.fetch(plan.sql, args)
+            raw = await adapted.fetch(sql, args)
         except sqlite3.Error as error:
-            raise DBAPIError.instance(plan.sql, args, error, sqlite3.Error) from error
+            raise DBAPIError.instance(sql, args, error, sqlite3.Error) from error
     return plan.rows(raw)
 
 
 @dataclass(frozen=True)
 class _ReadPlan:
-    sql: str
-    names: tuple[str, ...]  # the positional parameters, in order
-    binds: tuple[Callable[[Any], Any] | None, ...]
-    values: tuple[Any, ...]  # each bindparam's own value, for parameters not given
+    statement: _Compiled
     row: Callable[..., Any]  # the named tuple of the selected columns
     results: tuple[Callable[[Any], Any] | None, ...]
-
-    def arguments(self, params: dict[str, Any]) -> tuple[Any, ...]:
-        given = [params.get(n, v) for n, v in zip(self.names, self.values, strict=True)]
-        return tuple(v if p is None or v is None else p(v) for p, v in zip(self.binds, given, strict=True))
 
     def rows(self, raw: Iterable[Sequence[Any]]) -> list[Any]:
         make, results = self.row, self.results
@@ -648,17 +651,9 @@ class _ReadPlan:
 
 @lru_cache(maxsize=128)
 def _read_plan(stmt: Select[Any], dialect: Dialect) -> _ReadPlan:
-    compiled: Any = stmt.compile(dialect=dialect)
-    names = tuple(compiled.positiontup or ())
-    binds = [compiled.binds[n] for n in names]
-    if any(b.expanding for b in binds):
-        raise ValueError("fetch_rows: bind the list as one parameter (in_list), not an expanding IN")
     columns = list(stmt.selected_columns)
     return _ReadPlan(
-        compiled.string,
-        names,
-        tuple(b.type._cached_bind_processor(dialect) for b in binds),
-        tuple(b.value for b in binds),
+        _compiled(stmt, dialect),
         namedtuple("Row", [c.key for c in columns], rename=True),  # type: ignore[misc]
         tuple(c.type._cached_result_processor(dialect, None) for c in columns),
     )
