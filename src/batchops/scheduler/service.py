@@ -582,8 +582,6 @@ def check_active(loaded: LoadedAllocation | None, staged_status: str | None = No
     return loaded
 
 
-# Built once (Core, not ORM-enabled updates): a hot path, where building, cache-keying
-# and ORM-routing the statement per batch cost more than sending it.
 @dataclass
 class Released:
     loaded: LoadedAllocation
@@ -1007,15 +1005,11 @@ class SchedulerService:
             return
         w = WriteSet(session)
         now = results[0].released_at
-        groups: dict[tuple[datetime, str | None], list[str]] = defaultdict(list)
-        for r in results:  # one group: a batch shares its time and reason
-            groups[(r.released_at, r.reason)].append(r.id)
-        for (released_at, reason), ids in groups.items():
-            w.update(
-                _A,
-                [{"id": i} for i in ids],
-                values={"status": RELEASED, "released_at": released_at, "release_reason": reason},
-            )
+        w.update(  # each row carries its own release time and reason
+            _A,
+            [{"id": r.id, "released_at": r.released_at, "release_reason": r.reason} for r in results],
+            values={"status": RELEASED},
+        )
         w.update(
             DEVICES,
             [{"id": r.loaded.device.id} for r in results],
