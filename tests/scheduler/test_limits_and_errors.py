@@ -4,7 +4,7 @@ contract's error shape, never a 500; auth failures are 401/403; the rate limit i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -13,6 +13,7 @@ import pytest
 
 from batchops.app import create_app
 from batchops.assembly import build_runtime
+from batchops.core import auth as core_auth
 from batchops.core import ratelimit
 from batchops.core.auth import create_token
 from batchops.core.runtime import Runtime
@@ -183,6 +184,24 @@ async def test_tokens(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
     )
     error(await client.post(QUERY, json=body, headers=auth("ghost")), 401, "UnauthorizedException")
     data(await client.post(QUERY, json=body, headers=admin))
+
+
+async def test_a_token_checked_once_still_expires(
+    client: httpx.AsyncClient, admin: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verified tokens are remembered (core.auth._verified); their expiry is not."""
+    body = {"userIds": ["u1"]}
+    token = create_token("admin", JWT_SECRET, ttl=timedelta(minutes=5))
+    headers = {"Authorization": f"Bearer {token}"}
+    data(await client.post(QUERY, json=body, headers=headers))
+    head, claims, signature = token.split(".")
+    forged = f"{head}.{claims}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    forged_headers = {"Authorization": f"Bearer {forged}"}
+    error(await client.post(QUERY, json=body, headers=forged_headers), 401, "UnauthorizedException")
+    in_six_minutes = datetime.now(UTC) + timedelta(minutes=6)
+    monkeypatch.setattr(core_auth, "utcnow", lambda: in_six_minutes)
+    result = error(await client.post(QUERY, json=body, headers=headers), 401, "UnauthorizedException")
+    assert result["message"] == "Token expired"
 
 
 async def test_batch_endpoints_are_admin_only(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
