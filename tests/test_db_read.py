@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Column, Integer, MetaData, Table, bindparam, create_engine, func, select, text
 
-from batchops.core.db import fetch_rows, in_list, table_of
+from batchops.core.db import UTCDateTime, fetch_rows, in_list, table_of
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
 
@@ -81,3 +82,24 @@ async def test_read_first_leaves_later_transactions_transactional(runtime: Runti
         assert await db.read_first(stmt, {"id": "nobody"}) is None
         await roll_back_a_write(runtime, f"rolled-back-{i}")
     assert await count_users(runtime) == 1
+
+
+def test_utc_datetimes_read_back_aware_whatever_text_sqlite_holds() -> None:
+    """SQLite keeps datetimes as text; ``UTCDateTime`` parses the text SQLAlchemy writes in
+    one step and any other shape the general way: always an aware UTC datetime."""
+    engine = create_engine("sqlite://")
+    table = Table("stamps", MetaData(), Column("id", Integer, primary_key=True), Column("at", UTCDateTime()))
+    table.create(engine)
+    written = datetime(2026, 12, 3, 7, 49, 39, 123456, tzinfo=UTC)
+    texts = ["2026-12-03 07:49:39.123456", "2026-12-03 07:49:39", "2026-12-03 07:49:39.123456+00:00"]
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": 0, "at": written}])  # as the service writes it
+        conn.execute(
+            text("INSERT INTO stamps (id, at) VALUES (1, :a), (2, :b), (3, :c), (4, NULL)"),
+            dict(zip("abc", texts, strict=True)),
+        )
+        read = dict(conn.execute(select(table.c.id, table.c.at)).all())
+    assert read[0] == read[1] == read[3] == written
+    assert read[2] == written.replace(microsecond=0)
+    assert read[4] is None
+    assert all(v.tzinfo is UTC for v in read.values() if v is not None)

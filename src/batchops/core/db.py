@@ -90,9 +90,9 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], datetime | None]:
+    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], datetime | None] | None:
         general = super().result_processor(dialect, coltype)
-        if dialect.name != "sqlite":
+        if dialect.name != "sqlite" or general is None:
             return general
 
         def process(value: Any) -> datetime | None:
