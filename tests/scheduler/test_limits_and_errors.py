@@ -127,6 +127,14 @@ async def test_wrong_types_are_400(
     assert result["message"].startswith("Validation failed"), result
 
 
+async def test_ids_are_limited_as_sent_and_kept_trimmed(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    """128 characters as sent (the schema's maxLength), surrounding whitespace dropped, never blank."""
+    bad_request(await client.post(QUERY, json={"userIds": ["\r" + "x" * 128]}, headers=admin), "userIds.0")
+    bad_request(await client.post(QUERY, json={"userIds": [" \t "]}, headers=admin), "userIds.0")
+    out = data(await client.post(QUERY, json={"userIds": [" u1 ", "y" * 128]}, headers=admin))
+    assert list(out["allocations"]) == ["u1", "y" * 128]
+
+
 @pytest.mark.parametrize(
     ("content", "content_type"),
     [

@@ -8,7 +8,7 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StringConstraints
 from pydantic.alias_generators import to_camel
 
 T = TypeVar("T")
@@ -34,6 +34,20 @@ def _iso_date_text(value: object) -> object:
 
 
 IsoDate = Annotated[dt.date, BeforeValidator(_iso_date_text)]
+
+
+def _trimmed(value: str) -> str:
+    """Text is limited as sent (the length the OpenAPI schema states), then kept without
+    its surrounding whitespace and never blank: pydantic's ``strip_whitespace`` strips
+    before it counts, accepting a string the schema calls too long."""
+    trimmed = value.strip()
+    if not trimmed:
+        raise ValueError("must not be blank")
+    return trimmed
+
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_trimmed)]
+DisplayName = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_trimmed)]
 
 
 def cents_to_decimal(cents: int) -> Decimal:

@@ -15,9 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, StrictBool, StringConstraints, model_validator
 
-from batchops.core.schemas import IsoDate, Money, Schema, StrictSchema
+from batchops.core.schemas import DisplayName, Identifier, IsoDate, Money, Schema, StrictSchema
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Remark = Annotated[str, StringConstraints(max_length=500)]
 MealType = Literal["breakfast", "lunch", "dinner"]
 Price = Annotated[Decimal, Field(gt=0, le=Decimal("100000"), decimal_places=2)]
@@ -97,7 +96,7 @@ class BatchOrdersOut(Schema):
 # --- departments and menus ---------------------------------------------------------------------
 class DepartmentIn(StrictSchema):
     department_id: Identifier
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
+    name: DisplayName
 
 
 class DepartmentsBatchIn(StrictSchema):

@@ -5,9 +5,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictInt, StringConstraints
 
-from batchops.core.schemas import Schema, StrictSchema
+from batchops.core.schemas import Identifier, Schema, StrictSchema
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 Role = Literal["admin", "dept_admin", "user"]
 Status = Literal["active", "suspended", "inactive"]
 Plan = Literal["free", "pro", "pro_plus", "enterprise"]

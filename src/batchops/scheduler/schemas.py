@@ -5,9 +5,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BeforeValidator, Field, StrictBool, StrictInt, StringConstraints, model_validator
 
-from batchops.core.schemas import BatchSummary, Schema, StrictSchema
+from batchops.core.schemas import BatchSummary, Identifier, Schema, StrictSchema
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=True)]
 # JSON numbers and booleans are taken as they are: "60" or true is not a duration (no lax coercion).
 Minutes = Annotated[StrictInt, Field(ge=1, le=1440)]
 Reason = Annotated[str, StringConstraints(max_length=500)]
