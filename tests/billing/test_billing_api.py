@@ -169,7 +169,9 @@ async def test_allocate_holds_release_captures(
 ) -> None:
     await create_users(client, admin, [{"userId": "u1"}])
     await create_devices(client, admin, 3)
-    error(await allocate(client, "u1"), 403, "InsufficientBalanceException")
+    body = error(await allocate(client, "u1"), 403, "ForbiddenException")
+    assert body["message"] == "Insufficient balance"
+    assert body["details"] == [{"needed": 0.47, "available": 0.0, "shortfall": 0.47, "currency": "CNY"}]
     await topup(client, admin, "u1", 1)
     allocation = data(await allocate(client, "u1"))
     held = await balance(client, "u1")
@@ -215,7 +217,7 @@ async def test_a_small_balance_cannot_be_overspent_by_a_batch(
     body = {"requests": [{"userId": "u1", "durationMinutes": 30} for _ in range(5)]}
     out = data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))
     assert out["successCount"] == 3 and out["failedCount"] == 2
-    assert {f["error"] for f in out["failures"]} == {"InsufficientBalanceException"}
+    assert {(f["error"], f["reason"]) for f in out["failures"]} == {("ForbiddenException", "Insufficient balance")}
     after = await balance(client, "u1")
     assert after["held"] == 1.41 and after["available"] == pytest.approx(0.09)
     extend = {"allocationIds": [a["allocationId"] for a in out["successes"]], "additionalMinutes": 30}

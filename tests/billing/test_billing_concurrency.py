@@ -52,7 +52,7 @@ async def test_concurrent_allocations_never_overspend(
     async def batch() -> int:
         body = {"requests": [{"userId": "u1", "durationMinutes": 30} for _ in range(3)]}
         out = data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))
-        assert {f["error"] for f in out["failures"]} <= {"InsufficientBalanceException"}
+        assert {f["error"] for f in out["failures"]} <= {"ForbiddenException"}
         return int(out["successCount"])
 
     served = sum(await asyncio.gather(*(single() if n % 2 else batch() for n in range(16))))

@@ -108,7 +108,8 @@ async def test_limits_prices_and_credits_are_checked(
     )
     assert "No price" in body["message"] and body["details"][0]["field"] == "rows.1"
     short = await client.post(url, json={"rows": rows(PRO_1080_15)}, headers=poor)
-    body = error(short, 403, "InsufficientBalanceException")
+    body = error(short, 403, "ForbiddenException")
+    assert body["message"] == "Insufficient balance"
     assert body["details"][0]["shortfall"] == 30
     assert await balance(runtime, "poor") == (100, 0)
     error(await client.post(url, json={"rows": []}, headers=pro), 400, "BadRequestException")

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
 from batchops.core.db import SqliteWrite, insert_new, pg_connection, sqlite_statement, table_of, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
+from batchops.core.schemas import cents_to_decimal
 from batchops.core.writes import PgPart, PgStatement, SqlitePart, WriteSet, joining
 from batchops.identity.models import User
 
@@ -37,15 +38,25 @@ CURRENCIES = (CNY, CREDITS)
 
 
 class InsufficientBalance(ForbiddenError):
-    name = "InsufficientBalanceException"
+    """403 ``ForbiddenException`` with the reason DESIGN.md fixes, ``Insufficient
+    balance``; the amounts (needed, available, shortfall) are in ``details``, as JSON
+    money (CNY with two decimals, whole credits)."""
 
     def __init__(self, currency: str, needed: int, available: int) -> None:
         self.needed, self.available, self.shortfall = needed, available, needed - available
+        amounts = {"needed": needed, "available": available, "shortfall": needed - available}
         super().__init__(
-            f"Insufficient balance: {format_amount(needed, currency)} {currency} needed, "
-            f"{format_amount(available, currency)} available (short by {format_amount(needed - available, currency)})",
-            details=[{"needed": needed, "available": available, "shortfall": needed - available, "currency": currency}],
+            INSUFFICIENT_BALANCE,
+            details=[{**{k: json_amount(v, currency) for k, v in amounts.items()}, "currency": currency}],
         )
+
+
+INSUFFICIENT_BALANCE = "Insufficient balance"
+
+
+def json_amount(minor: int, currency: str) -> int | float:
+    """Minor units as a JSON number: whole credits, or money with two decimals."""
+    return minor if currency == CREDITS else float(cents_to_decimal(minor))
 
 
 def format_amount(minor: int, currency: str) -> str:
