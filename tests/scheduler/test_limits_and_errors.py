@@ -24,6 +24,8 @@ ALLOCATE = "/scheduler/allocations/batch"
 RELEASE = "/scheduler/allocations/batch/release"
 EXTEND = "/scheduler/allocations/batch/extend"
 QUERY = "/scheduler/allocations/batch/query"
+DEVICES = "/scheduler/devices/batch"
+DEVICE_SIZE = {"cpuCores": 4, "memoryMB": 8192, "storageMB": 65536}
 
 
 def requests(n: int, minutes: int = 60) -> list[dict[str, Any]]:
@@ -48,6 +50,7 @@ LIMITS = [
     (RELEASE, "allocationIds", 100, lambda n: {"allocationIds": ids(n)}),
     (EXTEND, "allocationIds", 50, lambda n: {"allocationIds": ids(n), "additionalMinutes": 5}),
     (QUERY, "userIds", 100, lambda n: {"userIds": [f"u-{i}" for i in range(n)]}),
+    (DEVICES, "devices", 1000, lambda n: {"devices": [{"name": f"D-{i}", **DEVICE_SIZE} for i in range(n)]}),
 ]
 
 
@@ -64,6 +67,36 @@ async def test_list_limit_edges(
             assert result["totalCount"] == n
             assert result["successCount"] + result["failedCount"] == n
     bad_request(await client.post(path, json=body(limit + 1), headers=admin), field)
+
+
+async def test_device_listing_pages_and_filters(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    devices = await create_devices(client, admin, 5)
+    await create_users(client, admin, [{"userId": "u1"}])
+    body = {"requests": [{"userId": "u1", "durationMinutes": 30}]}
+    taken = data(await client.post(ALLOCATE, json=body, headers=admin))["successes"][0]["deviceId"]
+    resting = next(d for d in devices if d != taken)
+    data(await client.post(f"/scheduler/devices/{resting}/maintenance", json={"maintenance": True}, headers=admin))
+
+    def listing(**params: Any) -> Any:
+        return client.get("/scheduler/devices", params=params, headers=auth("u1"))
+
+    pages = [data(await listing(page=p, pageSize=2)) for p in (1, 2, 3, 4)]
+    assert [len(p["items"]) for p in pages] == [2, 2, 1, 0]
+    assert {(p["total"], p["totalPages"], p["pageSize"]) for p in pages} == {(5, 3, 2)}
+    assert [d["id"] for p in pages for d in p["items"]] == sorted(devices)
+    by_status = {s: {d["id"] for d in data(await listing(status=s))["items"]} for s in STATUSES}
+    assert by_status == {
+        "available": set(devices) - {taken, resting},  # free to take: not the one in maintenance
+        "allocated": {taken},
+        "maintenance": {resting},
+        "offline": set(),
+    }
+    for bad in ({"status": "broken"}, {"page": 0}, {"pageSize": 0}, {"pageSize": 201}, {"page": "x"}):
+        bad_request(await listing(**bad))
+    error(await client.get("/scheduler/devices"), 401, "UnauthorizedException")
+
+
+STATUSES = ("available", "allocated", "maintenance", "offline")
 
 
 @pytest.mark.parametrize(("minutes", "ok"), [(0, False), (1, True), (1440, True), (1441, False), (-5, False)])

@@ -30,6 +30,7 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    or_,
     select,
     true,
     update,
@@ -58,6 +59,8 @@ from batchops.scheduler.models import (
     ACTIVE,
     ALLOCATED,
     AVAILABLE,
+    MAINTENANCE,
+    OFFLINE,
     RELEASED,
     RESERVED,
     WAITING,
@@ -76,6 +79,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DOMAIN = "scheduler"
+# GET /scheduler/devices?status=: maintenance is a flag beside the status (a device in
+# maintenance may still run its last allocation), so "available" means free to take.
+DEVICE_FILTERS: dict[str, list[ColumnElement[bool]]] = {
+    AVAILABLE: [Device.status == AVAILABLE, Device.maintenance.is_(False)],
+    ALLOCATED: [Device.status == ALLOCATED],
+    MAINTENANCE: [or_(Device.maintenance.is_(True), Device.status == MAINTENANCE)],
+    OFFLINE: [Device.status == OFFLINE],
+}
 ALLOCATE_LOCK = "scheduler.allocate"
 DEVICES_FREED_KIND = "scheduler.devices_freed"
 # One message per transaction that frees devices: the worker then grants waiting requests.
@@ -956,7 +967,7 @@ class SchedulerService:
             return [(a, n) for a, n in rows], int(total or 0)
 
     async def list_devices(self, *, status: str | None, offset: int, limit: int) -> tuple[list[Device], int]:
-        where = [Device.status == status] if status else []
+        where = DEVICE_FILTERS[status] if status else []
         async with self.db.transaction() as session:
             total = await session.scalar(select(func.count()).select_from(Device).where(*where))
             rows = await session.scalars(select(Device).where(*where).order_by(Device.id).offset(offset).limit(limit))
