@@ -11,8 +11,10 @@ from __future__ import annotations
 from decimal import Decimal
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from batchops.core.auth import ip_networks
 
 
 def _alias(*names: str) -> AliasChoices:
@@ -34,6 +36,10 @@ class Settings(BaseSettings):
     jwt_ttl_hours: int = Field(24, ge=1, description="lifetime of tokens printed by `batchops token`")
     service_token: str = Field("dev-service-token", description="X-Service-Token for /api/internal/*")
     bootstrap_admin: str | None = Field(None, description="user id made an active admin at start-up")
+    batch_allowed_ips: str | None = Field(
+        None,
+        description="IPs and CIDR networks, comma-separated, that may call the admin batch endpoints (unset = any)",
+    )
 
     # --- optional infrastructure -----------------------------------------------------
     amqp_url: str | None = Field(None, description="RabbitMQ URL; events also go to exchange batchops.events")
@@ -110,6 +116,13 @@ class Settings(BaseSettings):
     )
     studio_tick_seconds: float = Field(0.5, gt=0, description="how often a worker claims due studio tasks")
     studio_lease_seconds: float = Field(60.0, gt=0, description="a claimed studio task is re-offered after this")
+
+    @field_validator("batch_allowed_ips")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        if value:
+            ip_networks(value)  # fails the start-up on a malformed entry
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -295,3 +295,28 @@ async def test_third_batch_call_in_a_minute_is_429(limited_client: httpx.AsyncCl
     data(await limited_client.post(RELEASE, json={"allocationIds": ["a"]}, headers=admin))
     # single-item and read endpoints are not batch calls
     data(await limited_client.get("/scheduler/allocations", headers=admin))
+
+
+# --- IP allowlist (seed 000 安全性: 添加 IP 白名单限制) ----------------------------------------------------
+async def test_batch_endpoints_answer_allowed_addresses_only(runtime: Runtime, admin: dict[str, str]) -> None:
+    rt = build_runtime(make_settings(runtime.settings.database_url, batch_allowed_ips="10.0.0.0/8, 192.168.1.5"))
+    app = create_app(rt.settings, rt)
+
+    def client_from(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://batchops.test", headers=admin)
+
+    body = {"userIds": ["u1"]}
+    try:
+        for allowed in ("10.1.2.3", "192.168.1.5", "::ffff:10.0.0.1"):
+            async with client_from(allowed) as c:
+                data(await c.post(QUERY, json=body))
+        for refused in ("127.0.0.1", "192.168.1.6", "11.0.0.1", "::1", "not-an-address"):
+            async with client_from(refused) as c:
+                result = error(await c.post(QUERY, json=body), 403, "ForbiddenException")
+                assert "not allowed" in result["message"], result
+                data(await c.get("/scheduler/allocations"))  # single-item routes are not limited
+    finally:
+        await rt.stop()
+    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 network"):
+        make_settings(runtime.settings.database_url, batch_allowed_ips="10.0.0.0/8, 300.1.1.1")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from batchops.core.auth import bearer_token, decode_token
+from batchops.core.auth import bearer_token, check_client_ip, decode_token
 from batchops.core.errors import ForbiddenError, UnauthorizedError
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, ok
@@ -75,9 +75,11 @@ async def get_user(
 
 
 def rate_limited_admin(operation: str) -> Any:
-    """Dependency for batch endpoints: an admin caller, limited per minute (seed 000 §4)."""
+    """Dependency for batch endpoints: an admin caller, from an allowed address (seed 000
+    安全性: IP 白名单), limited per minute (seed 000 §4)."""
 
-    async def dependency(user: AdminUser, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
+    async def dependency(request: Request, user: AdminUser, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
+        check_client_ip(request.client.host if request.client else None, rt.settings.batch_allowed_ips)
         await rt.limiter.hit(f"{operation}:{user.id}")
         return user
 
