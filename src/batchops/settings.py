@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     batch_rate_limit_per_minute: int = Field(
         10, ge=0, description="batch calls per user and endpoint per minute (0 = unlimited)"
     )
+    batch_progress_interval_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="a batch still deciding its items after this long pushes its progress (and again each interval)",
+    )
     scheduler_tick_seconds: float = Field(
         5.0, gt=0, description="how often reservations start, the wait queue is served and reminders go out"
     )

@@ -458,3 +458,40 @@ async def test_worker_publishes_outbox_events_to_subscribers(
     finally:
         runtime.bus.unsubscribe("*", subscriber)
     assert await count(runtime, "outbox", "kind = 'event' AND status <> 'delivered'") == 0
+
+
+# --- progress push (seed 000 §5: 长时间批量操作返回进度) ----------------------------------------------------
+async def test_a_long_batch_pushes_its_progress_then_its_outcome(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime
+) -> None:
+    await create_users(
+        client, admin, [{"userId": f"u{i}"} for i in range(4)] + [{"userId": "off", "status": "suspended"}]
+    )
+    await create_devices(client, admin, 4)
+    pushed = runtime.push.subscribe("admin")
+    runtime.batch.progress_every_seconds = 0  # every item is "long": each one reports
+    try:
+        await batch_allocate(client, admin, ["u0", "u1", "u2", "u3"])
+        first = drain(pushed)
+        await batch_allocate(client, admin, ["u0", "off"], atomic=True)
+        second = drain(pushed)
+    finally:
+        runtime.batch.progress_every_seconds = 1.0
+        runtime.push.unsubscribe("admin", pushed)
+    assert [(m["operation"], m["progress"], m["completed"], m["total"]) for m in first] == [
+        ("batch_allocate", 25, 1, 4),
+        ("batch_allocate", 50, 2, 4),
+        ("batch_allocate", 75, 3, 4),
+        ("batch_allocate", 100, 4, 4),
+    ]
+    assert {m["type"] for m in first} == {"batch.progress"}
+    assert (first[-1]["succeeded"], first[-1]["failed"], first[-1]["committed"]) == (4, 0, True)
+    assert "succeeded" not in first[0]  # a progress report, not an outcome
+    assert second[-1]["progress"] == 100 and second[-1]["committed"] is False and second[-1]["failed"] == 2
+
+
+def drain(queue: Any) -> list[dict[str, Any]]:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out

@@ -68,7 +68,7 @@ def create_runtime(settings: Settings) -> Runtime:
         outbox=outbox,
         bus=bus,
         push=push,
-        batch=BatchRunner(db, push),
+        batch=BatchRunner(db, push, settings.batch_progress_interval_seconds),
         limiter=RateLimiter(settings.batch_rate_limit_per_minute, settings.redis_url),
         worker=worker,
     )
