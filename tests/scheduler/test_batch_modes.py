@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from batchops.core import batch as core_batch
 from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
 from batchops.scheduler.models import Allocation
@@ -495,3 +498,46 @@ def drain(queue: Any) -> list[dict[str, Any]]:
     while not queue.empty():
         out.append(queue.get_nowait())
     return out
+
+
+class LogRecorder:
+    """Stands in for a module's structlog logger (the app's is cached, filtered at WARNING in tests)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.events.append({"event": event, "level": level, **fields})
+
+
+async def test_batches_log_the_seeds_key_lines(
+    client: httpx.AsyncClient, admin: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 000 日志监控: the start and end of each batch, in the seed's words."""
+    await create_users(client, admin, [{"userId": "u1"}, {"userId": "u2"}])
+    await create_devices(client, admin, 1)
+    recorder = LogRecorder()
+    monkeypatch.setattr(core_batch, "log", recorder)
+    logs = recorder.events
+    ids = [s["allocationId"] for s in (await batch_allocate(client, admin, ["u1", "u2"]))["successes"]]
+    body = {"allocationIds": ids, "additionalMinutes": 30}
+    data(await client.post("/scheduler/allocations/batch/extend", json=body, headers=admin))
+    data(await client.post("/scheduler/allocations/batch/query", json={"userIds": ["u1", "u2"]}, headers=admin))
+    data(await client.post("/scheduler/allocations/batch/release", json={"allocationIds": ids}, headers=admin))
+    lines = [re.sub(r"\d+ms$", "<ms>", e["event"]) for e in logs if e.get("domain") == "scheduler"]
+    assert lines == [
+        "🔄 Batch allocating 2 devices...",
+        "✅ Batch allocation completed: 1 success, 1 failed, <ms>",
+        "🔄 Batch extending 1 allocations by 30 minutes...",
+        "✅ Batch extend completed: 1 success, 0 failed, <ms>",
+        "🔍 Batch querying allocations for 2 users...",
+        "✅ Batch query completed: 2 users, 1 allocations",
+        "🔄 Batch releasing 1 allocations...",
+        "✅ Batch release completed: 1 success, 0 failed, <ms>",
+    ]
+    assert {e["operation"] for e in logs if e.get("domain") == "scheduler"} == {
+        "allocate",
+        "extend",
+        "query",
+        "release",
+    }

@@ -101,6 +101,23 @@ class BatchResult(Generic[I, R]):
         }
 
 
+@dataclass(frozen=True)
+class LogLines:
+    """A domain's own words for a batch's two log lines, as seed 000 lists them under
+    日志监控 ("🔄 Batch allocating 10 devices...", "✅ Batch allocation completed: 8
+    success, 2 failed, 1250ms"). The lines keep their structured fields."""
+
+    started: str
+    completed: Callable[[BatchResult[Any, Any]], str]
+
+
+def counted(verb: str) -> Callable[[BatchResult[Any, Any]], str]:
+    """The seed's closing line: ``✅ Batch <verb> completed: 8 success, 2 failed, 1250ms``."""
+    return lambda r: (
+        f"✅ Batch {verb} completed: {r.success_count} success, {r.failed_count} failed, {r.execution_time_ms}ms"
+    )
+
+
 class _Discard(Exception):
     """Raised inside the transaction to roll an atomic batch back."""
 
@@ -160,9 +177,16 @@ class BatchRunner:
         mode: BatchMode = BatchMode(),
         savepoints: bool = False,
         audit_detail: dict[str, Any] | None = None,
+        log_lines: LogLines | None = None,
     ) -> BatchResult[I, R]:
         started = time.perf_counter()
-        log.info("batch_started", domain=domain, operation=operation, size=len(items), actor=actor_id)
+        log.info(
+            log_lines.started if log_lines else "batch_started",
+            domain=domain,
+            operation=operation,
+            size=len(items),
+            actor=actor_id,
+        )
         result: BatchResult[I, R] = BatchResult(total_count=len(items))
         progress = None
         if self.push is not None and actor_id is not None:
@@ -187,7 +211,7 @@ class BatchRunner:
             seconds=time.perf_counter() - started,
         )
         log.info(
-            "batch_completed",
+            log_lines.completed(result) if log_lines else "batch_completed",
             domain=domain,
             operation=operation,
             succeeded=result.success_count,

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import CNY, Book, InsufficientBalance
 from batchops.billing.service import USAGE_KIND, BillingService, allocation_hold
-from batchops.core.batch import BatchMode, BatchResult
+from batchops.core.batch import BatchMode, BatchResult, LogLines, counted
 from batchops.core.db import advisory_lock, fetch_rows, in_list, is_postgres, new_id, table_of, utcnow
 from batchops.core.errors import (
     AppError,
@@ -849,7 +849,13 @@ class SchedulerService:
             )
 
         return await self.rt.batch.run(
-            domain=DOMAIN, operation="allocate", actor_id=actor.id, items=requests, prepare=prepare, mode=mode
+            domain=DOMAIN,
+            operation="allocate",
+            actor_id=actor.id,
+            items=requests,
+            prepare=prepare,
+            mode=mode,
+            log_lines=LogLines(f"🔄 Batch allocating {len(requests)} devices...", counted("allocation")),
         )
 
     async def batch_release(
@@ -866,6 +872,7 @@ class SchedulerService:
             prepare=prepare,
             mode=mode,
             audit_detail={"reason": reason} if reason else None,
+            log_lines=LogLines(f"🔄 Batch releasing {len(ids)} allocations...", counted("release")),
         )
 
     async def batch_extend(
@@ -882,6 +889,7 @@ class SchedulerService:
             prepare=prepare,
             mode=mode,
             audit_detail={"additionalMinutes": minutes},
+            log_lines=LogLines(f"🔄 Batch extending {len(ids)} allocations by {minutes} minutes...", counted("extend")),
         )
 
     async def batch_query(
@@ -892,8 +900,17 @@ class SchedulerService:
         async def prepare(session: AsyncSession) -> QueryWork:
             return await QueryWork(session).load(unique, active_only)
 
+        def completed(result: BatchResult[str, tuple[str, list[Any]]]) -> str:
+            found = sum(len(rows) for _, rows in result.results)
+            return f"✅ Batch query completed: {result.success_count} users, {found} allocations"
+
         return await self.rt.batch.run(
-            domain=DOMAIN, operation="query", actor_id=actor.id, items=unique, prepare=prepare
+            domain=DOMAIN,
+            operation="query",
+            actor_id=actor.id,
+            items=unique,
+            prepare=prepare,
+            log_lines=LogLines(f"🔍 Batch querying allocations for {len(unique)} users...", completed),
         )
 
     async def register_devices(
