@@ -1,4 +1,15 @@
-"""Demo data: 100 devices and the users of seed 000's curl scenarios 1–5."""
+"""Demo data: 100 devices and the users of seed 000's curl scenarios 1–5.
+
+So that the scenarios' curl commands work as written (with a token):
+
+1. user-001…008 get a device; user-009 and user-010 fail (each already holds its
+   maxDevices=1): "Batch allocation completed: 8/10 succeeded".
+2. and 3. alloc-001…005 exist and are active (held by user-011…015). Scenario 2
+   releases all five, scenario 3 extends alloc-001…003: replay 3 before 2, or load the
+   demo into a new database again (an allocation id is never reused).
+4. the 20 users user-001…020.
+5. quota-exceeded-user holds its 5 devices; suspended-user is suspended.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +31,9 @@ PROFILES = [(2, 4096, 32768), (4, 8192, 65536), (8, 16384, 131072)]
 
 
 DEMO_BALANCE_FEN = 100_000
+# Users who start at their maxDevices (scenario 1's user-009 / user-010, scenario 5's quota-exceeded-user).
+HELD = {"quota-exceeded-user": 5, "user-009": 1, "user-010": 1}
+NAMED_ALLOCATIONS = [f"alloc-{i:03d}" for i in range(1, 6)]
 
 
 async def load_demo(settings: Settings, admin_id: str) -> list[str]:
@@ -29,6 +43,8 @@ async def load_demo(settings: Settings, admin_id: str) -> list[str]:
     try:
         await identity.ensure_admin(admin_id)
         users = [UserIn(user_id=f"user-{i:03d}", name=f"User {i:03d}") for i in range(1, 21)]
+        for at_quota in (9, 10):  # scenario 1's two failures
+            users[at_quota - 1] = UserIn(user_id=f"user-{at_quota:03d}", name=f"User {at_quota:03d}", max_devices=1)
         users += [UserIn(user_id=f"normal-user-{i}") for i in (1, 2, 3)]
         users += [
             UserIn(user_id="quota-exceeded-user", max_devices=5),
@@ -46,9 +62,16 @@ async def load_demo(settings: Settings, admin_id: str) -> list[str]:
             await book.flush()
         async with rt.db.transaction() as session:
             admin = await session.get(User, admin_id)
-            busy = await session.scalar(
-                select(func.count()).where(Allocation.user_id == "quota-exceeded-user", Allocation.status == ACTIVE)
+            active = dict(
+                (
+                    await session.execute(
+                        select(Allocation.user_id, func.count())
+                        .where(Allocation.user_id.in_(list(HELD)), Allocation.status == ACTIVE)
+                        .group_by(Allocation.user_id)
+                    )
+                ).all()
             )
+            named = await session.scalar(select(func.count()).where(Allocation.id.in_(NAMED_ALLOCATIONS)))
         assert admin is not None
         devices = [
             DeviceIn(
@@ -68,10 +91,20 @@ async def load_demo(settings: Settings, admin_id: str) -> list[str]:
             f"users: {len(users)} (user-001…020, normal-user-1…3, quota-exceeded-user, suspended-user, tenant-001…100),"
             f" {DEMO_BALANCE_FEN // 100} CNY each",
         ]
-        if not busy:
-            fill = [AllocationRequest(user_id="quota-exceeded-user", duration_minutes=1440) for _ in range(5)]
+        fill = [
+            AllocationRequest(user_id=user_id, duration_minutes=1440)
+            for user_id, count in HELD.items()
+            for _ in range(count - active.get(user_id, 0))
+        ]
+        if fill:
             done = await scheduler.batch_allocate(admin, fill, BatchMode())
-            lines.append(f"quota-exceeded-user now holds {done.success_count} devices (maxDevices=5)")
+            lines.append(
+                f"{done.success_count} devices taken by quota-exceeded-user (5), user-009 and user-010 (1 each)"
+            )
+        if not named:
+            asks = [AllocationRequest(user_id=f"user-{i:03d}", duration_minutes=120) for i in range(11, 16)]
+            done = await scheduler.batch_allocate(admin, asks, BatchMode(), allocation_ids=NAMED_ALLOCATIONS)
+            lines.append(f"{done.success_count} allocations named as the seed's scenarios 2 and 3: alloc-001…005")
         return lines
     finally:
         await rt.stop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -181,10 +181,17 @@ class AllocateWork:
     then spread over nodes, never into a reserved window). An ask that opts in is
     queued instead of failing when nothing fits."""
 
-    def __init__(self, session: AsyncSession, service: SchedulerService, actor: User | None) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        service: SchedulerService,
+        actor: User | None,
+        allocation_ids: Iterator[str] | None = None,
+    ) -> None:
         self.session = session
         self.service = service
         self.actor = actor
+        self.allocation_ids = allocation_ids  # given ids, taken in order by the asks that get a device
         self.users: dict[str, User] = {}
         self.active: dict[str, int] = {}
         self.placement = Placement([], {}, {})
@@ -267,7 +274,7 @@ class AllocateWork:
             if ask.queue is None:
                 raise BadRequestError(NO_DEVICE)
             return self._queue(ask)
-        allocation_id = new_id("alloc")
+        allocation_id = next(self.allocation_ids) if self.allocation_ids is not None else new_id("alloc")
         if self.book is not None:
             minutes = max(1, math.ceil((expires_at - self.now).total_seconds() / 60))
             try:
@@ -839,12 +846,20 @@ class SchedulerService:
 
     # batch operations ----------------------------------------------------------------------
     async def batch_allocate(
-        self, actor: User, requests: list[AllocationRequest], mode: BatchMode
+        self,
+        actor: User,
+        requests: list[AllocationRequest],
+        mode: BatchMode,
+        *,
+        allocation_ids: list[str] | None = None,
     ) -> BatchResult[AllocationRequest, Allocated | Queued]:
+        """``allocation_ids``: ids for the new allocations instead of generated ones (the
+        demo's alloc-001…, which seed 000's curl scenarios name); not part of the API."""
         await self.billing.check_remote_balances({r.user_id for r in requests})
+        given = iter(allocation_ids) if allocation_ids is not None else None
 
         async def prepare(session: AsyncSession) -> AllocateWork:
-            return await AllocateWork(session, self, actor).load(
+            return await AllocateWork(session, self, actor, given).load(
                 [r.user_id for r in requests], per_bucket=len(requests)
             )
 
