@@ -380,6 +380,15 @@ async def test_list_allocations_paginates_and_scopes_to_the_caller(
         for i in data(await client.get(f"/scheduler/allocations?page={p}&pageSize=2", headers=auth("alice")))["items"]
     }
     assert len(seen) == 5
+    everything = data(await client.get("/scheduler/allocations?pageSize=10", headers=auth("alice")))["items"]
+    newest_first = sorted(everything, key=lambda i: (i["allocatedAt"], i["allocationId"]), reverse=True)
+    assert [i["allocatedAt"] for i in everything] == [i["allocatedAt"] for i in newest_first]
+    assert set(everything[0]) == {
+        "allocationId", "deviceId", "deviceName", "status", "allocatedAt", "expiresAt",
+        "userId", "durationMinutes", "releasedAt", "releaseReason",
+    }  # fmt: skip
+    assert everything[0]["status"] == "allocated" and everything[0]["releasedAt"] is None
+    assert everything[0]["durationMinutes"] == 60 and everything[0]["deviceName"].startswith("Device-")
 
     error(await client.get("/scheduler/allocations?userId=alice", headers=auth("bob")), 403, "ForbiddenException")
     assert data(await client.get("/scheduler/allocations", headers=auth("bob")))["total"] == 2

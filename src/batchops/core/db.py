@@ -268,12 +268,19 @@ class Database:
                 yield session
 
     async def read_first(self, stmt: Select[Any], params: dict[str, Any]) -> Any | None:
-        """The first row of a single Core read (see :func:`fetch_rows`), in no transaction,
-        as :meth:`read` would run it: the per-request caller lookup, kept cheap."""
+        """The first row of a single Core read (see :meth:`read_rows`): the per-request
+        caller lookup, kept cheap."""
+        (rows,) = await self.read_rows((stmt, params))
+        return rows[0] if rows else None
+
+    async def read_rows(self, *reads: tuple[Select[Any], dict[str, Any]]) -> list[list[Any]]:
+        """The rows of each Core read (module-level statements with ``bindparam``s: see
+        :func:`fetch_rows`), one after the other on one connection, in no transaction, as
+        :meth:`read` would run them: each sees what was committed when it ran. No ORM
+        objects, one thread hop (SQLite) or round trip (PostgreSQL) per read."""
         async with self.engine.connect() as conn:  # no transaction: autocommit on both engines
             adapted = (await conn.get_raw_connection()).dbapi_connection
-            rows = await _fetch_raw(conn.sync_connection, adapted, stmt, params)
-        return rows[0] if rows else None
+            return [await _fetch_raw(conn.sync_connection, adapted, stmt, params) for stmt, params in reads]
 
     async def ping(self) -> bool:
         async with self.engine.connect() as conn:
@@ -584,7 +591,7 @@ class _Compiled:
             _processed([row.get(name, value) for row in rows], process, memo, none_is_null=True)
             for name, value, process, memo in zip(self.names, fallback, self.processors, self.memo, strict=True)
         ]
-        return list(zip(*columns, strict=True))
+        return list(zip(*columns, strict=True)) if columns else [() for _ in rows]
 
 
 @lru_cache(maxsize=256)

@@ -323,16 +323,7 @@ async def list_allocations(
     rows, total = await service.list_allocations(
         user_id=user_id, status=status, offset=paging.offset, limit=paging.page_size
     )
-    items = [
-        AllocationDetail(
-            **allocation_view(a, name).model_dump(),
-            user_id=a.user_id,
-            duration_minutes=a.duration_minutes,
-            released_at=a.released_at,
-            release_reason=a.release_reason,
-        )
-        for a, name in rows
-    ]
+    items = [AllocationDetail(allocation_id=a.id, **a._asdict()) for a in rows]
     return ok(Page.build(items, page=paging.page, page_size=paging.page_size, total=total))
 
 

@@ -816,7 +816,48 @@ class RegisterDevicesWork:
             await enqueue(self.session, [DEVICES_FREED])
 
 
+@lru_cache(maxsize=8)
+def device_listing(status: str | None) -> tuple[Select[int], Select[*tuple[Any, ...]]]:
+    """GET /scheduler/devices: (count, page) statements for a status filter, built once each."""
+    where = DEVICE_FILTERS[status] if status else []
+    count = select(func.count().label("total")).select_from(Device).where(*where)
+    page = select(DEVICES).where(*where).order_by(Device.id).offset(bindparam("offset")).limit(bindparam("limit"))
+    return count, page
+
+
 # --- the service -------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def allocation_listing(by_user: bool, by_status: bool) -> tuple[Select[int], Select[*tuple[Any, ...]]]:
+    """GET /scheduler/allocations: (count, page) statements for the filters given, built
+    once each so their compiled plans are reused."""
+    where = []
+    if by_user:
+        where.append(Allocation.user_id == bindparam("user_id"))
+    if by_status:
+        where.append(Allocation.status == bindparam("status"))
+    count = select(func.count().label("total")).select_from(Allocation).where(*where)
+    page = (
+        select(
+            Allocation.id,
+            Allocation.device_id,
+            Device.name.label("device_name"),
+            Allocation.status,
+            Allocation.allocated_at,
+            Allocation.expires_at,
+            Allocation.user_id,
+            Allocation.duration_minutes,
+            Allocation.released_at,
+            Allocation.release_reason,
+        )
+        .join(Device, Device.id == Allocation.device_id)
+        .where(*where)
+        .order_by(Allocation.allocated_at.desc(), Allocation.id)
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit"))
+    )
+    return count, page
+
+
 class SchedulerService:
     # Set by assembly.py: the wait queue and reservations build on this service.
     queue: WaitQueue
@@ -980,30 +1021,20 @@ class SchedulerService:
     # reads ------------------------------------------------------------------------------
     async def list_allocations(
         self, *, user_id: str | None, status: str | None, offset: int, limit: int
-    ) -> tuple[list[tuple[Allocation, str]], int]:
-        where = []
-        if user_id:
-            where.append(Allocation.user_id == user_id)
-        if status:
-            where.append(Allocation.status == status)
-        async with self.db.transaction() as session:
-            total = await session.scalar(select(func.count()).select_from(Allocation).where(*where))
-            rows = await session.execute(
-                select(Allocation, Device.name)
-                .join(Device, Device.id == Allocation.device_id)
-                .where(*where)
-                .order_by(Allocation.allocated_at.desc(), Allocation.id)
-                .offset(offset)
-                .limit(limit)
-            )
-            return [(a, n) for a, n in rows], int(total or 0)
+    ) -> tuple[list[Any], int]:
+        """A page of allocations (rows with ``ALLOCATION_PAGE``'s columns), newest first,
+        and how many match: two raw reads outside any transaction (no write lock on SQLite)."""
+        count, page = allocation_listing(user_id is not None, status is not None)
+        params: dict[str, Any] = {"user_id": user_id, "status": status}
+        totals, rows = await self.db.read_rows((count, params), (page, {**params, "offset": offset, "limit": limit}))
+        return rows, int(totals[0].total)
 
-    async def list_devices(self, *, status: str | None, offset: int, limit: int) -> tuple[list[Device], int]:
-        where = DEVICE_FILTERS[status] if status else []
-        async with self.db.transaction() as session:
-            total = await session.scalar(select(func.count()).select_from(Device).where(*where))
-            rows = await session.scalars(select(Device).where(*where).order_by(Device.id).offset(offset).limit(limit))
-            return list(rows.all()), int(total or 0)
+    async def list_devices(self, *, status: str | None, offset: int, limit: int) -> tuple[list[Any], int]:
+        """A page of devices (rows of the devices table) in id order, and how many match:
+        two raw reads outside any transaction, as ``list_allocations``."""
+        count, page = device_listing(status)
+        totals, rows = await self.db.read_rows((count, {}), (page, {"offset": offset, "limit": limit}))
+        return rows, int(totals[0].total)
 
     async def set_maintenance(self, device_id: str, maintenance: bool) -> Device:
         """A device in maintenance takes nothing new; a running allocation runs to its end."""
