@@ -3,15 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import asyncpg  # type: ignore[import-untyped]
+import httpx
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, bindparam, create_engine, func, select, text
 
 from batchops.core.db import UTCDateTime, fetch_rows, in_list, table_of
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
+from tests.helpers import create_devices, create_users, data
 
 USERS = table_of(User)
 
@@ -103,3 +109,49 @@ def test_utc_datetimes_read_back_aware_whatever_text_sqlite_holds() -> None:
     assert read[2] == written.replace(microsecond=0)
     assert read[4] is None
     assert all(v.tzinfo is UTC for v in read.values() if v is not None)
+
+
+async def test_listings_do_not_wait_for_a_writer(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime
+) -> None:
+    """GET listings read outside any transaction: a writer holding its locks (SQLite's
+    write lock, PostgreSQL row and table locks: another process, a long batch) does not
+    hold them up."""
+    await create_users(client, admin, [{"userId": "u1"}])
+    await create_devices(client, admin, 2)
+    body = {"requests": [{"userId": "u1", "durationMinutes": 5}]}
+    data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))
+    paths = (
+        "/scheduler/allocations",
+        "/scheduler/devices",
+        "/scheduler/nodes",
+        "/scheduler/reservations",
+        "/notifications",
+    )
+    async with writer_holding_locks(runtime):
+        for path in paths:
+            r = await asyncio.wait_for(client.get(path, headers=admin), timeout=5)
+            assert r.status_code == 200, (path, r.text)
+        assert data(await client.get("/scheduler/allocations", headers=admin))["total"] == 1
+
+
+@asynccontextmanager
+async def writer_holding_locks(runtime: Runtime) -> AsyncIterator[None]:
+    url = runtime.settings.database_url
+    if runtime.db.is_sqlite:
+        writer = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            writer.rollback()
+            writer.close()
+        return
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute("UPDATE allocations SET status = status")
+            await conn.execute("LOCK TABLE devices IN EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()

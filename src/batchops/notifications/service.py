@@ -79,7 +79,7 @@ class NotificationService:
         where = [Notification.user_id == user_id]
         if unread_only:
             where.append(Notification.read_at.is_(None))
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             total = await session.scalar(select(func.count()).select_from(Notification).where(*where))
             rows = await session.scalars(
                 select(Notification).where(*where).order_by(Notification.id.desc()).offset(offset).limit(limit)

@@ -188,7 +188,7 @@ class ReservationService:
         )
 
     async def get(self, actor: User, reservation_id: str) -> Reservation:
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             reservation = await session.get(Reservation, reservation_id)
         if reservation is None:
             raise NotFoundError("Reservation not found")
@@ -203,7 +203,7 @@ class ReservationService:
             where.append(Reservation.user_id == user_id)
         if status:
             where.append(Reservation.status == status)
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             total = await session.scalar(select(func.count()).select_from(Reservation).where(*where))
             rows = await session.scalars(
                 select(Reservation)

@@ -1048,7 +1048,7 @@ class SchedulerService:
         return device
 
     async def list_nodes(self) -> list[dict[str, Any]]:
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             rows = await session.execute(
                 select(
                     Device.node_id,
