@@ -17,6 +17,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, bindparam, create_engin
 from batchops.core.db import UTCDateTime, fetch_rows, in_list, table_of
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
+from tests.conftest import SERVICE_TOKEN
 from tests.helpers import create_devices, create_users, data
 
 USERS = table_of(User)
@@ -128,9 +129,11 @@ async def test_listings_do_not_wait_for_a_writer(
         "/scheduler/reservations",
         "/notifications",
     )
+    others = ("/metering/users/u1", "/api/dining/departments", "/api/dining/menus", "/api/dining/orders")
+    internal = {"X-Service-Token": SERVICE_TOKEN}
     async with writer_holding_locks(runtime):
-        for path in paths:
-            r = await asyncio.wait_for(client.get(path, headers=admin), timeout=5)
+        for path, headers in [*((p, admin) for p in paths + others), ("/api/internal/balance/user/u1", internal)]:
+            r = await asyncio.wait_for(client.get(path, headers=headers), timeout=5)
             assert r.status_code == 200, (path, r.text)
         assert data(await client.get("/scheduler/allocations", headers=admin))["total"] == 1
 

@@ -201,7 +201,7 @@ class BillingService:
     # --- balances ------------------------------------------------------------------------
     async def balance(self, user_id: str, currency: str = CNY) -> tuple[Balance, str | None]:
         """The seed's ``checkUserBalance``: (balance, reason it is not enough or None)."""
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             if not await load_users(session, [user_id]):
                 raise NotFoundError("User not found")
             bal = (await self.ledger.balances(session, [user_id], currency))[user_id]
@@ -240,7 +240,7 @@ class BillingService:
     # --- history ---------------------------------------------------------------------------
     async def usage(self, user_id: str, *, offset: int, limit: int) -> tuple[list[UsageRecord], int, int, int]:
         """(page of records newest first, total count, total seconds, total cost)."""
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             if not await load_users(session, [user_id]):
                 raise NotFoundError("User not found")
             count, seconds, cost = (

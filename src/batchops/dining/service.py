@@ -374,7 +374,7 @@ class DiningService:
         return [by_id[i] for i in ids]
 
     async def list_departments(self) -> list[Department]:
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             return list(await session.scalars(select(Department).order_by(Department.id)))
 
     async def upsert_menus(self, items: Sequence[MenuIn]) -> list[Menu]:
@@ -434,7 +434,7 @@ class DiningService:
             stmt = stmt.where(Menu.date <= date_to)
         if meal_type is not None:
             stmt = stmt.where(Menu.meal_type == meal_type)
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             return list(await session.scalars(stmt.limit(1000)))
 
     # --- reading and cancelling orders ---------------------------------------------------------
@@ -469,7 +469,7 @@ class DiningService:
             conditions.append(Order.department_id == department_id)
         if status is not None:
             conditions.append(Order.status == status)
-        async with self.db.transaction() as session:
+        async with self.db.read() as session:
             total = int(await session.scalar(select(func.count()).select_from(Order).where(*conditions)) or 0)
             orders = list(
                 await session.scalars(
