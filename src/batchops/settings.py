@@ -8,17 +8,26 @@ them from the original system's ``.env``.
 
 from __future__ import annotations
 
+import ipaddress
 from decimal import Decimal
 from functools import lru_cache
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from batchops.core.auth import ip_networks
-
 
 def _alias(*names: str) -> AliasChoices:
     return AliasChoices(*names)
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=8)
+def ip_networks(allowed: str) -> tuple[IpNetwork, ...]:
+    """``"10.0.0.0/8, 192.168.1.5"`` as networks (a bare address is a network of one);
+    a malformed entry raises ValueError."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in allowed.split(",") if part.strip())
 
 
 class Settings(BaseSettings):
@@ -128,6 +137,11 @@ class Settings(BaseSettings):
         if value:
             ip_networks(value)  # fails the start-up on a malformed entry
         return value
+
+    @property
+    def batch_allowed_networks(self) -> tuple[IpNetwork, ...] | None:
+        """``batch_allowed_ips`` parsed (None: any address may call)."""
+        return ip_networks(self.batch_allowed_ips) if self.batch_allowed_ips else None
 
     @property
     def is_sqlite(self) -> bool:

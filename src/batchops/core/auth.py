@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import lru_cache
 
@@ -16,6 +17,7 @@ from fastapi import Request
 
 from batchops.core.db import utcnow
 from batchops.core.errors import ForbiddenError, UnauthorizedError
+from batchops.settings import IpNetwork
 
 
 def create_token(user_id: str, secret: str, ttl: timedelta = timedelta(hours=24)) -> str:
@@ -62,19 +64,10 @@ def check_service_token(given: str | None, expected: str) -> None:
         raise UnauthorizedError("Missing or invalid service token")
 
 
-IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@lru_cache(maxsize=8)
-def ip_networks(allowed: str) -> tuple[IpNetwork, ...]:
-    """``"10.0.0.0/8, 192.168.1.5"`` as networks (a bare address is a network of one);
-    a malformed entry raises ValueError, so a bad setting stops the start-up."""
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in allowed.split(",") if part.strip())
-
-
-def check_client_ip(host: str | None, allowed: str | None) -> None:
-    """403 unless ``host`` (the request's client address) is in ``allowed``; unset allows any."""
-    if not allowed:
+def check_client_ip(host: str | None, allowed: Sequence[IpNetwork] | None) -> None:
+    """403 unless ``host`` (the request's client address) is in one of the ``allowed``
+    networks (``Settings.batch_allowed_networks``); None allows any address."""
+    if allowed is None:
         return
     try:
         address = ipaddress.ip_address(host or "")
@@ -82,5 +75,5 @@ def check_client_ip(host: str | None, allowed: str | None) -> None:
         raise ForbiddenError("Client address unknown: not allowed") from None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
-    if not any(address in network for network in ip_networks(allowed)):
+    if not any(address in network for network in allowed):
         raise ForbiddenError(f"IP address {address} is not allowed")

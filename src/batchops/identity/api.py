@@ -79,7 +79,7 @@ def rate_limited_admin(operation: str) -> Any:
     安全性: IP 白名单), limited per minute (seed 000 §4)."""
 
     async def dependency(request: Request, user: AdminUser, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
-        check_client_ip(request.client.host if request.client else None, rt.settings.batch_allowed_ips)
+        check_client_ip(request.client.host if request.client else None, rt.settings.batch_allowed_networks)
         await rt.limiter.hit(f"{operation}:{user.id}")
         return user
 
