@@ -825,7 +825,6 @@ def device_listing(status: str | None) -> tuple[Select[int], Select[*tuple[Any, 
     return count, page
 
 
-# --- the service -------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
 def allocation_listing(by_user: bool, by_status: bool) -> tuple[Select[int], Select[*tuple[Any, ...]]]:
     """GET /scheduler/allocations: (count, page) statements for the filters given, built
@@ -858,6 +857,7 @@ def allocation_listing(by_user: bool, by_status: bool) -> tuple[Select[int], Sel
     return count, page
 
 
+# --- the service -------------------------------------------------------------------------------
 class SchedulerService:
     # Set by assembly.py: the wait queue and reservations build on this service.
     queue: WaitQueue
