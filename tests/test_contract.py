@@ -22,6 +22,7 @@ from batchops.assembly import build_runtime
 from batchops.cli import app as cli_app
 from batchops.core.auth import create_token
 from batchops.core.runtime import Runtime
+from batchops.identity.schemas import UserIn
 from batchops.settings import get_settings
 from tests.conftest import JWT_SECRET, auth, make_settings
 from tests.helpers import allocation_ids, create_devices, create_users, data, error
@@ -232,3 +233,16 @@ def test_token_cli_prints_a_decodable_jwt(monkeypatch: pytest.MonkeyPatch) -> No
     claims = jwt.decode(result.output.strip(), JWT_SECRET, algorithms=["HS256"])
     assert claims["sub"] == "someone"
     assert claims["exp"] - claims["iat"] == 2 * 3600
+
+
+async def test_processes_starting_together_bootstrap_one_admin(runtime: Runtime) -> None:
+    """serve, worker and billing each make sure of BATCHOPS_BOOTSTRAP_ADMIN at start-up;
+    at once, none may fail (a lost race was a duplicate key: the process did not start)."""
+    identity = runtime.services["identity"]
+    await identity.upsert_users([UserIn(user_id="boot-admin", name="Boot", role="user", status="suspended")])
+    for user_id in ("boot-admin", "boot-new"):
+        await asyncio.gather(*(identity.ensure_admin(user_id) for _ in range(8)))
+        user = await identity.find(user_id)
+        assert user is not None and (user.role, user.status) == ("admin", "active")
+    kept = await identity.find("boot-admin")
+    assert kept is not None and kept.name == "Boot"  # only the role and status are made sure of

@@ -114,10 +114,17 @@ class IdentityService:
         return user
 
     async def ensure_admin(self, user_id: str) -> None:
+        """The bootstrap admin exists and is an active admin: one upsert, so processes
+        that start together (serve, worker, billing) cannot collide on creating it."""
+        now = utcnow()
         async with self.db.transaction() as session:
-            user = await session.get(User, user_id)
-            if user is None:
-                session.add(User(id=user_id, name=user_id, role="admin", status="active"))
-            else:
-                user.role, user.status = "admin", "active"
+            insert = pg_insert if is_postgres(session) else sqlite_insert
+            stmt = insert(User).values(
+                id=user_id, name=user_id, role="admin", status="active", created_at=now, updated_at=now
+            )
+            await session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[User.id], set_={"role": "admin", "status": "active", "updated_at": now}
+                )
+            )
         log.info("bootstrap_admin_ready", user_id=user_id)
