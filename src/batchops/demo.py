@@ -13,6 +13,8 @@ So that the scenarios' curl commands work as written (with a token):
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 
 from batchops.assembly import build_runtime
@@ -36,23 +38,28 @@ HELD = {"quota-exceeded-user": 5, "user-009": 1, "user-010": 1}
 NAMED_ALLOCATIONS = [f"alloc-{i:03d}" for i in range(1, 6)]
 
 
+def demo_user(user_id: str, **fields: Any) -> UserIn:
+    """A demo user; one of ``HELD`` is allowed exactly the devices it is given."""
+    if user_id in HELD:
+        fields["max_devices"] = HELD[user_id]
+    return UserIn(user_id=user_id, **fields)
+
+
 async def load_demo(settings: Settings, admin_id: str) -> list[str]:
     rt = build_runtime(settings)
     identity: IdentityService = rt.services["identity"]
     scheduler: SchedulerService = rt.services["scheduler"]
     try:
         await identity.ensure_admin(admin_id)
-        users = [UserIn(user_id=f"user-{i:03d}", name=f"User {i:03d}") for i in range(1, 21)]
-        for at_quota in (9, 10):  # scenario 1's two failures
-            users[at_quota - 1] = UserIn(user_id=f"user-{at_quota:03d}", name=f"User {at_quota:03d}", max_devices=1)
-        users += [UserIn(user_id=f"normal-user-{i}") for i in (1, 2, 3)]
+        users = [demo_user(f"user-{i:03d}", name=f"User {i:03d}") for i in range(1, 21)]
+        users += [demo_user(f"normal-user-{i}") for i in (1, 2, 3)]
         users += [
-            UserIn(user_id="quota-exceeded-user", max_devices=5),
-            UserIn(user_id="suspended-user", status="suspended"),
-            UserIn(user_id="test-user-001"),
-            UserIn(user_id="test-user-002"),
+            demo_user("quota-exceeded-user"),
+            demo_user("suspended-user", status="suspended"),
+            demo_user("test-user-001"),
+            demo_user("test-user-002"),
         ]
-        users += [UserIn(user_id=f"tenant-{i:03d}") for i in range(1, 101)]
+        users += [demo_user(f"tenant-{i:03d}") for i in range(1, 101)]
         await identity.upsert_users(users)
         async with rt.db.transaction() as session:  # 1000 CNY each, once (the reference makes it idempotent)
             book = await Book(session, CNY).load([u.user_id for u in users])
