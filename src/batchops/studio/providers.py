@@ -162,7 +162,6 @@ class SimulatedProvider:
         return found
 
     async def status(self, provider_task_id: str) -> Status:
-        now = utcnow()
         async with self.db.transaction() as session:
             row = (
                 await session.execute(
@@ -172,6 +171,10 @@ class SimulatedProvider:
                     .returning(SimJob.ready_at, SimJob.ended_at, SimJob.outcome)
                 )
             ).first()
+        # Judged when the answer is given, as a real provider would: a "now" taken before
+        # waiting for SQLite's write lock could call a finished render "running" just as the
+        # engine, reading its clock after the answer, finds the task past its deadline.
+        now = utcnow()
         PROVIDER_CALLS.labels(provider=self.name, call="status", outcome="ok").inc()
         if row is None:
             return Status("failed", error_kind=SERVER_ERROR, error="Unknown task")
