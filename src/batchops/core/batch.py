@@ -273,7 +273,7 @@ class BatchRunner:
         detail: dict[str, Any] | None,
     ) -> None:
         # A Core INSERT, not session.add() (the ORM unit of work costs more than the row),
-        # and the transaction's last write: on SQLite it goes with the COMMIT, in one hop.
+        # and the transaction's last write: on SQLite it goes with the COMMIT, in one driver call.
         row = {
             "actor_id": actor_id,
             "domain": domain,

@@ -57,7 +57,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from batchops.core.sqlite_driver import Write, one_hop_dbapi
+from batchops.core.sqlite_driver import BUSY_TIMEOUT_MS, Write, one_hop_dbapi
 
 log = structlog.get_logger(__name__)
 
@@ -217,8 +217,9 @@ class Database:
                 echo=echo,
                 json_serializer=dumps_json,
                 json_deserializer=from_json,
-                module=one_hop_dbapi(),  # one aiosqlite thread hop per statement, not four
-                connect_args={"timeout": 30},
+                module=one_hop_dbapi(),  # statements on the loop unless they must wait (sqlite_driver)
+                # used by the loop and by aiosqlite's thread, one statement at a time
+                connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
                 pool_size=5,
                 max_overflow=10,
                 # Every session ends its transaction itself (commit, or rollback on error), so the
@@ -279,7 +280,7 @@ class Database:
         """The rows of each Core read (module-level statements with ``bindparam``s: see
         :func:`fetch_rows`), one after the other on one connection, in no transaction, as
         :meth:`read` would run them: each sees what was committed when it ran. No ORM
-        objects, one thread hop (SQLite) or round trip (PostgreSQL) per read."""
+        objects, one driver call (SQLite) or round trip (PostgreSQL) per read."""
         async with self.engine.connect() as conn:  # no transaction: autocommit on both engines
             adapted = (await conn.get_raw_connection()).dbapi_connection
             return [await _fetch_raw(conn.sync_connection, adapted, stmt, params) for stmt, params in reads]
@@ -376,7 +377,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=NORMAL",
             "PRAGMA foreign_keys=ON",
-            "PRAGMA busy_timeout=30000",
+            f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
             f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}",  # the Checkpointer's job
         ):
             cursor.execute(pragma)
@@ -385,7 +386,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
         if not conn.get_execution_options().get(READ_ONLY):  # Database.read(): sqlite3's autocommit
-            # Sent with the transaction's first statement, in the same thread hop.
+            # Sent with the transaction's first statement, in the same driver call.
             conn.connection.dbapi_connection.begin_with_next_statement("BEGIN IMMEDIATE")
 
 
@@ -692,7 +693,7 @@ def _read_plan(stmt: Select[Any], dialect: Dialect) -> _ReadPlan:
 
 
 async def sqlite_run_writes(session: AsyncSession, writes: list[SqliteWrite]) -> list[int]:
-    """SQLite: ``writes`` in order, in the session's transaction and one thread hop; the
+    """SQLite: ``writes`` in order, in the session's transaction and one driver call; the
     rows each affected. Stops after a write that affected other than its expected count
     (its caller decides what that means). Engine listeners (``before_cursor_execute``)
     still see every statement; errors come as SQLAlchemy's, as from ``session.execute``."""
@@ -706,7 +707,7 @@ async def sqlite_run_writes(session: AsyncSession, writes: list[SqliteWrite]) ->
 
 
 async def sqlite_write_at_commit(session: AsyncSession, writes: list[SqliteWrite]) -> None:
-    """SQLite: ``writes`` run in the hop of the session's COMMIT, after every other
+    """SQLite: ``writes`` run in the driver call of the session's COMMIT, after every other
     statement (``OneHopConnection.write_at_commit``); a failed one fails the COMMIT
     with SQLAlchemy's error, and nothing of the transaction is kept."""
     (await _sqlite_driver(session, writes)).write_at_commit(writes)

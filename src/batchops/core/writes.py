@@ -6,8 +6,8 @@ notifications. On PostgreSQL a ``WriteSet`` sends them as one statement of
 data-modifying CTEs, each bound as one array per column, so the statement text is the
 same whatever the batch size (one round trip instead of five: on a 10 ms budget each
 round trip through the driver costs about half a millisecond). On SQLite every write
-is an executemany of ready-made tuples, all of them run in order in one hop to the
-connection's thread (through SQLAlchemy each would cost ~0.4 ms of Python).
+is an executemany of ready-made tuples, all of them run in order in one call to the
+SQLite driver (through SQLAlchemy each would cost ~0.4 ms of Python).
 
 The parts of one PostgreSQL statement all see the snapshot taken before it and run in
 the order PostgreSQL chooses; only write things together that do not depend on one
@@ -241,7 +241,7 @@ async def insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, 
 
 async def insert_at_commit(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
     """INSERT ``rows`` as the transaction's last statement, for rows nothing in it reads
-    (an audit row). On SQLite they go in the COMMIT's thread hop (``db.sqlite_write_at_commit``),
+    (an audit row). On SQLite they go in the COMMIT's driver call (``db.sqlite_write_at_commit``),
     saving one; on PostgreSQL they go now, as :func:`insert_rows`."""
     if not rows:
         return

@@ -1073,7 +1073,7 @@ class SchedulerService:
 
     # release side effects, shared by release, batch release and expiry -------------------------
     async def write_releases(self, session: AsyncSession, results: list[Released]) -> None:
-        """Every write of the releases as one WriteSet (one round trip / one thread hop):
+        """Every write of the releases as one WriteSet (one round trip / one driver call):
         the allocations, their devices, the usage records, the events and notifications."""
         if not results:
             return
