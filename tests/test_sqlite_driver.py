@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -69,15 +69,19 @@ def write_lock_held(db: Database) -> Iterator[threading.Event]:
         holder.join(10)
 
 
-async def ticks_while(work: asyncio.Task[Any], release: threading.Event) -> int:
-    """How many times the loop ran another task while ``work`` waited for the lock;
-    the lock is let go after 20 ticks (or at once, if the loop never ticked)."""
+async def ticks_while_locked(db: Database, write: Callable[[], Coroutine[Any, Any, None]]) -> int:
+    """Run ``write`` while another connection holds the write lock: how many times the
+    loop ran another task meanwhile. The lock is let go after 20 ticks (never, if the
+    loop is blocked: then the holder gives up after 30 s)."""
     ticks = 0
-    while not work.done():
-        await asyncio.sleep(0.005)
-        ticks += 1
-        if ticks == 20:
-            release.set()
+    with write_lock_held(db) as release:
+        work = asyncio.create_task(write())
+        while not work.done():
+            await asyncio.sleep(0.005)
+            ticks += 1
+            if ticks == 20:
+                release.set()
+        await work
     return ticks
 
 
@@ -99,10 +103,7 @@ async def test_a_transaction_waits_for_the_lock_in_the_thread_and_the_loop_goes_
             await session.execute(text("INSERT INTO items (name) VALUES ('after the holder')"))
             await session.execute(text("UPDATE items SET name = name || '!'"))
 
-    with write_lock_held(db) as release:
-        work = asyncio.create_task(write())
-        ticks = await ticks_while(work, release)
-        await work
+    ticks = await ticks_while_locked(db, write)
     # it waited (the loop ran 20 times before the lock was let go), then went on
     assert ticks >= 20
     # only the BEGIN IMMEDIATE and the first statement went to the thread; the rest and
@@ -127,10 +128,7 @@ async def test_a_write_outside_a_transaction_that_finds_the_database_busy_waits_
         async with db.read() as session:  # autocommit: the INSERT is its own transaction
             await session.execute(text("INSERT INTO items (name) VALUES ('alone')"))
 
-    with write_lock_held(db) as release:
-        work = asyncio.create_task(write())
-        ticks = await ticks_while(work, release)
-        await work
+    ticks = await ticks_while_locked(db, write)
     assert ticks >= 20
     assert thread_calls == ["_run"]  # tried on the loop, found it busy, waited in the thread: once
     async with db.read() as session:
