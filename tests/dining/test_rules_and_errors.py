@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 import httpx
+import pytest
 
 from batchops.app import create_app
 from batchops.assembly import build_runtime
@@ -147,6 +148,32 @@ async def test_all_or_none_commits_nothing_when_one_order_fails(canteen: Canteen
     assert await active_lines(canteen) == 0
     result = data(await canteen.batch(orders[:2], allOrNone=True))
     assert result["successCount"] == 2 and await active_lines(canteen) == 2
+
+
+@pytest.mark.parametrize("mode", [{"atomic": True}, {"allOrNone": True}, {"atomic": True, "continueOnError": False}])
+async def test_atomic_is_all_or_none(canteen: Canteen, mode: dict[str, bool]) -> None:
+    """The shared batch modes (DESIGN.md): ``atomic`` is what ``allOrNone`` always was."""
+    today = canteen.day(0)
+    orders = [order(today, "lunch", "user1"), order(canteen.day(2), "lunch", "user1")]
+    result = data(await canteen.batch(orders, **mode))
+    assert [(e["orderIndex"], e["code"]) for e in result["errors"]] == [
+        (1, "RolledBackException"),
+        (2, "BadRequestException"),
+    ]
+    assert await active_lines(canteen) == 0
+
+
+async def test_continue_on_error_false_stops_at_the_first_failed_order(canteen: Canteen) -> None:
+    today = canteen.day(0)
+    orders = [order(today, "lunch", "user1"), order(canteen.day(2), "lunch", "user1"), order(today, "dinner", "user1")]
+    result = data(await canteen.batch(orders, continueOnError=False))
+    assert (result["totalOrders"], result["successCount"], result["failedCount"]) == (3, 1, 2)
+    assert [o["orderIndex"] for o in result["orders"]] == [1]
+    assert [(e["orderIndex"], e["error"], e["code"]) for e in result["errors"]] == [
+        (2, "订单 2: 菜单尚未发布", "BadRequestException"),
+        (3, "订单 3: 前面的订单失败，本订单未处理", "SkippedException"),
+    ]
+    assert await active_lines(canteen) == 1  # the order before the failure stays
 
 
 async def test_quick_batch_reports_each_meal_as_an_order(canteen: Canteen) -> None:
@@ -337,6 +364,10 @@ async def test_ordering_is_rate_limited_per_admin(canteen: Canteen, database_url
             error(answers[2], 429, "TooManyRequestsException")
             # another admin has their own allowance
             r = await client.post("/api/dining/enhanced/batch-orders", json=body, headers=auth("admin-a2"))
+            assert r.status_code == 200
+            # and each endpoint its own: quick batches are still allowed to the first admin
+            quick = {"members": [{"userId": "user1"}], "meals": [{"date": canteen.day(1), "mealType": "dinner"}]}
+            r = await client.post("/api/dining/enhanced/quick-batch-orders", json=quick, headers=canteen.dept_a)
             assert r.status_code == 200
     finally:
         await rt.stop()

@@ -8,8 +8,19 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictBool,
+    StringConstraints,
+)
 from pydantic.alias_generators import to_camel
+
+from batchops.core.batch import BatchMode
 
 T = TypeVar("T")
 
@@ -24,6 +35,16 @@ class StrictSchema(Schema):
     """Request bodies: unknown fields are an error, so typos do not pass silently."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class BatchOptions(StrictSchema):
+    """The modes every batch endpoint takes (DESIGN.md, the batch runner)."""
+
+    continue_on_error: StrictBool = Field(True, description="false: stop at the first failure")
+    atomic: StrictBool = Field(False, description="all-or-nothing: any failure commits nothing")
+
+    def mode(self) -> BatchMode:
+        return BatchMode(continue_on_error=self.continue_on_error, atomic=self.atomic)
 
 
 def _iso_date_text(value: object) -> object:

@@ -48,14 +48,15 @@ async def dining_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> Dining
 Service = Annotated[DiningService, Depends(dining_service)]
 
 
-async def ordering_admin(user: CurrentUser, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
-    """A department admin, limited per minute like every batch endpoint."""
-    ensure_dept_admin(user)
-    await rt.limiter.hit(f"dining.orders:{user.id}")
-    return user
+def ordering_admin(operation: str) -> Any:
+    """A department admin, limited per minute and endpoint like every batch endpoint."""
 
+    async def dependency(user: CurrentUser, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
+        ensure_dept_admin(user)
+        await rt.limiter.hit(f"{operation}:{user.id}")
+        return user
 
-OrderingAdmin = Annotated[User, Depends(ordering_admin)]
+    return Depends(dependency)
 
 
 def batch_out(result: BatchResult[OrderSpec, Placed]) -> BatchOrdersOut:
@@ -90,25 +91,27 @@ def batch_out(result: BatchResult[OrderSpec, Placed]) -> BatchOrdersOut:
 
 
 @router.post("/enhanced/batch-orders", response_model=Envelope[BatchOrdersOut])
-async def batch_orders(body: BatchOrdersIn, caller: OrderingAdmin, service: Service) -> Envelope[BatchOrdersOut]:
+async def batch_orders(
+    body: BatchOrdersIn, service: Service, caller: User = ordering_admin("dining.batch_orders")
+) -> Envelope[BatchOrdersOut]:
     specs = [
         OrderSpec(index=i, date=o.date, meal_type=o.meal_type, members=o.members, remark=o.remark)
         for i, o in enumerate(body.orders, start=1)
     ]
-    result = await service.place_orders(caller, specs, all_or_none=body.all_or_none, operation="batch_orders")
+    result = await service.place_orders(caller, specs, body.mode(), operation="batch_orders")
     return ok(batch_out(result), BATCH_MESSAGE)
 
 
 @router.post("/enhanced/quick-batch-orders", response_model=Envelope[BatchOrdersOut])
 async def quick_batch_orders(
-    body: QuickBatchOrdersIn, caller: OrderingAdmin, service: Service
+    body: QuickBatchOrdersIn, service: Service, caller: User = ordering_admin("dining.quick_batch_orders")
 ) -> Envelope[BatchOrdersOut]:
     members: list[Any] = [{"userId": m.user_id} for m in body.members]
     specs = [
         OrderSpec(index=i, date=m.date, meal_type=m.meal_type, members=members, remark=body.remark)
         for i, m in enumerate(body.meals, start=1)
     ]
-    result = await service.place_orders(caller, specs, all_or_none=body.all_or_none, operation="quick_batch_orders")
+    result = await service.place_orders(caller, specs, body.mode(), operation="quick_batch_orders")
     return ok(batch_out(result), QUICK_MESSAGE)
 
 

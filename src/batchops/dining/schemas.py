@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, StrictBool, StringConstraints, model_validator
 
-from batchops.core.schemas import DisplayName, Identifier, IsoDate, Money, Schema, StrictSchema
+from batchops.core.batch import BatchMode
+from batchops.core.schemas import BatchOptions, DisplayName, Identifier, IsoDate, Money, Schema, StrictSchema
 
 Remark = Annotated[str, StringConstraints(max_length=500)]
 MealType = Literal["breakfast", "lunch", "dinner"]
@@ -37,9 +38,17 @@ class OrderIn(StrictSchema):
     remark: Remark | None = None
 
 
-class BatchOrdersIn(StrictSchema):
+class OrderingOptions(BatchOptions):
+    """The shared batch modes, and ``allOrNone``: this API's first name for ``atomic``."""
+
+    all_or_none: StrictBool = Field(False, description="the same as atomic: any failed order commits nothing")
+
+    def mode(self) -> BatchMode:
+        return BatchMode(continue_on_error=self.continue_on_error, atomic=self.atomic or self.all_or_none)
+
+
+class BatchOrdersIn(OrderingOptions):
     orders: list[OrderIn] = Field(min_length=1, max_length=MAX_ORDERS)
-    all_or_none: StrictBool = Field(False, description="true: any failed order commits nothing")
 
 
 class MemberIn(StrictSchema):
@@ -51,11 +60,10 @@ class MealIn(StrictSchema):
     meal_type: JsonValue = None
 
 
-class QuickBatchOrdersIn(StrictSchema):
+class QuickBatchOrdersIn(OrderingOptions):
     members: list[MemberIn] = Field(min_length=1, max_length=MAX_QUICK_MEMBERS)
     meals: list[MealIn] = Field(min_length=1, max_length=MAX_QUICK_MEALS)
     remark: Remark | None = None
-    all_or_none: StrictBool = Field(False, description="true: any failed order commits nothing")
 
     @model_validator(mode="after")
     def _members_once(self) -> QuickBatchOrdersIn:

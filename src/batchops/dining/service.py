@@ -330,7 +330,7 @@ class DiningService:
 
     # --- batch orders -----------------------------------------------------------------------
     async def place_orders(
-        self, caller: User, specs: Sequence[OrderSpec], *, all_or_none: bool, operation: str
+        self, caller: User, specs: Sequence[OrderSpec], mode: BatchMode, *, operation: str
     ) -> BatchResult[OrderSpec, Placed]:
         department_id = ensure_dept_admin(caller)
         for attempt in range(1, INDEX_RETRIES + 1):
@@ -346,7 +346,7 @@ class DiningService:
                     actor_id=caller.id,
                     items=specs,
                     prepare=prepare,
-                    mode=BatchMode(atomic=all_or_none),
+                    mode=mode,
                     audit_detail={"departmentId": department_id},
                 )
             except IntegrityError as exc:

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from batchops.core.batch import BatchMode, BatchResult
+from batchops.core.batch import BatchResult
 from batchops.core.responses import JSONResponse
 from batchops.core.routing import JsonBodyRoute
 from batchops.core.runtime import Runtime, get_runtime
@@ -26,7 +26,6 @@ from batchops.scheduler.schemas import (
     BatchAllocateOut,
     BatchExtendIn,
     BatchExtendOut,
-    BatchOptions,
     BatchQueryIn,
     BatchQueryOut,
     BatchReleaseIn,
@@ -71,10 +70,6 @@ async def scheduler_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> Sch
 
 
 Service = Annotated[SchedulerService, Depends(scheduler_service)]
-
-
-def mode_of(body: BatchOptions) -> BatchMode:
-    return BatchMode(continue_on_error=body.continue_on_error, atomic=body.atomic)
 
 
 def completed(what: str, result: BatchResult[Any, Any]) -> str:
@@ -156,7 +151,7 @@ def allocation_failures(result: BatchResult[str, Any]) -> list[AllocationFailure
 async def register_devices(
     body: DevicesBatchIn, service: Service, actor: User = rate_limited_admin("scheduler.devices")
 ) -> Envelope[DevicesBatchOut]:
-    result = await service.register_devices(actor, body.devices, mode_of(body))
+    result = await service.register_devices(actor, body.devices, body.mode())
     out = DevicesBatchOut(
         **result.summary(),
         devices=[DeviceOut.model_validate(d) for d in result.results],
@@ -202,7 +197,7 @@ def envelope(data: dict[str, Any], message: str) -> JSONResponse:
 async def batch_allocate(
     body: BatchAllocateIn, service: Service, actor: User = rate_limited_admin("scheduler.allocate")
 ) -> Response:
-    result = await service.batch_allocate(actor, body.requests, mode_of(body))
+    result = await service.batch_allocate(actor, body.requests, body.mode())
     successes, queued = [], []
     for r in result.results:
         if isinstance(r, Allocated):
@@ -222,7 +217,7 @@ async def batch_allocate(
 async def batch_release(
     body: BatchReleaseIn, service: Service, actor: User = rate_limited_admin("scheduler.release")
 ) -> Response:
-    result = await service.batch_release(actor, body.allocation_ids, body.reason, mode_of(body))
+    result = await service.batch_release(actor, body.allocation_ids, body.reason, body.mode())
     out = {
         **summary_out(result),
         "successIds": [r.id for r in result.results],
@@ -235,7 +230,7 @@ async def batch_release(
 async def batch_extend(
     body: BatchExtendIn, service: Service, actor: User = rate_limited_admin("scheduler.extend")
 ) -> Envelope[BatchExtendOut]:
-    result = await service.batch_extend(actor, body.allocation_ids, body.additional_minutes, mode_of(body))
+    result = await service.batch_extend(actor, body.allocation_ids, body.additional_minutes, body.mode())
     out = BatchExtendOut(
         **result.summary(),
         successes=[extend_success(r) for r in result.results],
@@ -350,7 +345,7 @@ async def create_reservation(body: ReservationIn, user: CurrentUser, service: Se
 async def batch_reservations(
     body: ReservationsBatchIn, service: Service, actor: User = rate_limited_admin("scheduler.reserve")
 ) -> Envelope[ReservationsBatchOut]:
-    result = await service.reservations.batch_create(actor, body.reservations, mode_of(body))
+    result = await service.reservations.batch_create(actor, body.reservations, body.mode())
     out = ReservationsBatchOut(
         **result.summary(),
         successes=[reservation_out(r) for r in result.results],

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BeforeValidator, Field, StrictBool, StrictInt, StringConstraints, model_validator
 
-from batchops.core.schemas import BatchSummary, Identifier, Schema, StrictSchema
+from batchops.core.schemas import BatchOptions, BatchSummary, Identifier, Schema, StrictSchema
 
 # JSON numbers and booleans are taken as they are: "60" or true is not a duration (no lax coercion).
 Minutes = Annotated[StrictInt, Field(ge=1, le=1440)]
@@ -19,11 +19,6 @@ def _text_only(value: object) -> object:
 
 
 IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_text_only)]
-
-
-class BatchOptions(StrictSchema):
-    continue_on_error: StrictBool = True
-    atomic: StrictBool = Field(False, description="all-or-nothing: any failure commits nothing")
 
 
 # --- devices ---------------------------------------------------------------------------
