@@ -91,3 +91,13 @@ async def allocation_ids(client: httpx.AsyncClient, admin: dict[str, str], user_
     body = await batch_allocate(client, admin, user_ids)
     assert body["failedCount"] == 0, body
     return [s["allocationId"] for s in body["successes"]]
+
+
+class LogRecorder:
+    """Stands in for a module's structlog logger (the app's is cached, filtered at WARNING in tests)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.events.append({"event": event, "level": level, **fields})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,9 @@ def billing_on(runtime: Runtime) -> Iterator[None]:
     runtime.settings.billing_enforce_balance = False
 
 
+USAGE_START = dt.datetime(2026, 11, 23, 8, tzinfo=dt.UTC)
+
+
 def usage(allocation_id: str, user_id: str = "u1", seconds: int = 3600, **extra: Any) -> dict[str, Any]:
     return {
         "deviceId": "device-001",
@@ -36,7 +40,7 @@ def usage(allocation_id: str, user_id: str = "u1", seconds: int = 3600, **extra:
         "memoryMB": 8192,
         "storageMB": 65536,
         "allocatedAt": "2026-11-23T08:00:00Z",
-        "releasedAt": "2026-11-23T09:00:00Z",
+        "releasedAt": (USAGE_START + dt.timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z"),
         **extra,
     }
 

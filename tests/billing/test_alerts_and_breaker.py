@@ -17,9 +17,11 @@ from batchops.billing import service as billing_service
 from batchops.billing.client import BillingClient, BillingUnavailable
 from batchops.billing.service import BillingService
 from batchops.core.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from batchops.core.outbox import Delivery
 from batchops.core.runtime import Runtime
+from tests.billing.conftest import usage
 from tests.conftest import auth, make_settings
-from tests.helpers import create_devices, create_users, error
+from tests.helpers import LogRecorder, create_devices, create_users, data, error
 
 ALERTS = Path(__file__).parents[2] / "deploy" / "prometheus" / "alerts.yml"
 
@@ -145,3 +147,61 @@ async def test_allow_on_error_decides_when_remote_billing_cannot_answer(
     finally:
         await scheduler.billing.close()
         scheduler.billing = local
+
+
+async def test_a_user_remote_billing_does_not_know_fails_alone(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime
+) -> None:
+    """A 404 from remote billing is an answer about one user, not an outage: that item
+    fails as the local checks say (it was a 503 for the whole batch)."""
+    asked: list[str] = []
+
+    def billing(request: httpx.Request) -> httpx.Response:
+        user_id = request.url.path.rsplit("/", 1)[1]
+        asked.append(user_id)
+        if user_id == "ghost":
+            return httpx.Response(
+                404, json={"success": False, "error": "NotFoundException", "message": "User not found"}
+            )
+        return httpx.Response(200, json={"success": True, "data": {"hasBalance": True, "balance": 5}})
+
+    settings = make_settings(
+        runtime.settings.database_url, billing_url="http://billing.test", billing_enforce_balance=True
+    )
+    scheduler = runtime.services["scheduler"]
+    local = scheduler.billing
+    scheduler.billing = BillingService(runtime.db, runtime.outbox, settings, local.ledger)
+    scheduler.billing.client = BillingClient(settings, transport=httpx.MockTransport(billing))
+    try:
+        await create_users(client, admin, [{"userId": "u1"}])
+        await create_devices(client, admin, 2)
+        await client.post("/admin/billing/topup", json={"userId": "u1", "amount": 5}, headers=admin)
+        body = {"requests": [{"userId": "u1", "durationMinutes": 30}, {"userId": "ghost", "durationMinutes": 30}]}
+        out = data(await client.post("/scheduler/allocations/batch", json=body, headers=admin))
+        assert sorted(asked) == ["ghost", "u1"]
+        assert out["successCount"] == 1 and [f["error"] for f in out["failures"]] == ["NotFoundException"]
+    finally:
+        await scheduler.billing.close()
+        scheduler.billing = local
+
+
+async def test_deliveries_log_the_seeds_key_lines(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 001 关键日志, which its test scenarios grep ("💰 Billing", "❌")."""
+    service: BillingService = runtime.services["billing"]
+    await create_users(client, admin, [{"userId": "test-user-001"}])
+    recorder = LogRecorder()
+    monkeypatch.setattr(billing_service, "log", recorder)
+    kind = billing_service.USAGE_KIND
+    deliveries = [
+        Delivery(1, kind, "usage", usage("abc-100", "test-user-001", seconds=3600), 1),
+        Delivery(2, kind, "usage", usage("abc-123", "nobody", seconds=60), 3),
+    ]
+    assert await service.deliver(deliveries) == {2: "User not found"}
+    lines = [(e["level"], e["event"]) for e in recorder.events if not e["event"].startswith("billing_")]
+    assert lines == [
+        ("info", "💰 Billing data reported for user test-user-001: 3600s"),
+        ("error", "❌ Failed to report billing data for allocation abc-123: User not found"),
+        ("info", "Batch billing report completed: 1 success, 1 failed"),
+    ]

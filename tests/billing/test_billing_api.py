@@ -44,6 +44,12 @@ async def test_topup_rejects_bad_input(client: httpx.AsyncClient, admin: dict[st
     for amount in (-1, 0, "abc", 0.001):
         r = await client.post("/admin/billing/topup", json={"userId": "u1", "amount": amount}, headers=admin)
         error(r, 400, "BadRequestException")
+    for amount in (1.5, "0.5"):  # credits are whole: not truncated to 1 (or to a misleading 0)
+        body = {"userId": "u1", "amount": amount, "currency": "CREDITS"}
+        r = await client.post("/admin/billing/topup", json=body, headers=admin)
+        assert "CREDITS are whole" in error(r, 400, "BadRequestException")["message"]
+    body = {"userId": "u1", "amount": "2.00", "currency": "CREDITS"}
+    assert data(await client.post("/admin/billing/topup", json=body, headers=admin))["balance"] == 2
     error(
         await client.post("/admin/billing/topup", json={"userId": "nobody", "amount": 1}, headers=admin),
         404,
@@ -91,6 +97,7 @@ async def test_usage_report_rejects_bad_input(client: httpx.AsyncClient, admin: 
         usage("", seconds=1),
         {k: v for k, v in usage("a1").items() if k != "userId"},
         usage("a1", unknownField=1),
+        usage("a1", seconds=3602, releasedAt="2026-11-23T09:00:00Z"),  # longer than the device was held
     ]
     for body in bad:
         r = await client.post("/api/internal/metering/device-usage", json=body, headers=INTERNAL)
@@ -206,6 +213,28 @@ async def test_a_zero_cost_report_closes_the_hold_without_a_charge_entry(
     assert [tuple(k) for k in kinds] == [("hold", 47), ("capture", 0)]  # no extra zero "charge"
     after = await balance(client, "u1")
     assert after["balance"] == 1 and after["held"] == 0
+
+
+async def test_a_report_naming_another_user_captures_nothing(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, billing_on: None
+) -> None:
+    """A report whose allocation was held for u1 but names u2: that event fails (it was a
+    500 that failed its whole batch), the others are charged, and u1's hold stays open
+    for the right report."""
+    await create_users(client, admin, [{"userId": "u1"}, {"userId": "u2"}])
+    await create_devices(client, admin, 1)
+    await topup(client, admin, "u1", 1)
+    allocation_id = data(await allocate(client, "u1"))["allocationId"]
+    events = [usage(allocation_id, "u2", seconds=60), usage("elsewhere", "u2", seconds=60)]
+    url = "/api/internal/metering/device-usage/batch"
+    out = data(await client.post(url, json={"events": events}, headers=INTERNAL))
+    assert [(r["status"], r.get("error")) for r in out["results"]] == [
+        ("failed", "Allocation is held by another user"),
+        ("charged", None),
+    ]
+    assert (await balance(client, "u1"))["held"] == 0.47
+    right = data(await client.post(url, json={"events": [usage(allocation_id, "u1", seconds=60)]}, headers=INTERNAL))
+    assert right["results"][0]["status"] == "charged" and (await balance(client, "u1"))["held"] == 0
 
 
 async def test_a_small_balance_cannot_be_overspent_by_a_batch(

@@ -18,6 +18,7 @@ from batchops.core.runtime import Runtime
 from batchops.scheduler.models import Allocation
 from tests.conftest import auth, empty_tables
 from tests.helpers import (
+    LogRecorder,
     allocation_ids,
     batch_allocate,
     create_devices,
@@ -507,16 +508,6 @@ def drain(queue: Any) -> list[dict[str, Any]]:
     while not queue.empty():
         out.append(queue.get_nowait())
     return out
-
-
-class LogRecorder:
-    """Stands in for a module's structlog logger (the app's is cached, filtered at WARNING in tests)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __getattr__(self, level: str) -> Any:
-        return lambda event, **fields: self.events.append({"event": event, "level": level, **fields})
 
 
 async def test_batches_log_the_seeds_key_lines(

@@ -23,6 +23,10 @@ class BillingUnavailable(Exception):
 class BillingRejected(Exception):
     """The billing service answered with a 4xx: retrying the same call cannot help."""
 
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
 
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError | _ServerError)
@@ -78,11 +82,19 @@ class BillingClient:
             raise _ServerError(f"billing answered {response.status_code}")
         self.breaker.succeeded()
         if response.status_code >= 400:
-            raise BillingRejected(f"billing answered {response.status_code}: {response.text[:500]}")
+            status = response.status_code
+            raise BillingRejected(f"billing answered {status}: {response.text[:500]}", status)
         return response.json()["data"]
 
     async def report_usage(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         return dict(await self.call("POST", "/api/internal/metering/device-usage/batch", {"events": events}))
 
-    async def balance(self, user_id: str) -> dict[str, Any]:
-        return dict(await self.call("GET", f"/api/internal/balance/user/{user_id}"))
+    async def balance(self, user_id: str) -> dict[str, Any] | None:
+        """The user's balance, or None if billing knows no such user (an answer about that
+        user, not about billing: the caller's own checks fail that user's item)."""
+        try:
+            return dict(await self.call("GET", f"/api/internal/balance/user/{user_id}"))
+        except BillingRejected as exc:
+            if exc.status_code == 404:
+                return None
+            raise

@@ -285,6 +285,12 @@ class Book:
         self._entry(account, "topup", amount, reference, memo)
         return True
 
+    def held_for_another(self, reference: str, user_id: str) -> bool:
+        """Whether the open hold ``reference`` was taken on another user's account (a usage
+        report naming the wrong user must not capture it)."""
+        hold, account = self.holds.get(reference), self.accounts.get(user_id)
+        return hold is not None and hold.status == OPEN and (account is None or hold.account_id != account.id)
+
     def _account_by_id(self, account_id: int) -> _Account:
         return next(a for a in self.accounts.values() if a.id == account_id)
 

@@ -32,6 +32,10 @@ class DeviceUsageIn(StrictSchema):
     def _ordered(self) -> DeviceUsageIn:
         if self.released_at < self.allocated_at:
             raise ValueError("releasedAt must not be before allocatedAt")
+        # the seed's 数据流 validates before it prices: a duration longer than the time the
+        # device was held would be charged as given (one second of slack for rounding up)
+        if self.duration_seconds > (self.released_at - self.allocated_at).total_seconds() + 1:
+            raise ValueError("durationSeconds exceeds the time between allocatedAt and releasedAt")
         return self
 
 
@@ -69,6 +73,12 @@ class TopupIn(StrictSchema):
     amount: Decimal = Field(gt=0, le=Decimal("100000000"), decimal_places=2)
     currency: Literal["CNY", "CREDITS"] = "CNY"
     reference: str | None = Field(None, min_length=1, max_length=128, description="idempotency key")
+
+    @model_validator(mode="after")
+    def _whole_credits(self) -> TopupIn:
+        if self.currency == "CREDITS" and self.amount != self.amount.to_integral_value():
+            raise ValueError("CREDITS are whole: amount must be an integer")
+        return self
 
 
 class TopupOut(Schema):

@@ -45,6 +45,7 @@ from batchops.settings import Settings
 log = structlog.get_logger(__name__)
 
 USAGE_KIND = "billing.device_usage"
+HELD_FOR_ANOTHER = "Allocation is held by another user"
 
 REPORTS = Counter("billing_report_total", "Usage reports delivered to billing", ["status"])
 REPORT_SECONDS = Histogram("billing_report_duration_seconds", "Time to deliver one batch of usage reports")
@@ -101,6 +102,8 @@ class BillingService:
         for i, e in enumerate(events):
             if e.user_id not in users:
                 results[i] = UsageOutcome(e.allocation_id, "failed", error="User not found")
+            elif book.held_for_another(allocation_hold(e.allocation_id), e.user_id):
+                results[i] = UsageOutcome(e.allocation_id, "failed", error=HELD_FOR_ANOTHER)
             elif e.allocation_id in fresh:
                 results[i] = UsageOutcome(e.allocation_id, "duplicate")
             else:
@@ -144,8 +147,7 @@ class BillingService:
         await book.flush()
         done = [r for r in results if r is not None]
         counts = {s: sum(r.status == s for r in done) for s in ("charged", "duplicate", "failed")}
-        # one line per batch, as the seed's "Batch billing report completed: 95 success, 5 failed"
-        log.info("💰 billing_usage_reported", **counts)
+        log.info("billing_usage_ingested", **counts)
         return done
 
     async def report(self, events: list[DeviceUsageIn]) -> list[UsageOutcome]:
@@ -174,14 +176,20 @@ class BillingService:
         if failed:
             REPORTS.labels(status="failure").inc(failed)
             REPORT_ERRORS.inc(failed)
-            for d in deliveries:
-                if d.id in errors:
-                    log.error(
-                        "billing_report_failed",
-                        allocation_id=d.payload.get("allocationId"),
-                        attempt=d.attempts,
-                        error=errors[d.id],
-                    )
+        # the seed's 关键日志, word for word (its test scenarios grep them), with the fields kept
+        for d in deliveries:
+            allocation_id, user_id = d.payload.get("allocationId"), d.payload.get("userId")
+            if d.id in errors:
+                log.error(
+                    f"❌ Failed to report billing data for allocation {allocation_id}: {errors[d.id]}",
+                    allocation_id=allocation_id,
+                    attempt=d.attempts,
+                    error=errors[d.id],
+                )
+            else:
+                seconds = d.payload.get("durationSeconds")
+                log.info(f"💰 Billing data reported for user {user_id}: {seconds}s", allocation_id=allocation_id)
+        log.info(f"Batch billing report completed: {len(deliveries) - failed} success, {failed} failed")
         return errors
 
     async def _deliver_chunk(self, chunk: list[tuple[Delivery, DeviceUsageIn]]) -> dict[int, str]:
