@@ -80,7 +80,7 @@ async def test_usage_report_charges_once(client: httpx.AsyncClient, admin: dict[
     await create_users(client, admin, [{"userId": "u1"}])
     await topup(client, admin, "u1", 10)
     first = data(await client.post("/api/internal/metering/device-usage", json=usage("a1"), headers=INTERNAL))
-    assert first == {"allocationId": "a1", "status": "charged", "cost": 0.93, "error": None}
+    assert first == {"allocationId": "a1", "status": "charged", "cost": 0.93, "error": None, "reason": None}
     again = data(await client.post("/api/internal/metering/device-usage", json=usage("a1"), headers=INTERNAL))
     assert again["status"] == "duplicate"
     assert (await balance(client, "u1"))["balance"] == 10 - 0.93
@@ -108,10 +108,8 @@ async def test_usage_report_rejects_bad_input(client: httpx.AsyncClient, admin: 
     json_headers = {**INTERNAL, "content-type": "application/json"}
     r = await client.post("/api/internal/metering/device-usage", content=b"{not json", headers=json_headers)
     error(r, 400, "BadRequestException")
-    unknown = data(
-        await client.post("/api/internal/metering/device-usage", json=usage("a1", "ghost"), headers=INTERNAL)
-    )
-    assert unknown["status"] == "failed" and unknown["error"] == "User not found"
+    unknown = await client.post("/api/internal/metering/device-usage", json=usage("a1", "ghost"), headers=INTERNAL)
+    assert error(unknown, 404, "NotFoundException")["message"] == "User not found"
 
 
 @pytest.mark.parametrize("size", [0, 1, 100, 101])
@@ -144,6 +142,7 @@ async def test_batch_report_per_event_results(
     assert len(writes) <= 5
     assert [r["status"] for r in out["results"]] == ["charged", "duplicate", "failed", "duplicate", "charged"]
     assert out["success"] == 4 and out["failed"] == 1 and out["errors"] == ["n2: User not found"]
+    assert (out["results"][2]["error"], out["results"][2]["reason"]) == ("NotFoundException", "User not found")
     assert (await balance(client, "u1"))["balance"] == 100 - 2 * 0.93
     assert (await balance(client, "u2"))["balance"] == -1.86  # usage happened: the user is now in arrears
     assert (await balance(client, "u2"))["reason"] == "Account in arrears: -1.86 CNY"
@@ -228,10 +227,12 @@ async def test_a_report_naming_another_user_captures_nothing(
     events = [usage(allocation_id, "u2", seconds=60), usage("elsewhere", "u2", seconds=60)]
     url = "/api/internal/metering/device-usage/batch"
     out = data(await client.post(url, json={"events": events}, headers=INTERNAL))
-    assert [(r["status"], r.get("error")) for r in out["results"]] == [
-        ("failed", "Allocation is held by another user"),
-        ("charged", None),
+    assert [(r["status"], r["error"], r["reason"]) for r in out["results"]] == [
+        ("failed", "ConflictException", "Allocation is held by another user"),
+        ("charged", None, None),
     ]
+    one = await client.post("/api/internal/metering/device-usage", json=events[0], headers=INTERNAL)
+    assert error(one, 409, "ConflictException")["message"] == "Allocation is held by another user"
     assert (await balance(client, "u1"))["held"] == 0.47
     right = data(await client.post(url, json={"events": [usage(allocation_id, "u1", seconds=60)]}, headers=INTERNAL))
     assert right["results"][0]["status"] == "charged" and (await balance(client, "u1"))["held"] == 0
@@ -307,7 +308,14 @@ async def test_billing_metrics_are_exported(client: httpx.AsyncClient, admin: di
     await release_all(client, admin, "u1", 1)
     await runtime.worker.run_once()
     text = (await client.get("/metrics")).text
-    names = ('billing_report_total{status="success"}', "billing_report_duration_seconds_count", "billing_report_errors")
+    names = (
+        'billing_report_total{status="success"}',
+        "billing_report_duration_seconds_count",
+        "billing_report_errors",
+        # the shared batch metrics (DESIGN.md), for every ingestion: the worker's here
+        'billing_batch_operations_total{operation="usage_report",status="success"}',
+        'billing_batch_operation_duration_seconds_count{operation="usage_report"}',
+    )
     for name in names:
         assert name in text
 

@@ -22,7 +22,7 @@ from batchops.billing.schemas import (
     UsageResult,
     UsageTotals,
 )
-from batchops.billing.service import BillingService, UsageOutcome
+from batchops.billing.service import BillingService
 from batchops.core.auth import check_service_token
 from batchops.core.responses import JSONResponse
 from batchops.core.routing import JsonBodyRoute
@@ -71,13 +71,12 @@ def balance_out(bal: Balance, currency: str, reason: str | None = None) -> Balan
 async def report_usage(body: DeviceUsageIn, service: Service) -> Envelope[UsageResult]:
     """Charge one usage report. Idempotent on ``allocationId``: a repeat is ``duplicate``."""
     [outcome] = await service.report([body])
-    result = usage_result(outcome)
-    return ok(result, "💰 Billing data reported" if result.status != "failed" else "Usage report rejected")
-
-
-def usage_result(o: UsageOutcome) -> UsageResult:
-    cost = None if o.cost is None else cents_to_decimal(o.cost)
-    return UsageResult(allocation_id=o.allocation_id, status=o.status, cost=cost, error=o.error)
+    if outcome.failure is not None:  # 404 (user) or 409 (another user's allocation), charged nothing
+        raise outcome.failure
+    cost = None if outcome.cost is None else cents_to_decimal(outcome.cost)
+    return ok(
+        UsageResult(allocation_id=outcome.allocation_id, status=outcome.status, cost=cost), "💰 Billing data reported"
+    )
 
 
 @internal.post("/metering/device-usage/batch", response_model=Envelope[DeviceUsageBatchOut])
@@ -86,14 +85,15 @@ async def report_usage_batch(body: DeviceUsageBatchIn, service: Service) -> Resp
     written directly: building and re-checking 100 result models cost more than the
     charging itself. ``cost`` is ``cents / 100``, the same float ``Money`` writes."""
     outcomes = await service.report(body.events)
-    errors = [f"{o.allocation_id}: {o.error}" for o in outcomes if o.status == "failed"]
+    errors = [f"{o.allocation_id}: {o.reason}" for o in outcomes if o.failure is not None]
     success = len(outcomes) - len(errors)
     results = [
         {
             "allocationId": o.allocation_id,
             "status": o.status,
             "cost": None if o.cost is None else o.cost / 100,
-            "error": o.error,
+            "error": None if o.failure is None else o.failure.name,
+            "reason": o.reason,
         }
         for o in outcomes
     ]

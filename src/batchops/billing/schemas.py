@@ -47,7 +47,8 @@ class UsageResult(Schema):
     allocation_id: str
     status: Literal["charged", "duplicate", "failed"]
     cost: Money | None = None
-    error: str | None = None
+    error: str | None = Field(None, description="the failure's name, as in any error of the API")
+    reason: str | None = None
 
 
 class DeviceUsageBatchOut(Schema):

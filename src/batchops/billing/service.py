@@ -33,7 +33,8 @@ from batchops.billing.models import UsageRecord
 from batchops.billing.pricing import Pricing
 from batchops.billing.schemas import DeviceUsageIn
 from batchops.core.db import Database, insert_new, new_id
-from batchops.core.errors import NotFoundError, ServiceUnavailableError
+from batchops.core.errors import AppError, ConflictError, NotFoundError, ServiceUnavailableError
+from batchops.core.metrics import batch_metrics
 from batchops.core.outbox import Delivery, Outbox, OutboxMessage
 from batchops.identity.service import load_users
 
@@ -46,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 USAGE_KIND = "billing.device_usage"
 HELD_FOR_ANOTHER = "Allocation is held by another user"
+BATCH_METRICS = batch_metrics("billing")  # every ingestion: the batch endpoint's, the worker's
 
 REPORTS = Counter("billing_report_total", "Usage reports delivered to billing", ["status"])
 REPORT_SECONDS = Histogram("billing_report_duration_seconds", "Time to deliver one batch of usage reports")
@@ -65,7 +67,11 @@ class UsageOutcome:
     allocation_id: str
     status: Literal["charged", "duplicate", "failed"]
     cost: int | None = None  # minor units, when charged
-    error: str | None = None
+    failure: AppError | None = None  # why it failed: its name and message, as any error of the API
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.failure is None else self.failure.message
 
 
 @dataclass(frozen=True)
@@ -101,9 +107,9 @@ class BillingService:
         fresh: dict[str, tuple[int, DeviceUsageIn, int]] = {}
         for i, e in enumerate(events):
             if e.user_id not in users:
-                results[i] = UsageOutcome(e.allocation_id, "failed", error="User not found")
+                results[i] = UsageOutcome(e.allocation_id, "failed", failure=NotFoundError("User not found"))
             elif book.held_for_another(allocation_hold(e.allocation_id), e.user_id):
-                results[i] = UsageOutcome(e.allocation_id, "failed", error=HELD_FOR_ANOTHER)
+                results[i] = UsageOutcome(e.allocation_id, "failed", failure=ConflictError(HELD_FOR_ANOTHER))
             elif e.allocation_id in fresh:
                 results[i] = UsageOutcome(e.allocation_id, "duplicate")
             else:
@@ -151,8 +157,14 @@ class BillingService:
         return done
 
     async def report(self, events: list[DeviceUsageIn]) -> list[UsageOutcome]:
+        started = time.perf_counter()
         async with self.db.transaction() as session:
-            return await self.ingest(session, events)
+            outcomes = await self.ingest(session, events)
+        failed = sum(o.status == "failed" for o in outcomes)
+        BATCH_METRICS.observe(
+            "usage_report", succeeded=len(outcomes) - failed, failed=failed, seconds=time.perf_counter() - started
+        )
+        return outcomes
 
     # --- the outbox handler: local or remote --------------------------------------------
     async def deliver(self, deliveries: list[Delivery]) -> dict[int, str]:
@@ -196,13 +208,13 @@ class BillingService:
         events = [e for _, e in chunk]
         if self.client is None:
             results = await self.report(events)
-            outcomes = [(r.status, r.error) for r in results]
+            outcomes = [(r.status, r.reason) for r in results]
         else:
             try:
                 body = await self.client.report_usage([e.model_dump(mode="json", by_alias=True) for e in events])
             except (BillingUnavailable, BillingRejected) as exc:
                 return {d.id: str(exc) for d, _ in chunk}
-            outcomes = [(r["status"], r.get("error")) for r in body["results"]]
+            outcomes = [(r["status"], r.get("reason") or r.get("error")) for r in body["results"]]
         pairs = zip(chunk, outcomes, strict=True)
         return {d.id: error or status for (d, _), (status, error) in pairs if status == "failed"}
 
