@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -32,6 +33,7 @@ class FakeKie:
         self.creates: list[dict[str, Any]] = []
         self.polls = 0
         self.rate_limit_next = 1
+        self.answer_after_seconds = 0.0  # > the client's timeout: the task is created, the answer lost
         app = self.app
 
         @app.post("/api/v1/jobs/createTask")
@@ -45,6 +47,7 @@ class FakeKie:
             self.creates.append(body)
             task_id = f"kie-{len(self.creates)}"
             self.tasks[task_id] = {"prompt": body["input"]["prompt"], "polls": 0}
+            await asyncio.sleep(self.answer_after_seconds)  # a slow network, not a wait for anything
             return {"code": 200, "msg": "success", "data": {"taskId": task_id}}
 
         @app.get("/api/v1/jobs/recordInfo")
@@ -127,16 +130,24 @@ async def test_kie_errors_are_classified(fake_kie: tuple[FakeKie, str]) -> None:
     down = KieProvider("http://127.0.0.1:9", "k", timeout_seconds=2)
     with pytest.raises(ProviderError) as raised:
         await down.submit(req)
-    assert raised.value.retryable
+    assert raised.value.retryable and not raised.value.maybe_sent  # never connected: safe to send again
     await down.close()
 
 
 CALLBACK = "http://testserver/api/v1/workflow/providers/kie/callback"
 
 
-def kie_engine(runtime: Runtime, url: str, *, calls_back: bool) -> tuple[Engine, KieProvider]:
+def kie_engine(
+    runtime: Runtime, url: str, *, calls_back: bool, timeout_seconds: float = 30.0
+) -> tuple[Engine, KieProvider]:
     key = runtime.settings.jwt_secret
-    provider = KieProvider(url, "kie-test-key", callback_url=CALLBACK if calls_back else None, callback_key=key)
+    provider = KieProvider(
+        url,
+        "kie-test-key",
+        timeout_seconds=timeout_seconds,
+        callback_url=CALLBACK if calls_back else None,
+        callback_key=key,
+    )
     engine = Engine(
         runtime.db,
         runtime.services["ledger"],
@@ -218,3 +229,40 @@ async def test_kie_crash_without_callback_fails_unknown_and_returns_credits(
     assert len(fake.creates) == 1  # never sent twice
     assert view["credits"] == {"held": 0, "spent": 0, "returned": 15}
     assert await balance(runtime, "u1") == (1000, 0)
+
+
+@pytest.mark.parametrize("calls_back", [True, False])
+async def test_a_createtask_whose_answer_is_lost_is_never_sent_again(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    runtime: Runtime,
+    fake_kie: tuple[FakeKie, str],
+    calls_back: bool,
+) -> None:
+    """A createTask that KIE received but whose answer timed out is the crash case over
+    the network: with a callback, the task waits for it; without one, it fails
+    ``unknown_submission`` with its credits returned. A retry would render it twice."""
+    fake, url = fake_kie
+    fake.rate_limit_next, fake.answer_after_seconds = 0, 2.0
+    user = await studio_user(client, admin, "u1", plan="pro", credits=1000)
+    accepted = await submit(client, user, {"rows": [{"prompt": "shot", "model": "sora-2"}]})
+    engine, provider = kie_engine(runtime, url, calls_back=calls_back, timeout_seconds=0.3)
+    try:
+        assert await engine.tick() == 1
+        assert len(fake.creates) == 1
+        if calls_back:
+            view = await batch(client, user, accepted["batchId"])
+            assert view["counts"]["running"] == 1  # still held: KIE may be rendering it
+            r = await client.post(fake.creates[0]["callBackUrl"], json={"code": 200, "data": {"taskId": "kie-1"}})
+            assert r.status_code == 200 and r.json()["msg"] == "reconciled"
+        await engine.run_until_idle(limit_seconds=30)
+    finally:
+        await provider.close()
+    task = (await batch(client, user, accepted["batchId"]))["tasks"][0]
+    assert len(fake.creates) == 1  # sent once, whatever happened to the answer
+    if calls_back:
+        assert task["status"] == "succeeded" and task["resultUrl"] == "https://cdn.kie.test/kie-1.mp4"
+        assert await balance(runtime, "u1") == (1000 - 15, 0)
+    else:
+        assert task["status"] == "failed" and task["errorKind"] == "unknown_submission"
+        assert await balance(runtime, "u1") == (1000, 0)

@@ -433,22 +433,43 @@ class Engine:
         task = claim.task
         assert task.request_id is not None
         if claim.resumed:
-            found = await self.provider.find(task.request_id)
-            if found:
-                log.info("studio_submission_found", task_id=task.id, request_id=task.request_id)
-                return Outcome(claim, "submitted", provider_task_id=found)
-            if not self.provider.finds_by_request_id:
-                # The provider may hold this request without our knowing its id: sending it
-                # again could render (and bill) it twice. Wait for its callback, up to the
-                # render timeout; past that, or with no callback to wait for, give up.
-                if self.provider.calls_back and (task.deadline_at is None or utcnow() < task.deadline_at):
-                    return Outcome(claim, "unknown")
-                return Outcome(
-                    claim,
-                    "error",
-                    error_kind=UNKNOWN_SUBMISSION,
-                    error=f"{self.provider.name} never confirmed request {task.request_id}; not sent again",
-                )
+            unconfirmed = await self._unconfirmed(claim)
+            if unconfirmed is not None:
+                return unconfirmed
+        try:
+            return await self._send(claim)
+        except ProviderError as exc:
+            if not exc.maybe_sent:
+                raise
+            # the answer was lost on the way, as in a crash: the provider may be rendering it
+            log.warning("studio_submission_unconfirmed", task_id=task.id, request_id=task.request_id, error=exc.message)
+            return await self._unconfirmed(claim) or Outcome(claim, "error", error_kind=exc.kind, error=exc.message)
+
+    async def _unconfirmed(self, claim: Claim) -> Outcome | None:
+        """A request the provider may hold without our knowing its id: its task id if the
+        provider can be asked; else wait for its callback, up to the render timeout, and
+        past that (or with no callback to wait for) give up, since sending it again could
+        render (and bill) it twice. None: the provider says it never got it."""
+        task = claim.task
+        assert task.request_id is not None
+        found = await self.provider.find(task.request_id)
+        if found:
+            log.info("studio_submission_found", task_id=task.id, request_id=task.request_id)
+            return Outcome(claim, "submitted", provider_task_id=found)
+        if self.provider.finds_by_request_id:
+            return None
+        if self.provider.calls_back and (task.deadline_at is None or utcnow() < task.deadline_at):
+            return Outcome(claim, "unknown")
+        return Outcome(
+            claim,
+            "error",
+            error_kind=UNKNOWN_SUBMISSION,
+            error=f"{self.provider.name} never confirmed request {task.request_id}; not sent again",
+        )
+
+    async def _send(self, claim: Claim) -> Outcome:
+        task = claim.task
+        assert task.request_id is not None
         provider_task_id = await self.provider.submit(
             SubmitRequest(
                 request_id=task.request_id,
@@ -590,7 +611,7 @@ class Engine:
         if outcome.kind == "unknown":  # left to the provider's callback until the deadline
             until = now + self.seconds(get_polling_config(task.resolution).timeout_seconds) + self.lease
             entry = {"attempt": task.attempts, "errorKind": UNKNOWN_SUBMISSION, "at": _stamp(now)}
-            entry["error"] = "answer lost in a crash; waiting for the provider's callback"
+            entry["error"] = "answer lost (a crash or the network); waiting for the provider's callback"
             return {
                 "lease_owner": None,
                 "lease_until": until,  # nobody resumes it before then

@@ -40,10 +40,14 @@ RETRYABLE_KINDS = frozenset({TIMEOUT, RATE_LIMITED, SERVER_ERROR})
 
 
 class ProviderError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
+    """``maybe_sent``: the request may have reached the provider (no answer, or half of
+    one): a submission that failed so must not simply be sent again."""
+
+    def __init__(self, kind: str, message: str, *, maybe_sent: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.maybe_sent = maybe_sent
 
     @property
     def retryable(self) -> bool:
@@ -234,12 +238,13 @@ class KieProvider:
     async def _call(self, call: str, method: str, url: str, **kwargs: Any) -> Any:
         try:
             response = await self.client.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            PROVIDER_CALLS.labels(provider=self.name, call=call, outcome="error").inc()
-            raise ProviderError(TIMEOUT, f"KIE {call} timed out") from exc
         except httpx.HTTPError as exc:
             PROVIDER_CALLS.labels(provider=self.name, call=call, outcome="error").inc()
-            raise ProviderError(SERVER_ERROR, f"KIE {call} failed: {exc}") from exc
+            # not connected (or no connection free): KIE cannot have seen the request
+            maybe_sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+            if isinstance(exc, httpx.TimeoutException):
+                raise ProviderError(TIMEOUT, f"KIE {call} timed out", maybe_sent=maybe_sent) from exc
+            raise ProviderError(SERVER_ERROR, f"KIE {call} failed: {exc}", maybe_sent=maybe_sent) from exc
         try:
             body = response.json()
         except ValueError:
