@@ -38,6 +38,9 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     rt.worker.add_job(PeriodicJob("scheduler.expire", settings.sweep_interval_seconds, scheduler.expire_due))
     rt.worker.add_job(PeriodicJob("scheduler.tick", settings.scheduler_tick_seconds, PolicyJobs(scheduler).tick))
+    rt.worker.add_job(
+        PeriodicJob("billing.check_unbilled", settings.billing_reconcile_interval_seconds, billing.check_unbilled)
+    )
     rt.outbox.register(USAGE_KIND, billing.deliver)
     rt.outbox.register(DEVICES_FREED_KIND, scheduler.queue.on_devices_freed)
     build_studio(rt, ledger, notifications)

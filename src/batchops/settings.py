@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     billing_enforce_balance: bool = Field(
         True, description="allocate holds the estimated cost and fails without enough balance (seed P1/P2)"
     )
+    billing_reconcile_interval_seconds: float = Field(
+        3600.0, gt=0, description="how often the worker looks for released allocations never charged (seed P1 #6)"
+    )
     billing_role: str = Field(
         "all", pattern="^(all|billing)$", description="`billing`: this process serves only the billing API"
     )

@@ -31,16 +31,17 @@ def test_alert_rules_are_valid_and_use_exported_metrics() -> None:
         subprocess.run(["promtool", "check", "rules", str(ALERTS)], check=True)
     doc = yaml.safe_load(ALERTS.read_text())
     rules = {r["alert"]: r for g in doc["groups"] for r in g["rules"]}
-    assert {"BillingReportFailureRateHigh", "BillingDataLoss"} <= set(rules)
+    assert {"BillingReportFailureRateHigh", "BillingDataLoss", "BillingUnbilledUsage"} <= set(rules)
     assert rules["BillingReportFailureRateHigh"]["for"] == "5m"
     exported = {
         billing_service.REPORTS._name + "_total",
         billing_service.REPORT_ERRORS._name + "_total",
         "outbox_dead_lettered_total",
+        billing_service.UNBILLED._name,
     }
     for rule in rules.values():
         assert rule["annotations"]["summary"]
-        used = set(re.findall(r"[a-z_]+_total", rule["expr"]))
+        used = set(re.findall(r"\b(?:billing|outbox)_[a-z_]+", rule["expr"]))
         assert used and used <= exported, (rule["alert"], used)
         assert rule["expr"].count("(") == rule["expr"].count(")")
 

@@ -8,10 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
+from batchops.billing import service as billing_service
 from batchops.core.runtime import Runtime
 from tests.billing.conftest import INTERNAL, balance, topup, usage
 from tests.conftest import auth
-from tests.helpers import create_devices, create_users, data, error, execute, sql, sql_value
+from tests.helpers import LogRecorder, create_devices, create_users, data, error, execute, sql, sql_value
 
 
 async def test_topup_balance_and_idempotent_reference(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
@@ -300,6 +301,30 @@ async def test_reconcile_finds_and_fixes_uncharged_usage(
     assert (await billing.reconcile(fix=False))[0] == []
     await runtime.worker.run_once()  # the original reports arrive late: duplicates, no second charge
     assert await sql_value(runtime, "SELECT count(*) FROM billing_entries WHERE kind = 'charge'") == 4
+
+
+async def test_the_worker_reconciles_and_reports_what_no_report_will_charge(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed P1 #6 定期对账: a job of the worker's; pending reports are in flight, not lost."""
+    assert "billing.check_unbilled" in [job.name for job in runtime.worker.jobs]
+    await create_users(client, admin, [{"userId": "u1", "maxDevices": 5}])
+    await create_devices(client, admin, 3)
+    ids = sorted(await release_all(client, admin, "u1", 3))
+    billing = runtime.services["billing"]
+    recorder = LogRecorder()
+    monkeypatch.setattr(billing_service, "log", recorder)
+    assert await billing.check_unbilled() == 0  # three reports pending: the worker will deliver them
+    await execute(runtime, "DELETE FROM outbox WHERE dedup_key = :k", k=f"usage:{ids[0]}")  # one report gone
+    await execute(runtime, "UPDATE outbox SET status = 'dead' WHERE dedup_key = :k", k=f"usage:{ids[1]}")  # given up
+    assert await billing.check_unbilled() == 2
+    assert sorted(e["event"] for e in recorder.events) == [
+        f"⚠️ Billing data may be lost for allocation: {i}" for i in ids[:2]
+    ]
+    assert "billing_unbilled_allocations 2.0" in (await client.get("/metrics")).text
+    await billing.reconcile(fix=True)
+    assert await billing.check_unbilled() == 0
+    assert "billing_unbilled_allocations 0.0" in (await client.get("/metrics")).text
 
 
 async def test_billing_metrics_are_exported(client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime) -> None:
