@@ -3,12 +3,14 @@ pre-authorisation of allocations, dead letters, reconciliation, bad input."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import httpx
 import pytest
 
 from batchops.billing import service as billing_service
+from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
 from tests.billing.conftest import INTERNAL, balance, topup, usage
 from tests.conftest import auth
@@ -237,6 +239,25 @@ async def test_a_report_naming_another_user_captures_nothing(
     assert (await balance(client, "u1"))["held"] == 0.47
     right = data(await client.post(url, json={"events": [usage(allocation_id, "u1", seconds=60)]}, headers=INTERNAL))
     assert right["results"][0]["status"] == "charged" and (await balance(client, "u1"))["held"] == 0
+
+
+async def test_a_reservation_needs_the_balance_to_pay_for_its_window(
+    client: httpx.AsyncClient, admin: dict[str, str], billing_on: None
+) -> None:
+    """Seed 001 P1 #4 余额预检查: a user who could not pay keeps no device window (the
+    hold itself is taken at the start, as for any allocation)."""
+    await create_users(client, admin, [{"userId": "u1"}, {"userId": "u2"}])
+    await create_devices(client, admin, 3)
+    await topup(client, admin, "u1", "0.50")  # one 30-minute window (0.47), not two
+    start = (utcnow() + dt.timedelta(hours=2)).isoformat().replace("+00:00", "Z")
+    body = {"reservations": [{"userId": u, "startAt": start, "durationMinutes": 30} for u in ("u1", "u1", "u2")]}
+    result = data(await client.post("/scheduler/reservations/batch", json=body, headers=admin))
+    assert result["successCount"] == 1
+    assert [(f["userId"], f["error"], f["reason"]) for f in result["failures"]] == [
+        ("u1", "ForbiddenException", "Insufficient balance"),  # the second window of u1
+        ("u2", "ForbiddenException", "Insufficient balance"),
+    ]
+    assert (await balance(client, "u1"))["held"] == 0  # nothing held before the window starts
 
 
 async def test_a_small_balance_cannot_be_overspent_by_a_batch(

@@ -22,6 +22,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from batchops.billing.ledger import CNY, InsufficientBalance
 from batchops.core.batch import BatchMode, BatchResult
 from batchops.core.db import advisory_lock, new_id, utcnow
 from batchops.core.errors import AppError, BadRequestError, ConflictError, NotFoundError
@@ -81,12 +82,19 @@ class ReserveWork:
         self.actor = actor
         self.users: dict[str, User] = {}
         self.placement = Placement([], {}, {})
+        self.available: dict[str, int] | None = None  # CNY each user may still reserve against
         self.now = utcnow()
 
     async def load(self, requests: Sequence[ReservationIn]) -> ReserveWork:
         session = self.session
+        scheduler = self.service.scheduler
         await advisory_lock(session, ALLOCATE_LOCK)
         self.users = await load_users(session, [r.user_id for r in requests])
+        if scheduler.rt.settings.billing_enforce_balance:
+            # seed 001 P1 #4 余额预检查: no device window for a user who could not pay for it
+            # (the hold itself is taken when the reservation starts)
+            balances = await scheduler.billing.ledger.balances(session, self.users, CNY)
+            self.available = {user_id: b.available for user_id, b in balances.items()}
         starts = [r.start_at for r in requests]
         ends = [r.start_at + timedelta(minutes=r.duration_minutes) for r in requests]
         start, end = min(starts), max(ends)
@@ -126,6 +134,11 @@ class ReserveWork:
         )
         if device is None:
             raise BadRequestError("No device available for the requested window")
+        if self.available is not None:
+            cost, left = self.service.scheduler.estimate(device, request.duration_minutes), self.available[user.id]
+            if cost > left:
+                raise InsufficientBalance(CNY, cost, left)
+            self.available[user.id] = left - cost  # the batch's next reservations of this user
         reservation_id = new_id("resv")
         self.placement.add_window(device.id, Window(start, end, reservation_id))
         return {
