@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     kie_callback_url: str | None = Field(
         None, description="public URL of POST /api/v1/workflow/providers/kie/callback (KIE's callBackUrl)"
     )
+    studio_plans_file: str | None = Field(
+        None, description="JSON overrides of the studio plans, re-read when it changes (seed 003: 配置热更新)"
+    )
     studio_tick_seconds: float = Field(0.5, gt=0, description="how often a worker claims due studio tasks")
     studio_lease_seconds: float = Field(60.0, gt=0, description="a claimed studio task is re-offered after this")
 

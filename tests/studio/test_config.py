@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
 import pytest
+from pydantic import ValidationError
 
 from batchops.core.errors import BadRequestError
 from batchops.studio.config import (
     SLOW_QUEUE_KEY,
+    PlanCatalog,
     calculate_actual_concurrency,
     degraded_concurrency,
     get_batch_config,
@@ -15,7 +23,10 @@ from batchops.studio.config import (
     is_fast,
     retry_backoff,
     sort_key,
+    use_plans_file,
 )
+from tests.helpers import data, error
+from tests.studio.conftest import studio_user
 
 
 def test_prices() -> None:
@@ -61,3 +72,65 @@ def test_queues_polling_timeouts_retries() -> None:
     assert (p720.timeout_seconds, p1080.timeout_seconds) == (300, 900)
     assert [retry_backoff(n) for n in (1, 2, 3)] == [2, 4, 8]
     assert [degraded_concurrency(n) for n in (10, 5, 3, 2, 1)] == [6, 3, 1, 1, 1]
+
+
+# --- 配置热更新: BATCHOPS_STUDIO_PLANS_FILE --------------------------------------------------------
+@pytest.fixture
+def plans_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "plans.json"
+    path.write_text("{}")
+    use_plans_file(str(path), check_every=0)
+    yield path
+    use_plans_file(None)
+
+
+def write_plans(path: Path, plans: dict[str, Any]) -> None:
+    path.write_text(json.dumps(plans))
+
+
+def test_a_plans_file_changes_concurrency_without_a_restart(plans_file: Path) -> None:
+    """The seed's 调整并发策略: a conservative, then an aggressive modelConcurrency."""
+    assert calculate_actual_concurrency("pro", "sora-2-pro", "1080p", 15) == 2  # floor(4 × 0.65)
+    write_plans(plans_file, {"pro": {"modelConcurrency": {"sora-2": 3, "sora-2-pro": 2}}})
+    assert calculate_actual_concurrency("pro", "sora-2-pro", "1080p", 15) == 1  # floor(2 × 0.65)
+    assert calculate_actual_concurrency("pro", "sora-2", "720p", 10) == 3  # floor(3 × 1.3), the plan's cap
+    plans_file.write_text(
+        json.dumps({"pro": {"concurrency": 6, "batchSize": 30, "modelConcurrency": {"sora-2-pro": 6}}})
+    )
+    pro = get_batch_config("pro")
+    assert (pro.concurrency, pro.batch_size, pro.description) == (6, 30, "Pro套餐：每批15个任务，最多3个同时进行")
+    assert calculate_actual_concurrency("pro", "sora-2-pro", "1080p", 15) == 3  # floor(6 × 0.65)
+    assert get_batch_config("free").concurrency == 1  # plans the file leaves out keep their values
+    plans_file.write_text("{}")
+    assert (get_batch_config("pro").concurrency, get_batch_config("pro").batch_size) == (3, 15)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "{not json",
+        '{"pro": {"concurrency": 0}}',
+        '{"pro": {"modelConcurrency": {"sora-3": 2}}}',
+        '{"gold": {"concurrency": 2}}',
+        '{"pro": {"concurency": 2}}',
+    ],
+)
+def test_a_bad_plans_file_is_refused_and_the_plans_stay(plans_file: Path, bad: str) -> None:
+    write_plans(plans_file, {"pro": {"concurrency": 4}})
+    assert get_batch_config("pro").concurrency == 4
+    plans_file.write_text(bad)
+    assert get_batch_config("pro").concurrency == 4
+    with pytest.raises((ValidationError, ValueError)):  # at start-up, the same file stops the process
+        PlanCatalog(str(plans_file))
+
+
+async def test_a_changed_batch_size_applies_to_the_next_submission(
+    client: httpx.AsyncClient, admin: dict[str, str], plans_file: Path
+) -> None:
+    pro = await studio_user(client, admin, "pro", plan="pro", credits=100_000)
+    body = {"rows": [{"prompt": f"shot {i}", "model": "sora-2"} for i in range(20)]}
+    url = "/api/v1/workflow/batch-generate"
+    error(await client.post(url, json=body, headers=pro), 400, "BadRequestException")
+    write_plans(plans_file, {"pro": {"batchSize": 20}})
+    accepted = data(await client.post(url, json=body, headers=pro), 202)
+    assert (accepted["totalCount"], accepted["batchSize"]) == (20, 20)

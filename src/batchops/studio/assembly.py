@@ -7,6 +7,7 @@ from typing import Any
 from batchops.core.runtime import Runtime
 from batchops.core.worker import PeriodicJob
 from batchops.notifications.service import NotificationService
+from batchops.studio.config import use_plans_file
 from batchops.studio.engine import Engine
 from batchops.studio.providers import KieProvider, Provider, SimulatedProvider
 from batchops.studio.service import StudioService
@@ -14,6 +15,7 @@ from batchops.studio.service import StudioService
 
 def build_studio(rt: Runtime, ledger: Any, notifications: NotificationService) -> Engine:
     s = rt.settings
+    use_plans_file(s.studio_plans_file)
     provider: Provider
     if s.video_provider == "kie":
         provider = KieProvider(

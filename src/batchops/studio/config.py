@@ -11,9 +11,18 @@ the plan's concurrency).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import structlog
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from batchops.core.errors import BadRequestError
+from batchops.core.schemas import StrictSchema
+
+log = structlog.get_logger(__name__)
 
 VIDEO, IMAGE = "video", "image"
 MODELS = ("sora-2", "sora-2-pro")
@@ -138,9 +147,108 @@ BATCH_CONFIG: dict[str, PlanConfig] = {
 }
 
 
+class PlanOverride(StrictSchema):
+    """One plan's entry in ``BATCHOPS_STUDIO_PLANS_FILE``: the seed's field names, every
+    one optional (what is left out keeps its built-in value)."""
+
+    concurrency: int | None = Field(None, ge=1, le=1000)
+    batch_size: int | None = Field(None, ge=1, le=1000)
+    description: str | None = Field(None, max_length=500)
+    model_concurrency: dict[str, Annotated[int, Field(ge=1, le=1000)]] = Field(default_factory=dict)
+    resolution_weight: dict[str, Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=dict)
+    duration_weight: dict[int, Annotated[float, Field(gt=0, le=10)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> PlanOverride:
+        for name, keys, known in (
+            ("modelConcurrency", self.model_concurrency, MODELS),
+            ("resolutionWeight", self.resolution_weight, RESOLUTIONS),
+            ("durationWeight", self.duration_weight, DURATIONS),
+        ):
+            unknown = sorted(str(k) for k in keys if k not in known)
+            if unknown:
+                raise ValueError(f"{name}: unknown {', '.join(unknown)} (known: {', '.join(map(str, known))})")
+        return self
+
+    def apply(self, base: PlanConfig) -> PlanConfig:
+        internal = base.internal
+        return PlanConfig(
+            base.plan,
+            self.concurrency or base.concurrency,
+            self.batch_size or base.batch_size,
+            self.description or base.description,
+            InternalConfig(
+                {**internal.model_concurrency, **self.model_concurrency},
+                {**internal.resolution_weight, **self.resolution_weight},
+                {**internal.duration_weight, **self.duration_weight},
+            ),
+        )
+
+
+PlanOverrides = TypeAdapter(dict[Literal["free", "pro", "pro_plus", "enterprise"], PlanOverride])
+
+
+class PlanCatalog:
+    """The plans in force: ``BATCH_CONFIG``, with the overrides of a JSON file if one is
+    set (seed 003: 配置热更新, 调整并发策略). The file is read again when its content
+    changes, looked at no more than once per ``check_every`` seconds, in every process
+    that uses it: a change takes effect within that time, with no restart. A file that
+    fails to parse is refused: at start-up the error stops the process; later it is
+    logged and the plans stay as they were."""
+
+    def __init__(self, path: str | None = None, check_every: float = 1.0) -> None:
+        self.path, self.check_every = path, check_every
+        self.plans = dict(BATCH_CONFIG)
+        self._content: bytes | None = None
+        self._next_check = 0.0
+        if path is not None:
+            self._load(Path(path).read_bytes())
+
+    def get(self, plan: str | None) -> PlanConfig:
+        if self.path is not None and time.monotonic() >= self._next_check:
+            self._refresh()
+        return self.plans.get(plan or "free", self.plans["free"])
+
+    def _refresh(self) -> None:
+        assert self.path is not None
+        self._next_check = time.monotonic() + self.check_every
+        try:
+            content = Path(self.path).read_bytes()
+        except OSError as exc:
+            log.error("studio_plans_file_unreadable", path=self.path, error=str(exc))
+            return
+        if content == self._content:
+            return
+        self._content = content  # a refused file is reported once, not at every check
+        try:
+            changed = self._load(content)
+        except ValidationError as exc:
+            log.error("studio_plans_file_refused", path=self.path, error=str(exc))
+            return
+        log.info("studio_plans_reloaded", path=self.path, plans=changed)
+
+    def _load(self, content: bytes) -> list[str]:
+        """Apply the file's overrides to the built-in plans; the names of those it changes."""
+        overrides = PlanOverrides.validate_json(content)
+        self.plans = {
+            name: overrides[name].apply(cfg) if name in overrides else cfg for name, cfg in BATCH_CONFIG.items()
+        }
+        self._content = content
+        return sorted(overrides)
+
+
+_catalog = PlanCatalog()
+
+
+def use_plans_file(path: str | None, *, check_every: float = 1.0) -> None:
+    """Read the plans from here on from ``BATCHOPS_STUDIO_PLANS_FILE`` (None: the built-ins)."""
+    global _catalog
+    _catalog = PlanCatalog(path, check_every)
+
+
 def get_batch_config(plan: str | None) -> PlanConfig:
     """The plan's configuration; an unknown or missing plan is ``free`` (new users)."""
-    return BATCH_CONFIG.get(plan or "free", BATCH_CONFIG["free"])
+    return _catalog.get(plan)
 
 
 def calculate_actual_concurrency(plan: str | None, model: str, resolution: str | None, duration: int | None) -> int:
