@@ -33,6 +33,11 @@ async def test_topup_balance_and_idempotent_reference(client: httpx.AsyncClient,
     again = await client.post("/admin/billing/topup", json=body, headers=admin)
     assert first["applied"] is True and data(again)["applied"] is False
     assert again.json()["message"] == "Top-up already applied (same reference)"
+    await create_users(client, admin, [{"userId": "u2"}])
+    for reused in ({**body, "amount": "99"}, {**body, "userId": "u2"}, {**body, "currency": "CREDITS", "amount": 12}):
+        r = await client.post("/admin/billing/topup", json=reused, headers=admin)  # the key reused by mistake
+        assert error(r, 409, "ConflictException")["message"] == "This reference was used for another top-up"
+    assert (await balance(client, "u2"))["balance"] == 0
     now = await balance(client, "u1")
     assert now["balance"] == 12.34 and now["hasBalance"] is True and now["reason"] is None
     credits = await client.post(

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
 from batchops.core.db import SqliteWrite, insert_new, pg_connection, sqlite_statement, table_of, utcnow
-from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
+from batchops.core.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from batchops.core.schemas import cents_to_decimal
 from batchops.core.writes import PgPart, PgStatement, SqlitePart, WriteSet, joining
 from batchops.identity.models import User
@@ -413,6 +413,16 @@ class Ledger:
         await book.load_references([reference])
         done = book.topup(user_id, amount, reference, memo)
         await book.flush()
+        if not done:  # a replay: only of the same top-up, or the client reused its key by mistake
+            first = (
+                await session.execute(
+                    select(Account.user_id, Account.currency, LedgerEntry.amount)
+                    .join(Account, Account.id == LedgerEntry.account_id)
+                    .where(LedgerEntry.reference == reference)
+                )
+            ).one()
+            if tuple(first) != (user_id, currency, amount):
+                raise ConflictError("This reference was used for another top-up")
         return done
 
     async def balances(self, session: AsyncSession, user_ids: Iterable[str], currency: str) -> dict[str, Balance]:
