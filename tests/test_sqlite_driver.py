@@ -71,17 +71,16 @@ def write_lock_held(db: Database) -> Iterator[threading.Event]:
 
 async def ticks_while_locked(db: Database, write: Callable[[], Coroutine[Any, Any, None]]) -> int:
     """Run ``write`` while another connection holds the write lock: how many times the
-    loop ran another task meanwhile. The lock is let go after 20 ticks (never, if the
-    loop is blocked: then the holder gives up after 30 s)."""
+    loop ran this task meanwhile (up to 20, then the lock is let go). A loop blocked by
+    the write ticks once, after the holder gives up on its own (30 s)."""
     ticks = 0
     with write_lock_held(db) as release:
         work = asyncio.create_task(write())
-        while not work.done():
-            await asyncio.sleep(0.005)
+        while not work.done() and ticks < 20:
+            await asyncio.sleep(0)  # a turn of the loop, no clock
             ticks += 1
-            if ticks == 20:
-                release.set()
-        await work
+        release.set()
+        await asyncio.wait_for(work, timeout=30)
     return ticks
 
 

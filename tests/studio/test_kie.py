@@ -33,7 +33,8 @@ class FakeKie:
         self.creates: list[dict[str, Any]] = []
         self.polls = 0
         self.rate_limit_next = 1
-        self.answer_after_seconds = 0.0  # > the client's timeout: the task is created, the answer lost
+        # set: createTask answers only once the test opens it (the client times out first)
+        self.answer_gate: threading.Event | None = None
         app = self.app
 
         @app.post("/api/v1/jobs/createTask")
@@ -47,7 +48,8 @@ class FakeKie:
             self.creates.append(body)
             task_id = f"kie-{len(self.creates)}"
             self.tasks[task_id] = {"prompt": body["input"]["prompt"], "polls": 0}
-            await asyncio.sleep(self.answer_after_seconds)  # a slow network, not a wait for anything
+            if self.answer_gate is not None:
+                await asyncio.to_thread(self.answer_gate.wait, 30)
             return {"code": 200, "msg": "success", "data": {"taskId": task_id}}
 
         @app.get("/api/v1/jobs/recordInfo")
@@ -78,6 +80,8 @@ def fake_kie() -> Iterator[tuple[FakeKie, str]]:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     yield fake, f"http://127.0.0.1:{port}"
+    if fake.answer_gate is not None:
+        fake.answer_gate.set()
     server.should_exit = True
     thread.join(timeout=10)
 
@@ -243,7 +247,7 @@ async def test_a_createtask_whose_answer_is_lost_is_never_sent_again(
     the network: with a callback, the task waits for it; without one, it fails
     ``unknown_submission`` with its credits returned. A retry would render it twice."""
     fake, url = fake_kie
-    fake.rate_limit_next, fake.answer_after_seconds = 0, 2.0
+    fake.rate_limit_next, fake.answer_gate = 0, threading.Event()
     user = await studio_user(client, admin, "u1", plan="pro", credits=1000)
     accepted = await submit(client, user, {"rows": [{"prompt": "shot", "model": "sora-2"}]})
     engine, provider = kie_engine(runtime, url, calls_back=calls_back, timeout_seconds=0.3)
