@@ -52,6 +52,7 @@ def import_all_models() -> None:
     import batchops.billing.models
     import batchops.core.audit
     import batchops.core.outbox
+    import batchops.core.schedule
     import batchops.dining.models
     import batchops.identity.models
     import batchops.notifications.models

@@ -22,6 +22,7 @@ class User(Base):
     department_id: Mapped[str | None] = mapped_column(String(128), index=True)
     max_devices: Mapped[int] = mapped_column(default=5)
     plan: Mapped[str] = mapped_column(String(16), default="free")
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2; NULL: no console sign-in
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
