@@ -106,6 +106,13 @@ async def test_usage_report_rejects_bad_input(client: httpx.AsyncClient, admin: 
         {k: v for k, v in usage("a1").items() if k != "userId"},
         usage("a1", unknownField=1),
         usage("a1", seconds=3602, releasedAt="2026-11-23T09:00:00Z"),  # longer than the device was held
+        # loose types (issue 16.4): no coercion, as in the scheduler's bodies
+        usage("a1", durationSeconds=True),
+        usage("a1", cpuCores="4"),
+        usage("a1", memoryMB=8192.0),
+        usage("a1", allocatedAt=0),
+        usage("a1", allocatedAt="0"),
+        usage("a1", releasedAt=1795420800),
     ]
     for body in bad:
         r = await client.post("/api/internal/metering/device-usage", json=body, headers=INTERNAL)
@@ -118,6 +125,18 @@ async def test_usage_report_rejects_bad_input(client: httpx.AsyncClient, admin: 
     error(r, 400, "BadRequestException")
     unknown = await client.post("/api/internal/metering/device-usage", json=usage("a1", "ghost"), headers=INTERNAL)
     assert error(unknown, 404, "NotFoundException")["message"] == "User not found"
+    history = data(await client.get("/metering/users/u1", headers=admin))
+    assert history["total"] == 0 and (await balance(client, "u1"))["balance"] == 0  # nothing was charged
+
+
+async def test_loose_types_name_the_field(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    cases = {"durationSeconds": True, "cpuCores": "4", "allocatedAt": 0}
+    for field, value in cases.items():
+        r = await client.post(
+            "/api/internal/metering/device-usage", json=usage("a1", **{field: value}), headers=INTERNAL
+        )
+        details = error(r, 400, "BadRequestException")["details"]
+        assert [d["field"] for d in details] == [field], details
 
 
 @pytest.mark.parametrize("size", [0, 1, 100, 101])

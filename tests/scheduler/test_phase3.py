@@ -59,6 +59,11 @@ async def test_reservation_holds_a_device_and_windows_never_overlap(
         headers=admin,
     )
     error(bad, 400, "BadRequestException")  # no zone: ambiguous
+    in_an_hour = int((utcnow() + timedelta(hours=1)).timestamp())
+    for timestamp in (in_an_hour, str(in_an_hour)):  # pydantic would read either as Unix time
+        body = {"userId": "u2", "startAt": timestamp, "durationMinutes": 30}
+        r = await client.post("/scheduler/reservations", json=body, headers=admin)
+        assert error(r, 400, "BadRequestException")["details"][0]["field"] == "startAt"
 
 
 async def test_the_database_refuses_overlapping_reservations(

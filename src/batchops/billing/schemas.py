@@ -6,9 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import AwareDatetime, Field, model_validator
+from pydantic import Field, StrictInt, model_validator
 
-from batchops.core.schemas import Money, Schema, StrictSchema
+from batchops.core.schemas import IsoDatetime, Money, Schema, StrictSchema
 
 Id = Field(min_length=1, max_length=128)
 
@@ -20,13 +20,13 @@ class DeviceUsageIn(StrictSchema):
     user_id: str = Id
     tenant_id: str | None = Field(None, max_length=128)
     allocation_id: str = Field(min_length=1, max_length=64)
-    duration_seconds: int = Field(ge=0, le=10 * 365 * 86400)
-    cpu_cores: int = Field(ge=0, le=1024)
-    memory_mb: int = Field(alias="memoryMB", ge=0, le=64 * 1024 * 1024)
-    storage_mb: int = Field(alias="storageMB", ge=0, le=1024 * 1024 * 1024)
-    # with an offset (the contract's UTC ``Z``): a naive time is ambiguous, and was a 500
-    allocated_at: AwareDatetime
-    released_at: AwareDatetime
+    # strict, as the scheduler's: true is not 1 s, "4" is not 4 cores, 0 is not 1970-01-01
+    duration_seconds: StrictInt = Field(ge=0, le=10 * 365 * 86400)
+    cpu_cores: StrictInt = Field(ge=0, le=1024)
+    memory_mb: StrictInt = Field(alias="memoryMB", ge=0, le=64 * 1024 * 1024)
+    storage_mb: StrictInt = Field(alias="storageMB", ge=0, le=1024 * 1024 * 1024)
+    allocated_at: IsoDatetime
+    released_at: IsoDatetime
 
     @model_validator(mode="after")
     def _ordered(self) -> DeviceUsageIn:

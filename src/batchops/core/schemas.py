@@ -10,6 +10,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -55,6 +56,18 @@ def _iso_date_text(value: object) -> object:
 
 
 IsoDate = Annotated[dt.date, BeforeValidator(_iso_date_text)]
+
+
+def _iso_datetime_text(value: object) -> object:
+    """Only an ISO-8601 text (or a datetime): pydantic reads ``0``, ``true`` and ``"0"`` as
+    Unix timestamps (1970-01-01), which no client means."""
+    if isinstance(value, dt.datetime) or (isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}[Tt ]", value)):
+        return value
+    raise ValueError("must be an ISO-8601 date-time string")
+
+
+# with an offset (the contract's UTC ``Z``): a naive time is ambiguous
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_datetime_text)]
 
 
 def _trimmed(value: str) -> str:

@@ -3,22 +3,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BeforeValidator, Field, StrictBool, StrictInt, StringConstraints, model_validator
+from pydantic import Field, StrictBool, StrictInt, StringConstraints, model_validator
 
-from batchops.core.schemas import BatchOptions, BatchSummary, Identifier, Schema, StrictSchema
+from batchops.core.schemas import BatchOptions, BatchSummary, Identifier, IsoDatetime, Schema, StrictSchema
 
 # JSON numbers and booleans are taken as they are: "60" or true is not a duration (no lax coercion).
 Minutes = Annotated[StrictInt, Field(ge=1, le=1440)]
 Reason = Annotated[str, StringConstraints(max_length=500)]
-
-
-def _text_only(value: object) -> object:
-    if isinstance(value, int | float):  # pydantic would read 0 as 1970-01-01: not a date-time string
-        raise ValueError("must be an ISO-8601 date-time string")
-    return value
-
-
-IsoDatetime = Annotated[AwareDatetime, BeforeValidator(_text_only)]
 
 
 # --- devices ---------------------------------------------------------------------------
