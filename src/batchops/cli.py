@@ -112,6 +112,10 @@ billing_app = typer.Typer(help="Billing tools: dead-letter replay and reconcilia
 app.add_typer(billing_app, name="billing")
 
 
+class ReplayRefused(Exception):
+    """The runtime could not start: replaying now would mark events delivered unpublished."""
+
+
 @billing_app.command("replay")
 def billing_replay() -> None:
     """Redeliver every dead-lettered usage report now."""
@@ -121,12 +125,25 @@ def billing_replay() -> None:
     async def run() -> tuple[int, int]:
         rt = build_runtime(settings)
         try:
+            # Started as the server's is: the replay delivers every due outbox row, events
+            # too, and an event bus never connected would mark them delivered unpublished.
+            try:
+                await rt.start()
+            except Exception as exc:
+                raise ReplayRefused(f"{type(exc).__name__}: {exc}") from exc
             result: tuple[int, int] = await rt.services["billing"].replay()
             return result
         finally:
             await rt.stop()
 
-    requeued, delivered = asyncio.run(run())
+    try:
+        requeued, delivered = asyncio.run(run())
+    except ReplayRefused as exc:
+        console.print(
+            "[red]replay refused:[/red] cannot connect what the server delivers through "
+            f"(BATCHOPS_AMQP_URL, BATCHOPS_REDIS_URL): {exc}. Nothing was replayed."
+        )
+        raise typer.Exit(1) from exc
     console.print(f"requeued {requeued} dead-lettered usage reports; {delivered} outbox rows delivered")
 
 
