@@ -2,24 +2,33 @@
 
 ``batchops serve`` embeds one; ``batchops worker`` runs more in their own
 processes. Several workers on one PostgreSQL are safe: the outbox is claimed
-with SKIP LOCKED and leases, and every periodic job takes its own locks.
+with SKIP LOCKED and leases, so every worker dispatches it; a periodic job runs
+once per interval across all of them (``core.schedule``: whoever moves the job's
+``next_run_at`` forward runs it), unless it is marked ``every_worker``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
+from batchops.core.db import utcnow
 from batchops.core.outbox import Outbox
+from batchops.core.schedule import claim_run
 
 log = structlog.get_logger(__name__)
+
+SLOW_JOB_SECONDS = 600  # a job this slow first runs one interval after the schedule starts
+CLAIM_RETRY_SECONDS = 10.0  # the shared schedule could not be read: ask again after this
 
 
 @dataclass
@@ -27,10 +36,27 @@ class PeriodicJob:
     name: str
     interval_seconds: float
     run: Callable[[], Awaitable[Any]]
-    last_run: float = field(default=0.0, init=False)
+    # False (the rule): once per interval across the cluster, through the shared schedule.
+    # True: each worker runs it every interval, for a job that splits its work between
+    # workers itself (claiming rows with SKIP LOCKED and leases, as the studio tick does),
+    # where one worker at a time would cap the cluster's throughput at one worker's.
+    every_worker: bool = False
+    # when this worker looks at the job next (in process: an idle worker asks the
+    # database only when the shared schedule says the job may be due)
+    next_due: datetime | None = field(default=None, init=False)
 
-    def due(self, now: float) -> bool:
-        return now - self.last_run >= self.interval_seconds
+    @property
+    def interval(self) -> timedelta:
+        return timedelta(seconds=self.interval_seconds)
+
+    def due(self, now: datetime) -> bool:
+        return self.next_due is None or now >= self.next_due
+
+
+def worker_identity() -> str:
+    """Who ran a job last (``job_schedule.last_owner``): host, process, and a suffix
+    telling apart the workers of one process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -39,6 +65,8 @@ class Worker:
     jobs: list[PeriodicJob] = field(default_factory=list)
     poll_seconds: float = 0.5
     dead_letter_retry_seconds: float = 900.0
+    clock: Callable[[], datetime] = utcnow
+    owner: str = field(default_factory=worker_identity)
 
     def __post_init__(self) -> None:
         self.jobs.append(PeriodicJob("outbox.requeue_dead", self.dead_letter_retry_seconds, self._requeue_dead))
@@ -59,24 +87,50 @@ class Worker:
         return await self.outbox.purge_delivered(timedelta(days=7))
 
     async def run_jobs(self, *, force: bool = False) -> None:
-        now = time.monotonic()
+        """Run the jobs due now. ``force``: every job, here, whatever the schedule says."""
         for job in self.jobs:
-            if force or job.due(now):
-                job.last_run = now
-                try:
-                    await job.run()
-                except Exception:
-                    log.exception("job_failed", job=job.name)
+            now = self.clock()  # per job: the one before may have run for a while
+            if not force and not job.due(now):
+                continue
+            if force or job.every_worker:
+                job.next_due = now + job.interval
+            elif not await self._claim(job, now):
+                continue
+            try:
+                await job.run()
+            except Exception:
+                log.exception("job_failed", job=job.name)
+
+    async def _claim(self, job: PeriodicJob, now: datetime) -> bool:
+        """Whether this worker runs ``job`` now, per the shared schedule."""
+        delay = job.interval if job.interval_seconds >= SLOW_JOB_SECONDS else timedelta(0)
+        try:
+            claim = await claim_run(
+                self.outbox.db, job.name, interval=job.interval, now=now, owner=self.owner, first_run_at=now + delay
+            )
+        except Exception:
+            log.exception("job_claim_failed", job=job.name)
+            job.next_due = now + min(job.interval, timedelta(seconds=CLAIM_RETRY_SECONDS))
+            return False
+        job.next_due = min(claim.next_run_at, now + job.interval)
+        return claim.mine
 
     async def run_once(self) -> int:
         """One full pass: every job, then the outbox until it is empty."""
         await self.run_jobs(force=True)
         return await self.outbox.drain()
 
+    def start_schedule(self) -> None:
+        """Every job is looked at in the first pass; a slow one first runs after one
+        interval (for a shared job, when the cluster's schedule has no row for it yet)."""
+        now = self.clock()
+        for job in self.jobs:
+            slow = job.every_worker and job.interval_seconds >= SLOW_JOB_SECONDS
+            job.next_due = now + job.interval if slow else None
+
     async def run_forever(self, stop: asyncio.Event) -> None:
-        log.info("worker_started", jobs=[j.name for j in self.jobs])
-        for job in self.jobs:  # start every schedule now, but first run after one interval for slow ones
-            job.last_run = time.monotonic() if job.interval_seconds >= 600 else 0.0
+        log.info("worker_started", jobs=[j.name for j in self.jobs], owner=self.owner)
+        self.start_schedule()
         while not stop.is_set():
             try:
                 await self.run_jobs()

@@ -36,6 +36,8 @@ def build_studio(rt: Runtime, ledger: Any, notifications: NotificationService) -
         studio=StudioService(rt.db, provider, rt.push, callback_key=s.jwt_secret, time_scale=scale),
         studio_engine=engine,
     )
-    rt.worker.add_job(PeriodicJob("studio.tick", s.studio_tick_seconds, engine.tick))
+    # every worker ticks: the engine claims its tasks with SKIP LOCKED and leases, so the
+    # workers share the renders instead of waiting for one another
+    rt.worker.add_job(PeriodicJob("studio.tick", s.studio_tick_seconds, engine.tick, every_worker=True))
     rt.closers.append(provider.close)
     return engine
