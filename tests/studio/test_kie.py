@@ -270,3 +270,38 @@ async def test_a_createtask_whose_answer_is_lost_is_never_sent_again(
     else:
         assert task["status"] == "failed" and task["errorKind"] == "unknown_submission"
         assert await balance(runtime, "u1") == (1000, 0)
+
+
+async def test_a_callback_of_the_first_run_is_not_taken_for_a_retried_task(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, fake_kie: tuple[FakeKie, str]
+) -> None:
+    """After retry-failed the task's new submission has a new request id: a (late) callback
+    for the failed first submission does not hand the retried task that render."""
+    fake, url = fake_kie
+    fake.rate_limit_next = 0
+    user = await studio_user(client, admin, "u1", plan="pro", credits=1000)
+    accepted = await submit(client, user, {"rows": [{"prompt": "graphic violence", "model": "sora-2"}]})
+    batch_id = accepted["batchId"]
+    engine, provider = kie_engine(runtime, url, calls_back=True)
+    try:
+        await engine.run_until_idle(limit_seconds=30)
+        assert (await batch(client, user, batch_id))["tasks"][0]["errorKind"] == "content_rejected"
+        async with runtime.db.transaction() as session:  # the first run's render deadline is long past
+            await session.execute(update(StudioTask).values(deadline_at=utcnow() - timedelta(seconds=1)))
+        r = await client.post(f"/api/v1/workflow/batches/{batch_id}/retry-failed", headers=user)
+        assert r.status_code == 200, r.text
+        await crash_after_kie_answered(runtime, engine, 1)
+        fake.tasks["kie-2"]["prompt"] = "a calm lake"  # this time it renders
+        assert await engine.tick() == 1  # resumed: waits for KIE's callback
+        first, second = (c["callBackUrl"] for c in fake.creates)
+        assert first != second
+        r = await client.post(first, json={"code": 200, "data": {"taskId": "kie-1"}})
+        assert r.status_code == 200 and r.json()["msg"] == "ignored"
+        r = await client.post(second, json={"code": 200, "data": {"taskId": "kie-2"}})
+        assert r.status_code == 200 and r.json()["msg"] == "reconciled"
+        await engine.run_until_idle(limit_seconds=30)
+    finally:
+        await provider.close()
+    task = (await batch(client, user, batch_id))["tasks"][0]
+    assert task["status"] == "succeeded" and task["resultUrl"] == "https://cdn.kie.test/kie-2.mp4"
+    assert len(fake.creates) == 2  # once per run

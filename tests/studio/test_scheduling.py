@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -11,6 +12,7 @@ from sqlalchemy import select, update
 
 from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
+from batchops.studio.config import MAX_RETRIES
 from batchops.studio.engine import Engine
 from batchops.studio.models import SimJob, StudioBatch, StudioTask
 from tests.helpers import data
@@ -280,3 +282,39 @@ async def test_poll_steps_run_from_the_first_poll(engine_factory: Callable[..., 
         engine._next_poll(sd, start + timedelta(seconds=45 + e)) - start - timedelta(seconds=45 + e)
         for e in (0, 59, 60, 180)
     ] == [timedelta(seconds=s) for s in (3, 3, 5, 8)]
+
+
+async def test_a_crash_during_retry_failed_renders_each_retried_task_once_more(
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+) -> None:
+    """retry-failed starts the attempts at 1 again; its submissions still carry new request
+    ids, so a resumed task never adopts the first run's failed render (issue 16.7)."""
+    user = await studio_user(client, admin, "u1", plan="enterprise")
+    accepted = await submit(client, user, {"rows": rows(*[SORA2] * 8)})
+    batch_id = accepted["batchId"]
+    await engine_factory(failure_rate=1.0).run_until_idle(limit_seconds=30)  # every render fails, retries too
+    assert (await batch(client, user, batch_id))["counts"]["failed"] == 8
+    first_run = Counter(j.task_ref for j in await sim_jobs(runtime))
+    assert len(first_run) == 8 and set(first_run.values()) == {1 + MAX_RETRIES}
+    assert (
+        data(await client.post(f"/api/v1/workflow/batches/{batch_id}/retry-failed", headers=user))["affectedCount"] == 8
+    )
+    async with runtime.db.transaction() as session:  # the failures cut its concurrency: not this test's subject
+        await session.execute(
+            update(StudioBatch).where(StudioBatch.id == batch_id).values(concurrency_limit=10, recent_outcomes=[])
+        )
+    dead = engine_factory(lease=0.05)
+    claims = await dead.admit()  # the intents are recorded ...
+    assert len(claims) == 8
+    for claim in claims[:4]:  # ... half reach the provider, then the worker dies before recording anything
+        await dead.step(claim)
+    async with runtime.db.transaction() as session:  # the dead worker's leases run out
+        expired = utcnow() - timedelta(seconds=1)
+        await session.execute(update(StudioTask).where(StudioTask.lease_until.is_not(None)).values(lease_until=expired))
+    await engine_factory().run_until_idle(limit_seconds=30)
+    view = await batch(client, user, batch_id)
+    assert view["counts"]["succeeded"] == 8 and view["status"] == "completed"
+    assert {t["attempts"] for t in view["tasks"]} == {1}  # no old failure adopted, so nothing retried
+    jobs = await sim_jobs(runtime)
+    assert Counter(j.task_ref for j in jobs) == {task: n + 1 for task, n in first_run.items()}  # once more each
+    assert len({j.request_id for j in jobs}) == len(jobs)  # no request id was ever sent twice

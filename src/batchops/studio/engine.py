@@ -82,6 +82,7 @@ from batchops.studio.providers import (
     ProviderError,
     SubmitRequest,
     expected_render_seconds,
+    submission_id,
 )
 
 log = structlog.get_logger(__name__)
@@ -240,7 +241,7 @@ class Engine:
                             "id": task.id,
                             "state": SUBMITTING,
                             "attempts": task.attempts + 1,
-                            "request_id": f"{task.id}.{task.attempts + 1}",
+                            "request_id": submission_id(task.id, task.attempts + 1),
                             "lease_owner": self.owner,
                             "lease_until": now + self.lease,
                             "started_at": task.started_at or now,
@@ -481,6 +482,7 @@ class Engine:
                 duration=task.duration,
                 prompt=task.prompt,
                 image_url=task.image_url,
+                attempt=task.attempts,
             )
         )
         return Outcome(claim, "submitted", provider_task_id=provider_task_id)

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -54,6 +55,14 @@ class ProviderError(Exception):
         return self.kind in RETRYABLE_KINDS
 
 
+def submission_id(task_id: str, attempt: int) -> str:
+    """Our id of one submission of a task, recorded with the intent before the provider
+    call. Random, so never used before: retry-failed starts the attempts at 1 again, and
+    the provider's ``find`` or KIE's callback for an earlier submission's id would
+    otherwise hand a retried task that submission's (failed) render."""
+    return f"{task_id}.{attempt}.{secrets.token_hex(6)}"
+
+
 @dataclass(frozen=True)
 class SubmitRequest:
     request_id: str
@@ -65,6 +74,7 @@ class SubmitRequest:
     duration: int | None
     prompt: str
     image_url: str | None
+    attempt: int = 1  # of this run of the task (retry-failed starts again at 1)
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ class SimulatedProvider:
         base = expected_render_seconds(req.generation_type, req.model, req.resolution, req.duration)
         # Draws keyed on the prompt and the attempt number (not on generated ids), so a given
         # batch renders and fails the same way on every run: reproducible tests and benches.
-        draw = f"{req.prompt}:{req.request_id.rpartition('.')[2]}"
+        draw = f"{req.prompt}:{req.attempt}"
         render = base * (0.9 + 0.2 * _fraction("render:" + draw)) * self.time_scale
         if "[slow]" in req.prompt:
             render *= 1000

@@ -466,6 +466,7 @@ class StudioService:
                         "finished_at": None,
                         "provider_task_id": None,
                         "request_id": None,
+                        "deadline_at": None,  # the first run's: a resumed retry would be judged by it
                     }
                     for t in failed
                 ],
