@@ -14,12 +14,14 @@ from batchops import migrate as migrations
 from batchops.assembly import build_runtime
 from batchops.core.auth import create_token
 from batchops.core.logging import configure_logging
+from batchops.identity.cli import app as user_app
 from batchops.settings import Settings, get_settings
 from batchops.studio.cli import app as studio_app
 
 app = typer.Typer(help="batchops: batch operations for multi-tenant platforms.", no_args_is_help=True)
 console = Console()
 app.add_typer(studio_app, name="studio")
+app.add_typer(user_app, name="user")
 
 
 @app.command()

@@ -36,6 +36,10 @@ DEMO_BALANCE_FEN = 100_000
 # Users who start at their maxDevices (scenario 1's user-009 / user-010, scenario 5's quota-exceeded-user).
 HELD = {"quota-exceeded-user": 5, "user-009": 1, "user-010": 1}
 NAMED_ALLOCATIONS = [f"alloc-{i:03d}" for i in range(1, 6)]
+# Console sign-ins of the demo (printed by `batchops demo` and `make run`): an operator and
+# a device user who holds alloc-001.
+DEMO_DEVICE_USER = "user-011"
+DEMO_PASSWORDS = {"operator": "batchops-admin", DEMO_DEVICE_USER: "batchops-user"}
 
 
 def demo_user(user_id: str, **fields: Any) -> UserIn:
@@ -43,6 +47,16 @@ def demo_user(user_id: str, **fields: Any) -> UserIn:
     if user_id in HELD:
         fields["max_devices"] = HELD[user_id]
     return UserIn(user_id=user_id, **fields)
+
+
+async def set_demo_passwords(identity: IdentityService, admin_id: str) -> list[str]:
+    """Console passwords for the demo's operator and device user; the lines that say how to sign in."""
+    await identity.set_password(admin_id, DEMO_PASSWORDS["operator"])
+    await identity.set_password(DEMO_DEVICE_USER, DEMO_PASSWORDS[DEMO_DEVICE_USER])
+    return [
+        f"console sign-in (operator): {admin_id} / {DEMO_PASSWORDS['operator']}",
+        f"console sign-in (device user): {DEMO_DEVICE_USER} / {DEMO_PASSWORDS[DEMO_DEVICE_USER]}",
+    ]
 
 
 async def load_demo(settings: Settings, admin_id: str) -> list[str]:
@@ -112,6 +126,6 @@ async def load_demo(settings: Settings, admin_id: str) -> list[str]:
             asks = [AllocationRequest(user_id=f"user-{i:03d}", duration_minutes=120) for i in range(11, 16)]
             done = await scheduler.batch_allocate(admin, asks, BatchMode(), allocation_ids=NAMED_ALLOCATIONS)
             lines.append(f"{done.success_count} allocations named as the seed's scenarios 2 and 3: alloc-001…005")
-        return lines
+        return lines + await set_demo_passwords(identity, admin_id)
     finally:
         await rt.stop()

@@ -50,6 +50,16 @@ class Settings(BaseSettings):
         description="IPs and CIDR networks, comma-separated, that may call the admin batch endpoints (unset = any)",
     )
 
+    # --- console (web) ----------------------------------------------------------------
+    console_secret: str = Field(
+        "dev-insecure-console-secret-change-me", description="key that signs the console's session cookie"
+    )
+    console_session_hours: int = Field(12, ge=1, le=24 * 30, description="a console sign-in lasts this long")
+    console_secure_cookie: bool = Field(False, description="send the session cookie over HTTPS only (behind TLS)")
+    console_signin_limit: str = Field(
+        "5/minute", description="failed console sign-ins allowed per account and per address (limits' notation)"
+    )
+
     # --- optional infrastructure -----------------------------------------------------
     amqp_url: str | None = Field(None, description="RabbitMQ URL; events also go to exchange batchops.events")
     amqp_exchange: str = Field("batchops.events", description="topic exchange for events")
@@ -142,6 +152,14 @@ class Settings(BaseSettings):
     def _networks(cls, value: str | None) -> str | None:
         if value:
             ip_networks(value)  # fails the start-up on a malformed entry
+        return value
+
+    @field_validator("console_signin_limit")
+    @classmethod
+    def _signin_limit(cls, value: str) -> str:
+        from limits import parse
+
+        parse(value)  # fails the start-up on a malformed limit
         return value
 
     @property

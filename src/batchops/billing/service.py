@@ -289,9 +289,9 @@ class BillingService:
     async def dead_letters(self, *, offset: int, limit: int) -> tuple[list[OutboxMessage], int]:
         return await self.outbox.list_dead(USAGE_KIND, offset=offset, limit=limit)
 
-    async def replay(self) -> tuple[int, int]:
-        """Requeue every dead-lettered usage report and deliver what is due now."""
-        requeued = await self.outbox.requeue_dead(USAGE_KIND)
+    async def replay(self, ids: list[int] | None = None) -> tuple[int, int]:
+        """Requeue every dead-lettered usage report (or only those ``ids``) and deliver what is due now."""
+        requeued = await self.outbox.requeue_dead(USAGE_KIND, ids)
         delivered = await self.outbox.drain() if requeued else 0
         log.info("billing_replay", requeued=requeued, delivered=delivered)
         return requeued, delivered

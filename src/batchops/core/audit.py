@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, String
+from sqlalchemy import Index, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from batchops.core.db import Base, utcnow
+from batchops.core.db import Base, Database, utcnow
 
 
 class AuditLog(Base):
@@ -26,3 +26,40 @@ class AuditLog(Base):
     execution_time_ms: Mapped[int]
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+async def list_audit(
+    db: Database,
+    *,
+    actor_id: str | None = None,
+    domain: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    offset: int = 0,
+    limit: int = 25,
+) -> tuple[list[AuditLog], int]:
+    """A page of the audit trail, newest first, and how many entries match."""
+    where: list[Any] = []
+    if actor_id:
+        where.append(AuditLog.actor_id == actor_id)
+    if domain:
+        where.append(AuditLog.domain == domain)
+    if since is not None:
+        where.append(AuditLog.created_at >= since)
+    if until is not None:
+        where.append(AuditLog.created_at < until)
+    async with db.read() as session:
+        total = await session.scalar(select(func.count()).select_from(AuditLog).where(*where))
+        rows = await session.scalars(
+            select(AuditLog)
+            .where(*where)
+            .order_by(AuditLog.created_at.desc(), AuditLog.id.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        return list(rows.all()), int(total or 0)
+
+
+async def audit_domains(db: Database) -> list[str]:
+    async with db.read() as session:
+        return sorted((await session.scalars(select(AuditLog.domain).distinct())).all())

@@ -211,11 +211,13 @@ class Outbox:
             "available_at": now + timedelta(seconds=backoff_seconds(d.attempts)),
         }
 
-    async def requeue_dead(self, kind: str | None = None) -> int:
-        """Give dead-lettered rows a fresh set of attempts, due now."""
+    async def requeue_dead(self, kind: str | None = None, ids: Sequence[int] | None = None) -> int:
+        """Give dead-lettered rows (all of ``kind``, or only ``ids``) a fresh set of attempts, due now."""
         stmt = update(OutboxMessage).where(OutboxMessage.status == DEAD)
         if kind:
             stmt = stmt.where(OutboxMessage.kind == kind)
+        if ids is not None:
+            stmt = stmt.where(OutboxMessage.id.in_(list(ids)))
         stmt = stmt.values(status=PENDING, attempts=0, available_at=utcnow(), lease_until=None)
         async with self.db.transaction() as session:
             result = await session.execute(stmt)
@@ -236,6 +238,21 @@ class Outbox:
                 )
             ).all()
         return list(rows), int(total or 0)
+
+    async def lag(self) -> tuple[int, float, int]:
+        """(pending rows, age in seconds of the oldest pending one, dead letters): how far
+        delivery is behind, read outside any transaction."""
+        async with self.db.read() as session:
+            pending, oldest = (
+                await session.execute(
+                    select(func.count(), func.min(OutboxMessage.created_at)).where(OutboxMessage.status == PENDING)
+                )
+            ).one()
+            dead = await session.scalar(
+                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == DEAD)
+            )
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        return int(pending or 0), max(0.0, age), int(dead or 0)
 
     async def counts(self) -> dict[tuple[str, str], int]:
         async with self.db.transaction() as session:

@@ -79,8 +79,14 @@ def rate_limited_admin(operation: str) -> Any:
     安全性: IP 白名单), limited per minute (seed 000 §4)."""
 
     async def dependency(request: Request, user: AdminUser, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
-        check_client_ip(request.client.host if request.client else None, rt.settings.batch_allowed_networks)
-        await rt.limiter.hit(f"{operation}:{user.id}")
+        await admit_batch_caller(rt, request, user, operation)
         return user
 
     return Depends(dependency)
+
+
+async def admit_batch_caller(rt: Runtime, request: Request, user: User, operation: str) -> None:
+    """The checks every admin batch call passes, from the API or the console: the address
+    allowlist, then one hit of the caller's per-minute limit for ``operation``."""
+    check_client_ip(request.client.host if request.client else None, rt.settings.batch_allowed_networks)
+    await rt.limiter.hit(f"{operation}:{user.id}")
