@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench browser clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +19,7 @@ run: install
 	$(VENV)/bin/batchops migrate
 	$(VENV)/bin/batchops demo --admin admin
 	@echo "admin token: $$($(VENV)/bin/batchops token admin)"
+	@echo "console: http://$(HOST):$(PORT)/console (sign-ins above)"
 	BATCHOPS_BOOTSTRAP_ADMIN=admin $(VENV)/bin/batchops serve --host $(HOST) --port $(PORT)
 
 ## make test: every test; PostgreSQL/Redis/RabbitMQ tests run where reachable (required when CI=true)
@@ -37,6 +38,12 @@ format: install
 ## make bench: benchmarks over real HTTP against servers started by the bench itself
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+
+## make browser: Debian's chromium for the console's browser tests (tests/console), when missing
+browser:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "chromium missing: run 'sudo apt-get install chromium' (tests/console skip without it, fail under CI)"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache batchops.db*

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Response
+from fastapi.responses import RedirectResponse
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,6 +19,7 @@ from batchops import __version__
 from batchops.assembly import build_runtime
 from batchops.billing.api import internal as billing_internal
 from batchops.billing.api import public as billing_public
+from batchops.console.app import create_console
 from batchops.core.errors import ErrorResponseDoc, error_body, install_error_handlers
 from batchops.core.logging import configure_logging
 from batchops.core.responses import JSONResponse
@@ -87,6 +89,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         routers += [notifications_router, scheduler_router, dining_router, studio_router]
     for router in routers:
         app.include_router(router)
+
+    if settings.billing_role == "all":
+        app.mount("/console", create_console(rt))
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> RedirectResponse:
+            return RedirectResponse("/console/", status_code=307)
 
     @app.get("/health", tags=["ops"])
     async def health() -> JSONResponse:
