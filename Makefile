@@ -39,11 +39,11 @@ format: install
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
-## make browser: Debian's chromium for the console's browser tests (tests/console), when missing
+## make browser: Debian's chromium (and a CJK font for the zh-CN screenshots) for tests/console, when missing
 browser:
-	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-	else echo "chromium missing: run 'sudo apt-get install chromium' (tests/console skip without it, fail under CI)"; fi
+	@if dpkg -s chromium fonts-wqy-microhei >/dev/null 2>&1; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei; \
+	else echo "chromium missing: run 'sudo apt-get install chromium fonts-wqy-microhei' (tests/console skip without it, fail under CI)"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache batchops.db*

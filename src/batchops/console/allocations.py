@@ -92,7 +92,9 @@ async def run_batch(
     what = "release" if action == "release" else "extend"
     succeeded = len(outcome["succeeded"])
     message = f"Batch {what} completed: {succeeded}/{len(selected)} succeeded"
-    return render(request, "_batch_result.html", action=action, message=message, total=len(selected), **outcome)
+    response = render(request, "_batch_result.html", action=action, message=message, total=len(selected), **outcome)
+    response.headers["HX-Trigger"] = "batch-done"  # the table below reloads itself
+    return response
 
 
 async def run_in_parts(

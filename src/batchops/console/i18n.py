@@ -1,6 +1,15 @@
 """The console's two languages: gettext catalogs (``locale/<lang>/LC_MESSAGES/messages.po``)
 compiled in memory on first use (no build step), chosen by a cookie the language switch
-sets, else by the browser's Accept-Language."""
+sets, else by the browser's Accept-Language.
+
+A new message is written ``{{ _("…") }}`` in a template (``gettext_for(request)`` in
+Python), then both catalogs are brought up to date and the Chinese one translated::
+
+    cd src/batchops/console
+    pybabel extract -F babel.cfg -o /tmp/console.pot --no-location --omit-header .
+    pybabel update -i /tmp/console.pot -d locale --no-location --omit-header
+
+(tests/console/test_catalogs.py fails while a message has no Chinese translation.)"""
 
 from __future__ import annotations
 
