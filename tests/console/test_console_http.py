@@ -229,3 +229,69 @@ async def test_the_root_leads_to_the_console_and_its_assets_are_served(client: h
     for asset in assets:
         assert (await client.get(asset)).status_code == 200, asset
     assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+async def test_users_are_imported_changed_suspended_and_given_passwords_from_the_console(
+    client: httpx.AsyncClient, people: None, runtime: Runtime
+) -> None:
+    token = await sign_in(client, "admin", ADMIN_PASSWORD)
+    csv_rows = "\n".join(
+        [
+            "userId,name,role,departmentId,maxDevices,plan",
+            "new-1,New One,user,dept-a,3,pro",
+            "u2,,dept_admin,,,",
+            "bad,,chief,,,",
+        ]
+    )
+    r = await client.post("/console/users/import", data={"users_csv": csv_rows, "csrf_token": token})
+    assert r.status_code == 200 and 'data-created="1"' in r.text
+    assert re.search(r"<td>4</td><td>BadRequestException</td><td>role:", r.text), r.text
+    r = await client.post("/console/users/new-1/status", data={"status": "suspended", "csrf_token": token})
+    assert r.status_code == 200
+    r = await client.post("/console/users/new-1/password", data={"password": "short", "csrf_token": token})
+    assert r.status_code == 400 and "at least 8 characters" in r.text
+    r = await client.post("/console/users/new-1/password", data={"password": "long-enough-1", "csrf_token": token})
+    assert r.status_code == 200
+    r = await client.post("/console/users/admin/status", data={"status": "suspended", "csrf_token": token})
+    assert r.status_code == 400  # an operator cannot lock themselves out
+    rows = await sql(runtime, "SELECT id, role, status, department_id, max_devices, plan FROM users ORDER BY id")
+    found = {r[0]: tuple(r[1:]) for r in rows}
+    assert found["new-1"] == ("user", "suspended", "dept-a", 3, "pro")
+    assert found["u2"][0] == "dept_admin" and "bad" not in found
+    assert await runtime.services["identity"].authenticate("new-1", "long-enough-1") is not None
+
+
+async def test_the_demo_gives_its_operator_and_device_user_passwords(runtime: Runtime, people: None) -> None:
+    from batchops.demo import DEMO_DEVICE_USER, DEMO_PASSWORDS, set_demo_passwords
+    from batchops.identity.schemas import UserIn
+
+    identity = runtime.services["identity"]
+    await identity.upsert_users([UserIn(user_id=DEMO_DEVICE_USER)])
+    lines = await set_demo_passwords(identity, "admin")
+    assert lines == [
+        "console sign-in (operator): admin / batchops-admin",
+        "console sign-in (device user): user-011 / batchops-user",
+    ]
+    assert await identity.authenticate("admin", DEMO_PASSWORDS["operator"]) is not None
+    assert await identity.authenticate(DEMO_DEVICE_USER, "wrong-password") is None
+
+
+async def test_devices_are_registered_from_an_uploaded_csv_file(
+    client: httpx.AsyncClient, people: None, runtime: Runtime
+) -> None:
+    token = await sign_in(client, "admin", ADMIN_PASSWORD)
+    upload = "\ufeffname,cpu,memory,storage,node\nUp-1,2,4096,32768,node-7\nUp-2,2,4096,32768,node-7\n".encode()
+    r = await client.post(
+        "/console/devices/import",
+        data={"csrf_token": token},
+        files={"devices_file": ("devices.csv", upload, "text/csv")},
+    )
+    assert r.status_code == 200 and 'data-created="2"' in r.text, r.text
+    rows = await sql(runtime, "SELECT name, node_id FROM devices ORDER BY name")
+    assert [tuple(row) for row in rows] == [("Up-1", "node-7"), ("Up-2", "node-7")]
+    r = await client.post(
+        "/console/devices/import",
+        data={"csrf_token": token},
+        files={"devices_file": ("devices.csv", b"name,colour\nX,red\n", "text/csv")},
+    )
+    assert r.status_code == 400 and "Unknown CSV columns: colour" in r.text
