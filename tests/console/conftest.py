@@ -51,6 +51,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(autouse=True)
+def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process console tests hash with argon2's lowest costs (the default takes ~0.3 s
+    of CPU per hash here); a hash carries its parameters, so verifying follows them."""
+    from argon2 import PasswordHasher
+
+    from batchops.identity import passwords
+
+    monkeypatch.setattr(passwords, "HASHER", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
+
+
 @dataclass
 class ConsoleServer:
     engine: str

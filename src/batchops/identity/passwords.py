@@ -8,14 +8,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 MIN_LENGTH = 8
 MAX_LENGTH = 256  # argon2 takes any length; a cap keeps a hostile form from costing more than one hash
 
-_hasher = PasswordHasher()
+HASHER = PasswordHasher()
 # Checked when the user is unknown or has no password, so that a sign-in takes as long
 # whether or not the account exists.
-_DUMMY = _hasher.hash("batchops-no-such-user")
+_DUMMY = HASHER.hash("batchops-no-such-user")
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return HASHER.hash(password)
 
 
 def password_problem(password: str) -> str | None:
@@ -33,10 +33,6 @@ def verify_password(stored: str | None, password: str) -> bool:
     if len(password) > MAX_LENGTH:
         return False
     try:
-        return _hasher.verify(stored or _DUMMY, password) and stored is not None
+        return HASHER.verify(stored or _DUMMY, password) and stored is not None
     except (VerificationError, InvalidHashError):
         return False
-
-
-def needs_rehash(stored: str) -> bool:
-    return _hasher.check_needs_rehash(stored)
