@@ -4,7 +4,7 @@ clients at once, real HTTP to a billing-only server on PostgreSQL), beside the
 same usage rows inserted by plain SQL in the same run (the floor), and beside
 Lago's reported ~10,000 events/s for its REST batch ingestion.
 
-    python -m bench billing [--db postgresql|sqlite] [--events 20000] [--clients 16] [--processes 2]
+    python -m bench billing [--db postgresql|sqlite] [--events 20000] [--clients 16] [--processes 2] [--smoke]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sqlite3
 import statistics
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -31,18 +32,31 @@ USERS = [f"meter-{i:04d}" for i in range(1000)]
 SERVICE_TOKEN = "bench-service-token"
 
 
+ALLOCATED_AT = datetime(2026, 11, 23, 8, tzinfo=UTC)
+
+
+def duration(i: int) -> int:
+    return 60 + i % 3600
+
+
+def iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
 def events(count: int, run: str) -> list[dict[str, Any]]:
+    """Valid seed 001 reports: each held its device exactly ``durationSeconds`` (the service
+    refuses a duration longer than ``releasedAt - allocatedAt``)."""
     return [
         {
             "deviceId": f"device-{i % 500:03d}",
             "userId": USERS[i // 10 % len(USERS)],
             "allocationId": f"{run}-{i:06d}",
-            "durationSeconds": 60 + i % 3600,
+            "durationSeconds": duration(i),
             "cpuCores": 2 + i % 4,
             "memoryMB": 4096,
             "storageMB": 32768,
-            "allocatedAt": "2026-11-23T08:00:00Z",
-            "releasedAt": "2026-11-23T09:00:00Z",
+            "allocatedAt": iso(ALLOCATED_AT),
+            "releasedAt": iso(ALLOCATED_AT + timedelta(seconds=duration(i))),
         }
         for i in range(count)
     ]
@@ -72,11 +86,19 @@ async def through_api(server: Server, count: int, clients: int) -> float:
 
 
 def _rows(count: int, run: str) -> list[tuple[Any, ...]]:
-    from datetime import UTC, datetime
-
-    at = datetime(2026, 11, 23, 8, tzinfo=UTC)
+    at = ALLOCATED_AT
     return [
-        (f"{run}-{i:06d}", USERS[i % len(USERS)], f"dev-{i % 500}", 60 + i % 3600, 2 + i % 4, 4096, 32768, at, at)
+        (
+            f"{run}-{i:06d}",
+            USERS[i % len(USERS)],
+            f"dev-{i % 500}",
+            duration(i),
+            2 + i % 4,
+            4096,
+            32768,
+            at,
+            at + timedelta(seconds=duration(i)),
+        )
         for i in range(count)
     ]
 
@@ -137,7 +159,7 @@ async def run(engine: str, count: int, clients: int, rounds: int, processes: int
     async with Server.start(engine, worker=False, env=env, serve_args=serve_args) as server:
         r = await server.client.post("/admin/users/batch", json={"users": [{"userId": u} for u in USERS]})
         r.raise_for_status()
-        await through_api(server, 2000, clients)  # warm-up: connections, accounts, caches
+        await through_api(server, min(2000, count), clients)  # warm-up: connections, accounts, caches
         api, floor = [], []
         for _ in range(rounds):
             api.append(await through_api(server, count, clients))
@@ -172,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=16, help="concurrent callers (latency hides behind them)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, default=2, help="server processes (the machine has 2 cores)")
+    parser.add_argument("--smoke", action="store_true", help="200 events, one round: runs end to end, measures nothing")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.events, args.rounds, args.clients, args.processes = 2 * BATCH, 1, 2, 1
     asyncio.run(run(args.db, args.events, args.clients, args.rounds, args.processes))
 
 

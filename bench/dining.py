@@ -8,7 +8,7 @@ orders are deleted (not timed), so every request does the full work: lock the
 members, read menus and existing orders, judge 20 orders, write 1,020 rows.
 Target: the API within 3x of the floor.
 
-    python -m bench.dining [--reps 20] [--db sqlite|postgresql|both]
+    python -m bench.dining [--reps 20] [--db sqlite|postgresql|both] [--smoke]
 """
 
 from __future__ import annotations
@@ -217,7 +217,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--db", "--engine", dest="engine", choices=[*ENGINES, "both"], default="both")
+    parser.add_argument("--smoke", action="store_true", help="one repetition: runs end to end, measures nothing")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.reps = 1
     engines = list(ENGINES) if args.engine == "both" else [args.engine]
     table = asyncio.run(run(engines, args.reps))
     table.print(Console(width=160))

@@ -7,7 +7,7 @@ and the outbox left to drain before the next repetition. The floor writes the sa
 rows (devices, allocations, billing holds, outbox events, notifications, usage, audit) with
 sqlite3 / asyncpg ``executemany`` in one transaction, on the same database file.
 
-    python -m bench.scheduler [--db sqlite|postgresql] [--reps 30] [--single-reps 8]
+    python -m bench.scheduler [--db sqlite|postgresql] [--reps 30] [--single-reps 8] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ TARGET_MS = {("allocate", 50): 20.0, ("release", 100): 25.0, ("query", 100): 8.0
 FLOOR_FACTOR = 3.0
 HOLD_AMOUNT = 100  # the floor's pre-authorisation per allocation (the API's depends on the price)
 SIZES = {"allocate": (10, 25, 50), "release": (10, 50, 100), "query": (10, 50, 100)}
+SMOKE_SIZES = {op: sizes[:1] for op, sizes in SIZES.items()}  # --smoke: does it still run end to end
 
 
 def user(i: int) -> str:
@@ -305,18 +306,19 @@ class Api:
         return total
 
 
-async def setup(client: httpx.AsyncClient) -> None:
-    users = [{"userId": user(i), "name": user(i), "maxDevices": 100} for i in range(USERS)]
+async def setup(client: httpx.AsyncClient, population: int = USERS, devices: int = DEVICES) -> None:
+    """``population`` users (each able to pay) and ``devices`` devices."""
+    users = [{"userId": user(i), "name": user(i), "maxDevices": 100} for i in range(population)]
     ok(await client.post("/admin/users/batch", json={"users": users}))
     # allocations pre-authorise their cost (billing holds are part of the measured path)
     await asyncio.gather(
-        *(client.post("/admin/billing/topup", json={"userId": user(i), "amount": 1_000_000}) for i in range(USERS))
+        *(client.post("/admin/billing/topup", json={"userId": user(i), "amount": 1_000_000}) for i in range(population))
     )
-    devices = [
+    rows = [
         {"id": f"bench-d{i:03d}", "name": f"Device-{i:03d}", "cpuCores": 4, "memoryMB": 8192, "storageMB": 65536}
-        for i in range(DEVICES)
+        for i in range(devices)
     ]
-    ok(await client.post("/scheduler/devices/batch", json={"devices": devices}))
+    ok(await client.post("/scheduler/devices/batch", json={"devices": rows}))
 
 
 Cells = dict[str, Timing | float | None]
@@ -401,7 +403,9 @@ async def bench_noop(api: Api, floor: Floor, reps: int) -> Cells:
     }
 
 
-async def measure(server: Server, reps: int, single_reps: int) -> CompareTable:
+async def measure(
+    server: Server, reps: int, single_reps: int, sizes: dict[str, tuple[int, ...]] = SIZES
+) -> CompareTable:
     http = await KeepAlive.open(server)
     api, floor = Api(http), await Floor(server).open()
     engine = "SQLite" if server.engine == "sqlite" else "PostgreSQL"
@@ -420,9 +424,13 @@ async def measure(server: Server, reps: int, single_reps: int) -> CompareTable:
         ],
     )
     try:
-        await setup(server.client)
-        for op, sizes in SIZES.items():
-            for n in sizes:
+        if sizes is SIZES:
+            await setup(server.client)
+        else:  # as many users and devices as the largest batch needs
+            largest = max(n for ns in sizes.values() for n in ns)
+            await setup(server.client, largest, largest)
+        for op, ns in sizes.items():
+            for n in ns:
                 cells = await BENCHES[op](api, floor, [user(i) for i in range(n)], reps, single_reps)
                 cells["seed"] = SEED_MS.get((op, n))
                 table.add(f"{op} {n}", cells, verdict(server.engine, table, op, n, cells))
@@ -451,9 +459,13 @@ def verdict(engine: str, table: CompareTable, op: str, n: int, cells: Cells) -> 
     return {"batch API vs seed": faster, "target": ("PASS " if passed else "FAIL ") + ", ".join(parts)}
 
 
-async def run(engine: str, reps: int, single_reps: int) -> CompareTable:
-    async with Server.start(engine) as server:
-        table = await measure(server, reps, single_reps)
+async def run(engine: str, reps: int, single_reps: int, smoke: bool = False) -> CompareTable:
+    # a smoke run waits for the outbox between repetitions: poll it often rather than wait out the idle poll
+    env = {"BATCHOPS_OUTBOX_POLL_SECONDS": "0.02"} if smoke else {}
+    async with Server.start(engine, env=env) as server:
+        table = await measure(server, reps, single_reps, SMOKE_SIZES if smoke else SIZES)
+    if smoke:
+        table.notes.append("--smoke: one repetition of the smallest sizes; the verdicts mean nothing")
     table.print()
     return table
 
@@ -463,8 +475,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--single-reps", type=int, default=8)
+    parser.add_argument("--smoke", action="store_true", help="smallest size, one repetition: runs, measures nothing")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.db, args.reps, args.single_reps))
+    if args.smoke:
+        args.reps, args.single_reps = 1, 1
+    asyncio.run(run(args.db, args.reps, args.single_reps, args.smoke))
 
 
 if __name__ == "__main__":

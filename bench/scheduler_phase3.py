@@ -6,16 +6,18 @@ queue, in the same run, on a fresh PostgreSQL database (``--sqlite`` for the
 embedded engine). Timed in-process through the service layer (no HTTP), medians
 of ``--reps`` runs. Target: each under 10 ms median on PostgreSQL.
 
-    python -m bench.scheduler_phase3 [--reps 40] [--sqlite]
+    python -m bench.scheduler_phase3 [--reps 40] [--sqlite] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import random
 import statistics
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from rich.console import Console
@@ -34,10 +36,23 @@ from batchops.settings import Settings
 from bench.harness import fresh_database
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
-DEVICES, RESERVATIONS, WAITING = 1000, 10_000, 1000
 
 
-async def seed(rt: Runtime, crowded: bool) -> None:
+@dataclass(frozen=True)
+class Size:
+    devices: int = 1000
+    reservations: int = 10_000  # 10 per device, one per 3-day slot
+    waiting: int = 1000
+
+    @property
+    def users(self) -> int:  # the first half reserve and allocate, the second half wait
+        return 2 * self.waiting
+
+
+FULL, SMOKE = Size(), Size(devices=50, reservations=500, waiting=50)
+
+
+async def seed(rt: Runtime, crowded: bool, size: Size) -> None:
     now = utcnow()
     rng = random.Random(7)
     async with rt.db.transaction() as s:
@@ -54,7 +69,7 @@ async def seed(rt: Runtime, crowded: bool) -> None:
                     "created_at": now,
                     "updated_at": now,
                 }
-                for i in range(2000)
+                for i in range(size.users)
             ],
         )
         await s.execute(
@@ -72,18 +87,18 @@ async def seed(rt: Runtime, crowded: bool) -> None:
                     "created_at": now,
                     "updated_at": now,
                 }
-                for i in range(DEVICES)
+                for i in range(size.devices)
             ],
         )
         if crowded:
             rows = []
-            for n in range(RESERVATIONS):  # 10 per device, one per 3-day slot, starting from tomorrow
-                device, slot = n % DEVICES, n // DEVICES
+            for n in range(size.reservations):  # one per device per 3-day slot, starting from tomorrow
+                device, slot = n % size.devices, n // size.devices
                 start = now + timedelta(days=1 + 3 * slot, minutes=rng.randrange(0, 600))
                 rows.append(
                     {
                         "id": f"r{n}",
-                        "user_id": f"u{1 + n % 1999}",
+                        "user_id": f"u{1 + n % (size.users - 1)}",
                         "device_id": f"d{device:04d}",
                         "start_at": start,
                         "end_at": start + timedelta(minutes=120),
@@ -99,16 +114,16 @@ async def seed(rt: Runtime, crowded: bool) -> None:
                 [
                     {
                         "id": f"q{n:04d}",
-                        "user_id": f"u{1000 + n}",
+                        "user_id": f"u{size.waiting + n}",
                         "duration_minutes": 30,
                         "min_cpu": None,
                         "min_memory_mb": None,
                         "priority": n % 10,
                         "status": "waiting",
-                        "enqueued_at": now - timedelta(seconds=WAITING - n),
+                        "enqueued_at": now - timedelta(seconds=size.waiting - n),
                         "expires_at": now + timedelta(days=1),
                     }
-                    for n in range(WAITING)
+                    for n in range(size.waiting)
                 ],
             )
 
@@ -120,12 +135,12 @@ async def analyze(rt: Runtime) -> None:
             await conn.execute(text("ANALYZE"))
 
 
-async def measure(url: str, crowded: bool, reps: int) -> dict[str, list[float]]:
+async def measure(url: str, crowded: bool, reps: int, size: Size) -> dict[str, list[float]]:
     settings = Settings(database_url=url, embedded_worker=False, log_level="WARNING")
     rt = build_runtime(settings)
     scheduler = rt.services["scheduler"]
     try:
-        await seed(rt, crowded)
+        await seed(rt, crowded, size)
         async with rt.db.transaction() as s:
             admin = await s.get(User, "u0")
             # every user can pay: allocations and grants take their billing hold, as in production
@@ -161,7 +176,7 @@ async def measure(url: str, crowded: bool, reps: int) -> dict[str, list[float]]:
                         "allocated_at": utcnow(),
                         "expires_at": utcnow() + timedelta(hours=10),
                     }
-                    for i in range(DEVICES)
+                    for i in range(size.devices)
                 ],
             )
             if not crowded:  # the same grant with nothing else waiting
@@ -170,7 +185,7 @@ async def measure(url: str, crowded: bool, reps: int) -> dict[str, list[float]]:
                     [
                         {
                             "id": f"q{n}",
-                            "user_id": f"u{1000 + n}",
+                            "user_id": f"u{size.waiting + n}",
                             "duration_minutes": 30,
                             "priority": 0,
                             "status": "waiting",
@@ -196,22 +211,22 @@ def median(xs: list[float]) -> float:
 
 
 def p95(xs: list[float]) -> float:
-    return sorted(xs)[max(0, int(len(xs) * 0.95) - 1)]
+    return sorted(xs)[max(0, math.ceil(len(xs) * 0.95) - 1)]
 
 
-async def run(reps: int, sqlite: bool) -> None:
+async def run(reps: int, sqlite: bool, size: Size = FULL) -> None:
     configure_logging("WARNING")
     results = {}
     for crowded in (False, True):
         url, drop = await fresh_database(sqlite)
         try:
-            results[crowded] = await measure(url, crowded, reps)
+            results[crowded] = await measure(url, crowded, reps, size)
         finally:
             await drop()
     engine = "SQLite" if sqlite else "PostgreSQL"
     table = Table(
-        title=f"Scheduler phase 3 on {engine}: {DEVICES} devices, {RESERVATIONS} reservations, "
-        f"{WAITING} waiting (service layer, {reps} reps)"
+        title=f"Scheduler phase 3 on {engine}: {size.devices} devices, {size.reservations} reservations, "
+        f"{size.waiting} waiting (service layer, {reps} reps)"
     )
     for col in (
         "operation",
@@ -241,8 +256,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=40)
     parser.add_argument("--sqlite", action="store_true", help="embedded engine instead of PostgreSQL")
+    parser.add_argument("--smoke", action="store_true", help="a 20th of the calendar, 2 reps: runs, measures nothing")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.reps, args.sqlite))
+    asyncio.run(run(2 if args.smoke else args.reps, args.sqlite, SMOKE if args.smoke else FULL))
 
 
 if __name__ == "__main__":
