@@ -3,7 +3,6 @@ follow the seed's rules (5 failures open for 30 s, half-open trial, 3 retries)."
 
 from __future__ import annotations
 
-import re
 import shutil
 import socket
 import subprocess
@@ -17,10 +16,8 @@ from batchops.billing import service as billing_service
 from batchops.billing.client import BillingClient, BillingUnavailable
 from batchops.billing.service import BillingService
 from batchops.core.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from batchops.core.metrics import batch_metrics
 from batchops.core.outbox import Delivery
 from batchops.core.runtime import Runtime
-from batchops.studio import metrics as studio_metrics
 from tests.billing.conftest import usage
 from tests.conftest import auth, make_settings
 from tests.helpers import LogRecorder, create_devices, create_users, data, error
@@ -29,26 +26,18 @@ ALERTS = Path(__file__).parents[2] / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "batchops-dashboard.json"
 
 
-def test_the_dashboard_uses_exported_metrics() -> None:
-    """Every panel's query names metrics the service exports (seed 003 监控要点 included)."""
+def test_the_dashboard_has_the_seeds_panels() -> None:
+    """Seed 003 监控要点 on the dashboard (that every query's series exists: test_deploy_metrics)."""
     import json
 
-    from prometheus_client import REGISTRY
-
-    for domain in ("scheduler", "dining", "billing"):  # made at a domain's first batch
-        batch_metrics(domain)
-    exported = set(REGISTRY._names_to_collectors)  # every series name, suffixes included
     panels = json.loads(DASHBOARD.read_text())["panels"]
     assert {"Studio: task failure rate (target < 10%)", "Studio: credits consumed / returned per minute"} <= {
         p["title"] for p in panels
     }
-    for panel in panels:
-        for target in panel["targets"]:
-            used = set(re.findall(r"\b(?:scheduler|billing|outbox|studio)_[a-z_]+", target["expr"]))
-            assert used and used <= exported, (panel["title"], used - exported)
 
 
-def test_alert_rules_are_valid_and_use_exported_metrics() -> None:
+def test_alert_rules_are_valid() -> None:
+    """Valid rules, the seed's alerts (that every series they read exists: test_deploy_metrics)."""
     if shutil.which("promtool"):
         subprocess.run(["promtool", "check", "rules", str(ALERTS)], check=True)
     doc = yaml.safe_load(ALERTS.read_text())
@@ -57,17 +46,8 @@ def test_alert_rules_are_valid_and_use_exported_metrics() -> None:
         rules
     )
     assert rules["BillingReportFailureRateHigh"]["for"] == "5m"
-    exported = {
-        billing_service.REPORTS._name + "_total",
-        billing_service.REPORT_ERRORS._name + "_total",
-        "outbox_dead_lettered_total",
-        billing_service.UNBILLED._name,
-        studio_metrics.TASKS_FINISHED._name + "_total",
-    }
     for rule in rules.values():
         assert rule["annotations"]["summary"]
-        used = set(re.findall(r"\b(?:billing|outbox|studio)_[a-z_]+", rule["expr"]))
-        assert used and used <= exported, (rule["alert"], used)
         assert rule["expr"].count("(") == rule["expr"].count(")")
 
 

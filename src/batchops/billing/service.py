@@ -48,6 +48,7 @@ log = structlog.get_logger(__name__)
 USAGE_KIND = "billing.device_usage"
 HELD_FOR_ANOTHER = "Allocation is held by another user"
 BATCH_METRICS = batch_metrics("billing")  # every ingestion: the batch endpoint's, the worker's
+BATCH_METRICS.declare(("usage_report",))
 
 REPORTS = Counter("billing_report_total", "Usage reports delivered to billing", ["status"])
 REPORT_SECONDS = Histogram("billing_report_duration_seconds", "Time to deliver one batch of usage reports")
@@ -55,6 +56,8 @@ REPORT_ERRORS = Counter("billing_report_errors_total", "Usage report deliveries 
 UNBILLED = Gauge(
     "billing_unbilled_allocations", "Released allocations never charged that no pending report will charge"
 )
+for _status in ("success", "failure"):  # both series from start-up: the failure-rate alert divides them
+    REPORTS.labels(status=_status)
 LOST_LINES = 20  # warning lines per check: the gauge has the count
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
@@ -16,6 +17,16 @@ class BatchMetrics:
     duration: Histogram
     size: Histogram
     partial_failure_rate: Gauge
+
+    def declare(self, operations: Iterable[str]) -> None:
+        """Every series of these operations exists from start-up, at zero: a dashboard or an
+        alert reads 0 rather than "no data" until the first batch."""
+        for operation in operations:
+            for status in ("success", "failed"):
+                self.operations.labels(operation=operation, status=status)
+            self.duration.labels(operation=operation)
+            self.size.labels(operation=operation)
+            self.partial_failure_rate.labels(operation=operation)
 
     def observe(self, operation: str, *, succeeded: int, failed: int, seconds: float) -> None:
         if succeeded:
@@ -49,3 +60,9 @@ OUTBOX_DELIVERED = Counter("outbox_delivered_total", "Outbox rows delivered", ["
 OUTBOX_FAILED = Counter("outbox_failed_total", "Outbox delivery attempts that failed", ["kind"])
 OUTBOX_DEAD = Counter("outbox_dead_lettered_total", "Outbox rows moved to the dead-letter state", ["kind"])
 OUTBOX_PENDING = Gauge("outbox_pending", "Outbox rows waiting for delivery", ["kind"])
+
+
+def declare_outbox_kind(kind: str) -> None:
+    """The delivery counters of a kind exist, at zero, once a handler is registered for it."""
+    for counter in (OUTBOX_DELIVERED, OUTBOX_FAILED, OUTBOX_DEAD):
+        counter.labels(kind=kind)

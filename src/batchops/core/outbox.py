@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from batchops.core.db import Base, Database, table_of, utcnow
-from batchops.core.metrics import OUTBOX_DEAD, OUTBOX_DELIVERED, OUTBOX_FAILED
+from batchops.core.metrics import OUTBOX_DEAD, OUTBOX_DELIVERED, OUTBOX_FAILED, declare_outbox_kind
 from batchops.core.writes import WriteSet, joining
 
 log = structlog.get_logger(__name__)
@@ -118,6 +118,7 @@ class Outbox:
 
     def register(self, kind: str, handler: Handler) -> None:
         self.handlers[kind] = handler
+        declare_outbox_kind(kind)
 
     async def dispatch_once(self) -> int:
         """Claim one batch of due rows, deliver them, record the outcome. Returns rows handled."""

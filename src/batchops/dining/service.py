@@ -39,6 +39,7 @@ from batchops.core.batch import ROLLED_BACK, SKIPPED, BatchMode, BatchResult, It
 from batchops.core.db import is_postgres, new_id, utcnow
 from batchops.core.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from batchops.core.events import event
+from batchops.core.metrics import batch_metrics
 from batchops.core.outbox import enqueue
 from batchops.core.runtime import Runtime
 from batchops.core.schemas import cents_to_decimal, decimal_to_cents
@@ -59,6 +60,7 @@ from batchops.identity.models import User
 log = structlog.get_logger(__name__)
 
 DOMAIN = "dining"
+batch_metrics(DOMAIN).declare(("batch_orders", "quick_batch_orders"))  # the two ordering endpoints
 DEPT_ADMIN = "dept_admin"
 INDEX_RETRIES = 3
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

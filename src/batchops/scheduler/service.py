@@ -49,6 +49,7 @@ from batchops.core.errors import (
     NotFoundError,
 )
 from batchops.core.events import event, occurred_at
+from batchops.core.metrics import batch_metrics
 from batchops.core.outbox import OutboxItem, enqueue
 from batchops.core.runtime import Runtime
 from batchops.core.writes import WriteSet, joining
@@ -79,6 +80,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DOMAIN = "scheduler"
+# every batch operation of the domain (reservations.py's "reserve" included), for its metrics
+BATCH_OPERATIONS = ("allocate", "release", "extend", "query", "register_devices", "expire", "daily_release", "reserve")
+batch_metrics(DOMAIN).declare(BATCH_OPERATIONS)
 # GET /scheduler/devices?status=: maintenance is a flag beside the status (a device in
 # maintenance may still run its last allocation), so "available" means free to take.
 DEVICE_FILTERS: dict[str, list[ColumnElement[bool]]] = {

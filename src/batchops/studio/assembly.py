@@ -7,6 +7,7 @@ from typing import Any
 from batchops.core.runtime import Runtime
 from batchops.core.worker import PeriodicJob
 from batchops.notifications.service import NotificationService
+from batchops.studio import metrics
 from batchops.studio.config import use_plans_file
 from batchops.studio.engine import Engine
 from batchops.studio.providers import KieProvider, Provider, SimulatedProvider
@@ -29,6 +30,7 @@ def build_studio(rt: Runtime, ledger: Any, notifications: NotificationService) -
     else:
         provider = SimulatedProvider(rt.db, time_scale=s.sim_time_scale, failure_rate=s.sim_failure_rate)
         scale = s.sim_time_scale
+    metrics.declare(provider.name)
     engine = Engine(
         rt.db, ledger, provider, notifications, rt.push, time_scale=scale, lease_seconds=s.studio_lease_seconds
     )
