@@ -1,4 +1,4 @@
-"""The ``batchops`` command: serve, worker, migrate, token, demo."""
+"""The ``batchops`` command: serve, worker, migrate, token, demo, billing, studio."""
 
 from __future__ import annotations
 
@@ -12,16 +12,33 @@ from rich.console import Console
 
 from batchops import migrate as migrations
 from batchops.assembly import build_runtime
+from batchops.cli_errors import CliError, CliGroup, safe_url
 from batchops.core.auth import create_token
 from batchops.core.logging import configure_logging
 from batchops.identity.cli import app as user_app
 from batchops.settings import Settings, get_settings
 from batchops.studio.cli import app as studio_app
 
-app = typer.Typer(help="batchops: batch operations for multi-tenant platforms.", no_args_is_help=True)
-console = Console()
+app = typer.Typer(cls=CliGroup, no_args_is_help=True)
+console = Console(soft_wrap=True)  # a path or a URL stays on one line, to be copied
+TTL_DEFAULT = Settings.model_fields["jwt_ttl_hours"].default
 app.add_typer(studio_app, name="studio")
 app.add_typer(user_app, name="user")
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of a failure, not one line")] = False,
+) -> None:
+    """batchops: batch operations for multi-tenant platforms."""
+
+
+def migrated_database(settings: Settings) -> str:
+    """The database URL of a command that does not migrate by itself, once it is known to be migrated."""
+    problem = migrations.not_migrated(settings.database_url)
+    if problem:
+        raise CliError(f"the database {safe_url(settings.database_url)} {problem}", "run `batchops migrate`")
+    return settings.database_url
 
 
 @app.command()
@@ -40,6 +57,7 @@ def serve(
 
     settings = get_settings().model_copy(update={"embedded_worker": worker})
     configure_logging(settings.log_level, settings.log_json)
+    console.print(f"database: {safe_url(settings.database_url)}")
     migrations.upgrade(settings.database_url)
     if processes == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level.lower())
@@ -61,6 +79,7 @@ def serve(
 def worker() -> None:
     """Run a worker process: outbox delivery and periodic jobs, until SIGTERM / Ctrl-C."""
     settings = get_settings()
+    migrated_database(settings)
     configure_logging(settings.log_level, settings.log_json)
     asyncio.run(_run_worker(settings))
 
@@ -83,13 +102,17 @@ def migrate() -> None:
     """Bring the database to the newest schema."""
     settings = get_settings()
     migrations.upgrade(settings.database_url)
-    console.print(f"[green]migrated[/green] {settings.database_url}")
+    revision = ", ".join(sorted(migrations.newest_revisions(settings.database_url)))
+    console.print(f"[green]migrated[/green] {safe_url(settings.database_url)} (revision {revision})")
 
 
 @app.command()
 def token(
     user_id: Annotated[str, typer.Argument(help="the user the token speaks for (claim sub)")],
-    hours: Annotated[int, typer.Option(help="lifetime in hours")] = 0,
+    hours: Annotated[
+        int | None,
+        typer.Option(min=1, help="lifetime in hours", show_default=f"BATCHOPS_JWT_TTL_HOURS ({TTL_DEFAULT})"),
+    ] = None,
 ) -> None:
     """Print a bearer JWT for USER_ID."""
     settings = get_settings()
@@ -98,12 +121,21 @@ def token(
 
 
 @app.command()
-def demo(admin: Annotated[str, typer.Option(help="admin user id to create")] = "admin") -> None:
-    """Load 100 devices and the users of seed 000's scenarios (idempotent)."""
+def demo(
+    admin: Annotated[str, typer.Option(help="admin user id to create")] = "admin",
+    reset: Annotated[
+        bool, typer.Option("--reset", help="into a fresh database: its contents are thrown away first")
+    ] = False,
+) -> None:
+    """Load the demo data (idempotent): 100 devices and the users of seed 000's scenarios, a
+    canteen department with menus, a studio creator with credits."""
     from batchops.demo import load_demo
 
     settings = get_settings()
     configure_logging("WARNING", settings.log_json)
+    console.print(f"database: {safe_url(settings.database_url)}")
+    if reset:
+        console.print(f"reset: {migrations.reset(settings.database_url)}")
     migrations.upgrade(settings.database_url)
     summary = asyncio.run(load_demo(settings, admin))
     for line in summary:
@@ -122,6 +154,7 @@ class ReplayRefused(Exception):
 def billing_replay() -> None:
     """Redeliver every dead-lettered usage report now."""
     settings = get_settings()
+    migrated_database(settings)
     configure_logging("WARNING", settings.log_json)
 
     async def run() -> tuple[int, int]:
@@ -157,6 +190,7 @@ def billing_reconcile(
     from rich.table import Table
 
     settings = get_settings()
+    migrated_database(settings)
     configure_logging("WARNING", settings.log_json)
 
     async def run() -> tuple[list[Any], int]:
@@ -168,10 +202,13 @@ def billing_reconcile(
             await rt.stop()
 
     missing, charged = asyncio.run(run())
-    table = Table("allocationId", "userId", "durationSeconds", "releasedAt", "report")
-    for m in missing:
-        table.add_row(m.allocation_id, m.user_id, str(m.duration_seconds), str(m.released_at), m.outbox_status or "-")
-    console.print(table)
+    if missing:
+        table = Table("allocationId", "userId", "durationSeconds", "releasedAt", "report")
+        for m in missing:
+            table.add_row(
+                m.allocation_id, m.user_id, str(m.duration_seconds), str(m.released_at), m.outbox_status or "-"
+            )
+        console.print(table)
     console.print(f"{len(missing)} released allocations never charged" + (f"; charged {charged} now" if fix else ""))
     if missing and not fix:
         raise typer.Exit(1)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 from decimal import Decimal
 from functools import lru_cache
+from pathlib import Path
 
+from platformdirs import user_data_dir
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,6 +23,13 @@ def _alias(*names: str) -> AliasChoices:
 
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def default_database_url() -> str:
+    """One SQLite file in the user's data directory, whatever the current directory:
+    ``~/.local/share/batchops`` on Linux (``$XDG_DATA_HOME/batchops``),
+    ``~/Library/Application Support/batchops`` on macOS, ``%LOCALAPPDATA%\\batchops`` on Windows."""
+    return f"sqlite:///{Path(user_data_dir('batchops', appauthor=False)) / 'batchops.db'}"
 
 
 @lru_cache(maxsize=8)
@@ -35,8 +44,8 @@ class Settings(BaseSettings):
 
     # --- storage -----------------------------------------------------------------
     database_url: str = Field(
-        "sqlite:///./batchops.db",
-        description="sqlite:///path.db (embedded default) or postgresql://user@host:port/db",
+        default_factory=default_database_url,
+        description="sqlite:///path.db (default: batchops.db in the user's data directory) or postgresql://user@host:port/db",
     )
     db_pool_size: int = Field(10, ge=1, description="connections kept per process (PostgreSQL)")
 

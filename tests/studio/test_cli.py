@@ -48,7 +48,8 @@ def test_cli_submit_and_watch(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.1)
         admin = {"Authorization": f"Bearer {create_token('admin', SECRET)}"}
-        r = httpx.post(f"{url}/admin/users/batch", json={"users": [{"userId": "maker", "plan": "pro"}]}, headers=admin)
+        users = [{"userId": "maker", "plan": "pro"}, {"userId": "broke", "plan": "pro"}]
+        r = httpx.post(f"{url}/admin/users/batch", json={"users": users}, headers=admin)
         assert r.status_code == 200, r.text
         r = httpx.post(
             f"{url}/admin/billing/topup", json={"userId": "maker", "amount": 500, "currency": "CREDITS"}, headers=admin
@@ -65,8 +66,28 @@ def test_cli_submit_and_watch(tmp_path: Path) -> None:
         too_many = tmp_path / "many.csv"
         too_many.write_text("prompt\n" + "x\n" * 16)
         result = CliRunner().invoke(app, ["studio", "submit", str(too_many), "--url", url, "--token", token])
-        assert result.exit_code == 1 and "400" in result.output
+        assert result.exit_code == 1
+        assert result.output.splitlines() == [
+            "error: Batch size 16 exceeds the pro plan's limit of 15 (400 BadRequestException)",
+            "field=rows, max=15, given=16, plan=pro",
+        ]
+        # the API's message and its details, and how to top up
+        broke = create_token("broke", SECRET)
+        result = CliRunner().invoke(app, [*args[:-1], broke], env={"COLUMNS": "300"})
+        assert result.exit_code == 1
+        assert result.output.splitlines() == [
+            "error: Insufficient balance: need 50 credits, have 0 (403 ForbiddenException)",
+            'top up with POST /admin/billing/topup {"userId": "broke", "amount": 50, "currency": "CREDITS"}'
+            " (an admin's token)",
+        ]
+        result = CliRunner().invoke(app, [*args[:-1], create_token("maker", "another-secret-of-32-bytes-or-more!")])
+        assert result.exit_code == 1
+        assert result.output.splitlines()[0] == "error: Invalid token (401 UnauthorizedException)"
+        assert "batchops token" in result.output.splitlines()[1]
     finally:
         server.terminate()
         server.wait(timeout=15)
         log.close()
+    started = (tmp_path / "serve.log").read_text()
+    assert started.startswith(f"database: {env['BATCHOPS_DATABASE_URL']}\n")  # where the data is
+    assert "Context impl" not in started and "Running upgrade" not in started  # no Alembic chatter

@@ -4,6 +4,8 @@ follow it with a progress bar."""
 from __future__ import annotations
 
 import csv
+import io
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,81 +16,111 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from batchops.cli_errors import CliError, api_error
 from batchops.core.auth import create_token
 from batchops.settings import get_settings
 
 app = typer.Typer(help="Batch AI video / image generation (seed 003).", no_args_is_help=True)
 console = Console()
 
+DEFAULT_URL = "http://127.0.0.1:8000"
+# The CSV columns (header names, any case); a column may be left out, a cell left empty.
 COLUMNS = {"prompt": "prompt", "model": "model", "resolution": "resolution", "duration": "duration"}
-IMAGE_URL = ("imageUrl", "image_url", "imageURL")
+COLUMNS |= {name.lower(): "imageUrl" for name in ("imageUrl", "image_url", "image")}
+SUBMIT_HELP = """Submit the rows of CSV_FILE as one batch; --watch follows it to the end.
+
+\b
+CSV_FILE starts with a header line naming its columns (any order, any case):
+  prompt      required: what to generate
+  model       sora-2 or sora-2-pro (video); nano-banana or gpt-4o-image
+  resolution  720p or 1080p (video)
+  duration    10 or 15 seconds (video; 10s reads too)
+  imageUrl    an image to start from
+Only prompt is required: a column left out or a cell left empty takes the
+default, --model / --resolution / --duration, else sora-2 (nano-banana for
+images), 720p, 10 s. Example: examples/studio-rows.csv.
+Each row is priced (sora-2 720p 10 s: 15 credits) and the batch's total is
+held from the caller's CREDITS when it is accepted (403 without enough)."""
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """CSV with a header: ``prompt`` (required), ``model``, ``resolution``, ``duration``, ``imageUrl``."""
+def read_rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of a studio CSV (see ``SUBMIT_HELP``) and the line each came from."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = [(name or "").strip() for name in reader.fieldnames or []]
+    unknown = [name for name in header if name.lower() not in COLUMNS]
+    if "prompt" not in [name.lower() for name in header] or unknown:
+        got = ", ".join(header) or "nothing"
+        raise CliError(
+            f"{path}: the first line must name the columns, prompt among them (got: {got})",
+            "columns: prompt, model, resolution, duration, imageUrl (see `batchops studio submit --help`)",
+        )
     rows: list[dict[str, Any]] = []
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        for line in csv.DictReader(f):
-            prompt = (line.get("prompt") or "").strip()
-            if not prompt:
-                continue
-            row: dict[str, Any] = {"prompt": prompt}
-            for key in ("model", "resolution"):
-                if (line.get(key) or "").strip():
-                    row[key] = line[key].strip()
-            if (line.get("duration") or "").strip():
-                row["duration"] = int(line["duration"].strip().rstrip("s"))
-            for key in IMAGE_URL:
-                if (line.get(key) or "").strip():
-                    row["imageUrl"] = line[key].strip()
-            rows.append(row)
-    return rows
+    lines: list[int] = []
+    for line in reader:
+        cells = {COLUMNS[(k or "").strip().lower()]: (v or "").strip() for k, v in line.items() if k is not None}
+        where = f"{path}, line {reader.line_num}"
+        if not any(cells.values()):
+            continue
+        if not cells.get("prompt"):
+            raise CliError(f"{where}: no prompt")
+        row: dict[str, Any] = {k: v for k, v in cells.items() if v and k != "duration"}
+        if cells.get("duration"):
+            try:
+                row["duration"] = int(cells["duration"].removesuffix("s"))
+            except ValueError:
+                raise CliError(f"{where}: duration {cells['duration']!r} is not a number of seconds (10 or 15)")
+        rows.append(row)
+        lines.append(reader.line_num)
+    return rows, lines
 
 
-def _headers(token: str | None, user: str | None) -> dict[str, str]:
+def _token(token: str | None, user: str | None) -> str:
     if token is None and user is not None:
         token = create_token(user, get_settings().jwt_secret)
     if token is None:
-        raise typer.BadParameter("give --token (or BATCHOPS_TOKEN) or --user")
-    return {"Authorization": f"Bearer {token}"}
+        raise CliError("no token", "give --token (or set BATCHOPS_TOKEN, e.g. to `batchops token <userId>`) or --user")
+    return token
 
 
-def _fail(response: httpx.Response) -> None:
-    try:
-        body = response.json()
-        message = f"{body.get('error')}: {body.get('message')}"
-    except ValueError:
-        message = response.text
-    console.print(f"[red]{response.status_code}[/red] {message}")
-    raise typer.Exit(1)
+def _fail(response: httpx.Response, token: str, csv_file: Path | None = None, lines: list[int] | None = None) -> None:
+    error = api_error(response, token)
+    row = re.search(r"rows[.\[](\d+)", error.message)
+    if csv_file is not None and lines and row and int(row.group(1)) < len(lines):
+        error.hint = f"rows[{row.group(1)}] is line {lines[int(row.group(1))]} of {csv_file}" + (
+            f"; {error.hint}" if error.hint else ""
+        )
+    raise error
 
 
-@app.command()
+@app.command(help=SUBMIT_HELP)
 def submit(
-    csv_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="rows: prompt,model,resolution,...")],
+    csv_file: Annotated[Path, typer.Argument(dir_okay=False, help="the rows, one per line (format below)")],
     model: Annotated[str | None, typer.Option(help="default model (sora-2, sora-2-pro, nano-banana, ...)")] = None,
     resolution: Annotated[str | None, typer.Option(help="default resolution: 720p or 1080p")] = None,
     duration: Annotated[int | None, typer.Option(help="default duration in seconds: 10 or 15")] = None,
     generation_type: Annotated[str, typer.Option("--type", help="video or image")] = "video",
-    url: Annotated[str, typer.Option(envvar="BATCHOPS_URL", help="batchops base URL")] = "http://127.0.0.1:8000",
+    url: Annotated[str, typer.Option(envvar="BATCHOPS_URL", help="batchops base URL")] = DEFAULT_URL,
     token: Annotated[str | None, typer.Option(envvar="BATCHOPS_TOKEN", help="bearer token")] = None,
     user: Annotated[str | None, typer.Option(help="mint a token for this user id (needs the JWT secret)")] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="follow the batch with a progress bar")] = False,
     interval: Annotated[float, typer.Option(help="seconds between progress polls")] = 1.0,
 ) -> None:
-    """Submit the rows of CSV_FILE as one batch."""
-    rows = read_rows(csv_file)
+    rows, lines = read_rows(csv_file)
     if not rows:
-        console.print("[red]no rows with a prompt[/red]")
-        raise typer.Exit(1)
+        raise CliError(f"{csv_file}: no rows under the header")
+    bearer = _token(token, user)
     body: dict[str, Any] = {"rows": rows, "generationType": generation_type}
     for key, value in (("defaultModel", model), ("defaultResolution", resolution), ("defaultDuration", duration)):
         if value is not None:
             body[key] = value
-    with httpx.Client(base_url=url, headers=_headers(token, user), timeout=30) as http:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {bearer}"}, timeout=30) as http:
         r = http.post("/api/v1/workflow/batch-generate", json=body)
         if r.status_code != 202:
-            _fail(r)
+            _fail(r, bearer, csv_file, lines)
         accepted = r.json()["data"]
         batch_id = accepted["batchId"]
         console.print(
@@ -96,10 +128,10 @@ def submit(
             f"{accepted['creditsHeld']} credits held (plan {accepted['plan']})"
         )
         if watch:
-            follow(http, batch_id, accepted["totalCount"], interval)
+            follow(http, batch_id, accepted["totalCount"], interval, bearer)
 
 
-def follow(http: httpx.Client, batch_id: str, total: int, interval: float) -> None:
+def follow(http: httpx.Client, batch_id: str, total: int, interval: float, token: str) -> None:
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -112,7 +144,7 @@ def follow(http: httpx.Client, batch_id: str, total: int, interval: float) -> No
         while True:
             r = http.get(f"/api/v1/workflow/batches/{batch_id}")
             if r.status_code != 200:
-                _fail(r)
+                _fail(r, token)
             view = r.json()["data"]
             c = view["counts"]
             done = c["succeeded"] + c["failed"] + c["cancelled"]
