@@ -5,7 +5,11 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test lint format bench browser clean
+# The simulated studio provider renders at a tenth of real time under `make run` (a 3-row
+# batch in about 10 s); `make run BATCHOPS_SIM_TIME_SCALE=1` renders in real time.
+BATCHOPS_SIM_TIME_SCALE ?= 0.1
+
+.PHONY: install run demo test lint format bench browser clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,7 +24,12 @@ run: install
 	$(VENV)/bin/batchops demo --admin admin
 	@echo "admin token: $$($(VENV)/bin/batchops token admin)"
 	@echo "console: http://$(HOST):$(PORT)/console (sign-ins above)"
-	BATCHOPS_BOOTSTRAP_ADMIN=admin $(VENV)/bin/batchops serve --host $(HOST) --port $(PORT)
+	BATCHOPS_BOOTSTRAP_ADMIN=admin BATCHOPS_SIM_TIME_SCALE=$(BATCHOPS_SIM_TIME_SCALE) \
+		$(VENV)/bin/batchops serve --host $(HOST) --port $(PORT)
+
+## make demo: the demo data in a fresh database (stop `make run` first, start it again after)
+demo: install
+	$(VENV)/bin/batchops demo --reset --admin admin
 
 ## make test: every test; PostgreSQL/Redis/RabbitMQ tests run where reachable (required when CI=true)
 test: install
@@ -45,5 +54,10 @@ browser:
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei; \
 	else echo "chromium missing: run 'sudo apt-get install chromium fonts-wqy-microhei' (tests/console skip without it, fail under CI)"; fi
 
+## make clean: the venv and caches; the database (your data) stays where it is, and this says where
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache batchops.db*
+	@if [ -x $(PY) ]; then \
+		echo "kept the database $$($(PY) -c 'from batchops.settings import get_settings; print(get_settings().database_url)')"; \
+		echo "(\`make demo\` reloads the demo into a fresh one; delete the file yourself to drop it)"; \
+	fi
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

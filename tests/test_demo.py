@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,9 @@ import httpx
 
 from batchops.app import create_app
 from batchops.assembly import build_runtime
+from batchops.core.runtime import Runtime
 from batchops.demo import load_demo
+from batchops.dining.service import local_today
 from batchops.migrate import upgrade
 from tests.conftest import auth, make_settings
 from tests.helpers import data
@@ -97,3 +100,43 @@ async def test_the_seeds_curl_scenarios_replay_on_the_demo_data(tmp_path: Path) 
             ("suspended-user", "User account is suspended"),
         ]
     await rt.stop()
+
+
+async def test_the_demo_lets_a_dept_admin_order_and_a_creator_generate(runtime: Runtime) -> None:
+    """The README's dining and studio examples start from the demo: a department admin with
+    members and published menus from today on, a creator on plan pro with credits."""
+    settings = make_settings(runtime.settings.database_url, billing_enforce_balance=True)
+    lines = await load_demo(settings, "admin")
+    assert any(line.startswith("dining: department dept-001") for line in lines), lines
+    assert any(line.startswith("studio: creator-001 (plan pro") for line in lines), lines
+    await load_demo(settings, "admin")  # idempotent: the credits are given once
+
+    today = local_today(settings.timezone)
+    days = [(today + timedelta(days=n)).isoformat() for n in (0, 1, 7)]
+    rt = build_runtime(settings)
+    transport = httpx.ASGITransport(app=create_app(settings, rt))
+    async with httpx.AsyncClient(transport=transport, base_url="http://batchops.test") as c:
+        body = {
+            "orders": [
+                {"date": days[1], "mealType": "lunch", "members": [{"userId": "staff-001"}, {"userId": "staff-002"}]},
+                {"date": days[2], "mealType": "dinner", "members": [{"userId": "staff-003"}]},
+            ]
+        }
+        out = data(await c.post("/api/dining/enhanced/batch-orders", json=body, headers=auth("dept-admin-001")))
+        assert out["successCount"] == 2 and [o["totalAmount"] for o in out["orders"]] == [25.0, 15.0], out
+        quick = {"members": [{"userId": "staff-004"}], "meals": [{"date": days[0], "mealType": "dinner"}]}
+        out = data(await c.post("/api/dining/enhanced/quick-batch-orders", json=quick, headers=auth("dept-admin-001")))
+        assert out["successCount"] == 1, out
+
+        rows = [{"prompt": "a fox"}, {"prompt": "a city", "duration": 15}, {"prompt": "waves"}]
+        r = await c.post(
+            "/api/v1/workflow/batch-generate",
+            json={"rows": rows, "defaultModel": "sora-2"},
+            headers=auth("creator-001"),
+        )
+        accepted = data(r, 202)
+        assert (accepted["plan"], accepted["creditsHeld"]) == ("pro", 50)
+    await rt.stop()
+    async with runtime.db.read() as session:
+        credits = await runtime.services["ledger"].balances(session, ["creator-001"], "CREDITS")
+    assert credits["creator-001"].balance == 1000 and credits["creator-001"].held == 50

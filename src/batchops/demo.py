@@ -9,17 +9,27 @@ So that the scenarios' curl commands work as written (with a token):
    demo into a new database again (an allocation id is never reused).
 4. the 20 users user-001…020.
 5. quota-exceeded-user holds its 5 devices; suspended-user is suspended.
+
+And for the README's other examples: a canteen department ``dept-001`` whose
+``dept_admin`` is ``dept-admin-001``, members ``staff-001…008``, published menus for
+today and the next 7 days (in ``BATCHOPS_TIMEZONE``); a studio creator ``creator-001``
+on plan ``pro`` with 1000 CREDITS.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
 
 from batchops.assembly import build_runtime
-from batchops.billing.ledger import CNY, Book
+from batchops.billing.ledger import CNY, CREDITS, Book
 from batchops.core.batch import BatchMode
+from batchops.core.runtime import Runtime
+from batchops.dining.schemas import DepartmentIn, MenuIn
+from batchops.dining.service import DiningService, local_today
 from batchops.identity.models import User
 from batchops.identity.schemas import UserIn
 from batchops.identity.service import IdentityService
@@ -40,6 +50,19 @@ NAMED_ALLOCATIONS = [f"alloc-{i:03d}" for i in range(1, 6)]
 # a device user who holds alloc-001.
 DEMO_DEVICE_USER = "user-011"
 DEMO_PASSWORDS = {"operator": "batchops-admin", DEMO_DEVICE_USER: "batchops-user"}
+
+DEPARTMENT, DEPT_ADMIN = ("dept-001", "研发部"), "dept-admin-001"
+STAFF = {
+    f"staff-{i:03d}": name for i, name in enumerate(("张三", "李四", "王五", "赵六", "钱七", "孙八", "周九", "吴十"), 1)
+}
+# the seed's example prices: lunch for 2 is 25.00, dinner for 2 30.00, breakfast for 3 15.00
+MEALS = {
+    "breakfast": (Decimal("5.00"), ["包子", "豆浆"]),
+    "lunch": (Decimal("12.50"), ["宫保鸡丁", "米饭"]),
+    "dinner": (Decimal("15.00"), ["红烧鱼", "米饭"]),
+}
+MENU_DAYS = 8  # today and the next 7 days
+CREATOR, CREATOR_CREDITS = "creator-001", 1000
 
 
 def demo_user(user_id: str, **fields: Any) -> UserIn:
@@ -75,6 +98,8 @@ async def load_demo(settings: Settings, admin_id: str) -> list[str]:
         ]
         users += [demo_user(f"tenant-{i:03d}") for i in range(1, 101)]
         await identity.upsert_users(users)
+        dining_lines = await load_dining(rt)
+        studio_lines = await load_studio(rt)
         async with rt.db.transaction() as session:  # 1000 CNY each, once (the reference makes it idempotent)
             book = await Book(session, CNY).load([u.user_id for u in users])
             await book.load_references([f"topup:demo:{u.user_id}" for u in users])
@@ -126,6 +151,43 @@ async def load_demo(settings: Settings, admin_id: str) -> list[str]:
             asks = [AllocationRequest(user_id=f"user-{i:03d}", duration_minutes=120) for i in range(11, 16)]
             done = await scheduler.batch_allocate(admin, asks, BatchMode(), allocation_ids=NAMED_ALLOCATIONS)
             lines.append(f"{done.success_count} allocations named as the seed's scenarios 2 and 3: alloc-001…005")
-        return lines + await set_demo_passwords(identity, admin_id)
+        return lines + dining_lines + studio_lines + await set_demo_passwords(identity, admin_id)
     finally:
         await rt.stop()
+
+
+async def load_dining(rt: Runtime) -> list[str]:
+    """A department, its admin and members, and published menus from today on (idempotent)."""
+    identity: IdentityService = rt.services["identity"]
+    dining: DiningService = rt.services["dining"]
+    department_id, department_name = DEPARTMENT
+    await dining.upsert_departments([DepartmentIn(department_id=department_id, name=department_name)])
+    await identity.upsert_users(
+        [UserIn(user_id=DEPT_ADMIN, name="部门管理员", role="dept_admin", department_id=department_id)]
+        + [UserIn(user_id=u, name=name, department_id=department_id) for u, name in STAFF.items()]
+    )
+    today = local_today(rt.settings.timezone)  # what the ordering rules call "today"
+    days = [today + dt.timedelta(days=n) for n in range(MENU_DAYS)]
+    await dining.upsert_menus(
+        [
+            MenuIn(date=day, meal_type=meal, price=price, items=items, published=True)
+            for day in days
+            for meal, (price, items) in MEALS.items()
+        ]
+    )
+    return [
+        f"dining: department {department_id} ({department_name}), dept_admin {DEPT_ADMIN},"
+        f" members staff-001…{len(STAFF):03d}; menus published {days[0]} … {days[-1]} ({rt.settings.timezone})"
+    ]
+
+
+async def load_studio(rt: Runtime) -> list[str]:
+    """A creator on a paid plan with credits (the reference makes the top-up happen once)."""
+    identity: IdentityService = rt.services["identity"]
+    await identity.upsert_users([UserIn(user_id=CREATOR, name="Creator 001", plan="pro")])
+    async with rt.db.transaction() as session:
+        book = await Book(session, CREDITS).load([CREATOR])
+        await book.load_references([f"topup:demo:{CREATOR}:credits"])
+        book.topup(CREATOR, CREATOR_CREDITS, f"topup:demo:{CREATOR}:credits")
+        await book.flush()
+    return [f"studio: {CREATOR} (plan pro: 3 at once, 15 per batch), {CREATOR_CREDITS} credits"]
