@@ -188,13 +188,17 @@ def test_reconcile_prints_no_empty_table(tmp_path: Path) -> None:
 
 
 # --- demo --reset --------------------------------------------------------------------------------
+# the demo's alloc-001…005 by name: LIKE 'alloc-00%' would also match a random alloc-00<hex> id
+NAMED = ", ".join(f"'alloc-{i:03d}'" for i in range(1, 6))
+
+
 async def released_demo_allocations(url: str) -> int:
     from batchops.assembly import build_runtime
 
     rt = build_runtime(make_settings(url))
     try:
         return int(
-            await sql_value(rt, "SELECT count(*) FROM allocations WHERE id LIKE 'alloc-00%' AND status = 'released'")
+            await sql_value(rt, f"SELECT count(*) FROM allocations WHERE id IN ({NAMED}) AND status = 'released'")
         )
     finally:
         await rt.stop()
@@ -206,7 +210,7 @@ async def release_demo_allocations(url: str) -> None:
 
     rt = build_runtime(make_settings(url))
     try:
-        await execute(rt, "UPDATE allocations SET status = 'released' WHERE id LIKE 'alloc-00%'")
+        await execute(rt, f"UPDATE allocations SET status = 'released' WHERE id IN ({NAMED})")
     finally:
         await rt.stop()
 
