@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from batchops.billing.ledger import Ledger
 from batchops.billing.service import USAGE_KIND, BillingService
+from batchops.core.clock import Clock, system_clock
 from batchops.core.runtime import Runtime, create_runtime
 from batchops.core.worker import PeriodicJob
 from batchops.dining.service import DiningService
@@ -18,8 +19,8 @@ from batchops.settings import Settings
 from batchops.studio.assembly import build_studio
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    rt = create_runtime(settings)
+def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
+    rt = create_runtime(settings, clock)
     notifications = NotificationService(rt.db, rt.push)
     scheduler = SchedulerService(rt, notifications)
     scheduler.queue = WaitQueue(scheduler)

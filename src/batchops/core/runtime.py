@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request
 
 from batchops.core.batch import BatchRunner
+from batchops.core.clock import Clock, system_clock
 from batchops.core.db import Database
 from batchops.core.events import EVENT_KIND, EventBus
 from batchops.core.outbox import Outbox
@@ -30,6 +31,7 @@ class Runtime:
     batch: BatchRunner
     limiter: RateLimiter
     worker: Worker
+    clock: Clock = system_clock  # every rule that reads the time asks this (tests move it)
     services: dict[str, Any] = field(default_factory=dict)
     # Called by stop(): services' own clients (HTTP pools) registered by assembly.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -48,7 +50,7 @@ class Runtime:
         await self.db.dispose()
 
 
-def create_runtime(settings: Settings) -> Runtime:
+def create_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     outbox = Outbox(
         db,
@@ -60,7 +62,10 @@ def create_runtime(settings: Settings) -> Runtime:
     outbox.register(EVENT_KIND, bus.deliver)
     push = PushHub()
     worker = Worker(
-        outbox, poll_seconds=settings.outbox_poll_seconds, dead_letter_retry_seconds=settings.dead_letter_retry_seconds
+        outbox,
+        poll_seconds=settings.outbox_poll_seconds,
+        dead_letter_retry_seconds=settings.dead_letter_retry_seconds,
+        clock=clock,
     )
     return Runtime(
         settings=settings,
@@ -71,6 +76,7 @@ def create_runtime(settings: Settings) -> Runtime:
         batch=BatchRunner(db, push, settings.batch_progress_interval_seconds),
         limiter=RateLimiter(settings.batch_rate_limit_per_minute, settings.redis_url),
         worker=worker,
+        clock=clock,
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from batchops.core.db import utcnow
+from batchops.core.clock import Clock, system_clock
 from batchops.core.outbox import Outbox
 from batchops.core.schedule import claim_run
 
@@ -65,7 +65,7 @@ class Worker:
     jobs: list[PeriodicJob] = field(default_factory=list)
     poll_seconds: float = 0.5
     dead_letter_retry_seconds: float = 900.0
-    clock: Callable[[], datetime] = utcnow
+    clock: Clock = system_clock
     owner: str = field(default_factory=worker_identity)
 
     def __post_init__(self) -> None:
