@@ -48,6 +48,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -758,3 +759,60 @@ def _sqlite_insert_plan(table: Table, given: tuple[str, ...], dialect: Dialect) 
         processors=tuple(t._cached_bind_processor(dialect) for t in types),
         memo=tuple(_is_datetime(t) for t in types),
     )
+
+
+# --- the shared write and list helpers every domain uses -------------------------------------
+def dialect_insert(session: AsyncSession, model: type[Base]) -> Any:
+    """``INSERT`` for ``model`` in the session's dialect (both have ``ON CONFLICT``)."""
+    return (pg_insert if is_postgres(session) else sqlite_insert)(table_of(model))
+
+
+async def upsert(
+    session: AsyncSession,
+    model: type[Base],
+    rows: Sequence[dict[str, Any]],
+    *,
+    key: Sequence[str],
+    update: Sequence[str],
+    also: dict[str, Any] | None = None,
+) -> None:
+    """Insert ``rows``; a row whose ``key`` exists updates its ``update`` columns from the
+    row sent (and sets ``also``'s constants). One executemany on both engines."""
+    if not rows:
+        return
+    stmt = dialect_insert(session, model)
+    changes = {**{c: stmt.excluded[c] for c in update}, **(also or {})}
+    if changes:
+        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=changes)
+    else:  # nothing to change: an existing row stays as it is
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(key))
+    await session.execute(stmt, list(rows))
+
+
+async def insert_ignore(
+    session: AsyncSession,
+    model: type[Base],
+    rows: Sequence[dict[str, Any]],
+    *,
+    key: Sequence[str],
+    returning: str | None = None,
+) -> list[Any]:
+    """Insert ``rows``, silently skipping those whose ``key`` already exists (``ON CONFLICT DO
+    NOTHING``). With ``returning`` (a column name), that column of the rows actually
+    inserted: the winners of a race."""
+    if not rows:
+        return []
+    stmt = dialect_insert(session, model).on_conflict_do_nothing(index_elements=list(key))
+    if returning is None:
+        await session.execute(stmt, list(rows))
+        return []
+    return list((await session.execute(stmt.returning(table_of(model).c[returning]), list(rows))).scalars())
+
+
+async def paginate(session: AsyncSession, query: Select[Any], *, offset: int, limit: int) -> tuple[list[Any], int]:
+    """One page of ``query`` (already ordered) and how many rows the whole query has: ORM
+    objects when it selects one entity, rows otherwise."""
+    total = await session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    page = await session.execute(query.offset(offset).limit(limit))
+    single = len(query.column_descriptions) == 1
+    return (list(page.scalars()) if single else list(page.all())), int(total or 0)
