@@ -71,7 +71,7 @@ def test_queues_polling_timeouts_retries() -> None:
     assert [p1080.interval(t) for t in (0, 179, 180, 479, 480)] == [5, 5, 8, 8, 12]
     assert (p720.timeout_seconds, p1080.timeout_seconds) == (300, 900)
     assert [retry_backoff(n) for n in (1, 2, 3)] == [2, 4, 8]
-    assert [degraded_concurrency(n) for n in (10, 5, 3, 2, 1)] == [6, 3, 1, 1, 1]
+    assert [degraded_concurrency(n) for n in (10, 6, 5, 3, 2, 1)] == [6, 4, 3, 2, 1, 1]  # 40 %, to the nearest slot
 
 
 # --- 配置热更新: BATCHOPS_STUDIO_PLANS_FILE --------------------------------------------------------

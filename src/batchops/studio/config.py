@@ -332,4 +332,6 @@ def retry_backoff(retry_number: int) -> float:
 
 
 def degraded_concurrency(current: int) -> int:
-    return max(1, math.floor(current * DEGRADE_FACTOR))
+    """The seed's cut by 40 %, to the nearest whole slot (10 → 6, 5 → 3, 3 → 2, 2 → 1), never
+    below 1. Rounding down would cut a Pro batch's 3 slots to 1: a 67 % cut."""
+    return max(1, round(current * DEGRADE_FACTOR))
