@@ -98,7 +98,9 @@ async def enqueue(session: AsyncSession, items: Sequence[OutboxItem], writes: Wr
 
 
 def backoff_seconds(attempts: int, *, base: float = 2.0, cap: float = 300.0) -> float:
-    return float(min(cap, base * (2 ** max(0, attempts - 1))))
+    """``base`` doubled per attempt, at most ``cap``. The exponent is bounded: past 1,024
+    attempts (a large ``BATCHOPS_OUTBOX_MAX_ATTEMPTS``) ``2 ** n`` no longer fits a float."""
+    return float(min(cap, base * 2.0 ** min(max(0, attempts - 1), 64)))
 
 
 class Outbox:
