@@ -20,6 +20,7 @@ always the one the whole fleet would give.
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,6 +57,10 @@ class Window:
         return self.start < end and start < self.end
 
 
+def _by_id(device: Candidate) -> str:
+    return device.id
+
+
 class Placement:
     def __init__(
         self,
@@ -65,20 +70,29 @@ class Placement:
         partial: set[Bucket] | None = None,
     ) -> None:
         """``partial``: the buckets of which only the first devices (in id order) were loaded."""
-        self.by_size: dict[tuple[int, int, int], list[Candidate]] = defaultdict(list)
-        # Per size, per node, the devices in id order: the best device of a node is its first
-        # unblocked one, so a choice costs O(nodes), not O(devices) (a batch of 50: 50 x nodes).
+        # The free set, in one structure: per size, per node, the devices in id order (the
+        # best device of a node is its first unblocked one, so a choice costs O(nodes), not
+        # O(devices)). ``by_id`` indexes the same devices; ``_add``/``_remove`` keep both.
         self.by_node: dict[tuple[int, int, int], dict[str | None, list[Candidate]]] = defaultdict(
             lambda: defaultdict(list)
         )
-        for device in sorted(devices, key=lambda d: d.id):
-            self.by_size[device.size].append(device)
-            self.by_node[device.size][device.node_id].append(device)
-        self.sizes = sorted(self.by_size)
+        self.by_id: dict[str, Candidate] = {}
+        self.sizes: list[tuple[int, int, int]] = []
+        for device in sorted(devices, key=_by_id):
+            self._add(device)
         self.node_load = defaultdict(int, node_load)
         self.windows: dict[str, list[Window]] = defaultdict(list, windows)
-        self.by_id = {d.id: d for d in devices}
         self.partial = partial or set()
+
+    def _add(self, device: Candidate) -> None:
+        if device.size not in self.by_node:
+            insort(self.sizes, device.size)
+        insort(self.by_node[device.size][device.node_id], device, key=_by_id)
+        self.by_id[device.id] = device
+
+    def _remove(self, device: Candidate) -> None:
+        self.by_node[device.size][device.node_id].remove(device)
+        del self.by_id[device.id]
 
     def blocking_window(
         self, device_id: str, start: datetime, end: datetime, ignore: str | None = None
@@ -141,9 +155,7 @@ class Placement:
     def _taken(self, device: Candidate, take: bool) -> Candidate:
         self.node_load[device.node_id] += 1
         if take:
-            self.by_size[device.size].remove(device)
-            self.by_node[device.size][device.node_id].remove(device)
-            del self.by_id[device.id]
+            self._remove(device)
         return device
 
     def take(self, device_id: str) -> None:
@@ -151,11 +163,16 @@ class Placement:
         self._taken(self.by_id[device_id], True)
 
     def give_back(self, device: Candidate) -> None:
-        """Undo a ``choose`` whose allocation was refused afterwards (no balance)."""
+        """Undo a ``choose`` whose allocation was refused afterwards (no balance): the
+        device is free again for the rest of the pass, in its place in id order."""
+        if device.id in self.by_id:  # not taken (or given back already): nothing to undo
+            return
         self.node_load[device.node_id] -= 1
-        if device.id not in self.by_id:
-            self.by_id[device.id] = device
-            self.by_size[device.size].append(device)
+        self._add(device)
+
+    def free_sizes(self) -> list[tuple[int, int, int]]:
+        """The sizes of which at least one device is free (smallest first)."""
+        return [size for size in self.sizes if any(self.by_node[size].values())]
 
     def add_window(self, device_id: str, window: Window) -> None:
         self.windows[device_id].append(window)
