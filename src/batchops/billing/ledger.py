@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -400,6 +400,15 @@ PG_USERS_ACCOUNTS_HOLDS = (
     " UNION ALL SELECT NULL, NULL, NULL, NULL, ROW(h.*)::billing_holds FROM h"
 )
 PG_HOLDS = "SELECT * FROM billing_holds WHERE reference = ANY($1::varchar[]) FOR UPDATE"
+
+
+def available_balance(user_id: ColumnElement[str], currency: str) -> ColumnElement[int]:
+    """SQL: a user's available balance (balance - held, minor units; 0 without an account),
+    for filters that must not read every account into Python (the wait queue's)."""
+    available = select(ACCOUNTS.c.balance - ACCOUNTS.c.held).where(
+        ACCOUNTS.c.user_id == user_id, ACCOUNTS.c.currency == currency
+    )
+    return func.coalesce(available.scalar_subquery(), 0)
 
 
 class Ledger:

@@ -8,7 +8,7 @@ cost of any shorter real use.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from batchops.settings import Settings
 
@@ -32,6 +32,13 @@ class Pricing:
             + memory_mb / MB_PER_GB * self.memory_gb_hour
             + storage_mb / MB_PER_GB * self.storage_gb_hour
         )
+
+    def hourly_millifen(self, cpu_cores: int, memory_mb: int, storage_mb: int) -> int:
+        """The hourly price in thousandths of a fen, rounded down: a lower bound of any
+        cost on this size that SQL can compare in integers (the wait queue's balance
+        filter: who cannot pay this is certainly refused by ``cost``)."""
+        millifen = self.hourly(cpu_cores, memory_mb, storage_mb) * 100_000
+        return int(millifen.to_integral_value(rounding=ROUND_FLOOR))
 
     def cost(self, seconds: int, cpu_cores: int, memory_mb: int, storage_mb: int) -> int:
         """Cost in fen of ``seconds`` on a device of this size."""

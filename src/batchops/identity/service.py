@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, FromClause, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +34,11 @@ def ensure_active(user: User | None) -> User:
     if user.status != "active":
         raise ForbiddenError(f"User account is {user.status}")
     return user
+
+
+def may_act(users: FromClause) -> ColumnElement[bool]:
+    """``ensure_active``'s rule in SQL: the user's status lets them act."""
+    return users.c.status == "active"
 
 
 async def load_users(session: AsyncSession, user_ids: Iterable[str], *, lock: bool = False) -> dict[str, User]:

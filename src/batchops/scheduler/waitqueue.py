@@ -12,43 +12,46 @@ events and notifications are the same.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, FromClause, Select, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from batchops.billing.ledger import CNY, available_balance
 from batchops.core.db import advisory_lock, table_of, utcnow
 from batchops.core.errors import AppError, ConflictError, NotFoundError
 from batchops.core.events import event
 from batchops.core.outbox import Delivery, enqueue
 from batchops.core.writes import WriteSet
 from batchops.identity.models import User
+from batchops.identity.service import may_act
 from batchops.notifications.service import NewNotification
-from batchops.scheduler.models import CANCELLED, EXPIRED, GRANTED, WAITING, QueueEntry
+from batchops.scheduler.models import ACTIVE, CANCELLED, EXPIRED, GRANTED, WAITING, Allocation, QueueEntry
 from batchops.scheduler.service import ALLOCATE_LOCK, Allocated, AllocateWork, Ask, Queued, SchedulerService
 
 log = structlog.get_logger(__name__)
 
 GRANT_BATCH = 200
-LOOKAHEAD = 4  # waiting entries considered per free device in one pass
+LOOKAHEAD = 4  # grantable entries considered per free device in one pass (see ``grantable``)
 
 
-def ahead_clause(entry: QueueEntry) -> Any:
-    """Waiting entries served before ``entry``: higher priority, or same and older."""
-    return and_(
-        QueueEntry.status == WAITING,
-        or_(
-            QueueEntry.priority > entry.priority,
-            and_(
-                QueueEntry.priority == entry.priority,
-                or_(
-                    QueueEntry.enqueued_at < entry.enqueued_at,
-                    and_(QueueEntry.enqueued_at == entry.enqueued_at, QueueEntry.id < entry.id),
-                ),
-            ),
+def served_before(a: Any, b: Any) -> ColumnElement[bool]:
+    """Entry ``a`` is served before ``b`` (columns or values of each): higher priority, or
+    the same and older (ties: lower id)."""
+    return or_(
+        a.priority > b.priority,
+        and_(
+            a.priority == b.priority,
+            or_(a.enqueued_at < b.enqueued_at, and_(a.enqueued_at == b.enqueued_at, a.id < b.id)),
         ),
     )
+
+
+def ahead_clause(entry: QueueEntry) -> ColumnElement[bool]:
+    """Waiting entries served before ``entry``."""
+    return and_(QueueEntry.status == WAITING, served_before(QueueEntry, entry))
 
 
 class WaitQueue:
@@ -174,18 +177,7 @@ class WaitQueue:
             free = len(work.placement.by_id)
             if not free:
                 return 0
-            # Look a little beyond the free devices: some heads of the queue may not fit.
-            entries = list(
-                (
-                    await session.scalars(
-                        select(QueueEntry)
-                        .where(*live)
-                        .order_by(QueueEntry.priority.desc(), QueueEntry.enqueued_at, QueueEntry.id)
-                        .limit(min(GRANT_BATCH, LOOKAHEAD * free))
-                        .with_for_update(skip_locked=True)
-                    )
-                ).all()
-            )
+            entries = list((await session.scalars(self.grantable(work, min(GRANT_BATCH, LOOKAHEAD * free)))).all())
             await work.load_users([e.user_id for e in entries])
             granted: list[tuple[QueueEntry, Allocated]] = []
             for entry in entries:
@@ -194,7 +186,7 @@ class WaitQueue:
                 ask = Ask(entry.user_id, entry.duration_minutes, entry.min_cpu, entry.min_memory_mb)
                 try:
                     result = await work.allocate(ask)
-                except AppError:  # does not fit now (size, quota, balance): stays waiting
+                except AppError:  # does not fit now (a device taken by an earlier grant): stays waiting
                     continue
                 assert isinstance(result, Allocated)
                 granted.append((entry, result))
@@ -218,11 +210,81 @@ class WaitQueue:
             writes.update(
                 table_of(QueueEntry),
                 [{"id": e.id, "allocation_id": r.id} for e, r in granted],
-                values={"status": GRANTED, "granted_at": now},
+                values={"status": GRANTED, "granted_at": work.now},
             )
             await writes.execute()
         log.info("queue_granted", count=len(granted))
         return len(granted)
+
+    def grantable(self, work: AllocateWork, limit: int) -> Select[QueueEntry]:
+        """The first ``limit`` waiting entries, in service order, that one of the free
+        devices could serve now (one SELECT, locked).
+
+        What can be judged per entry is judged here, so requests that cannot be served
+        (no free device is big enough, the user is suspended or at quota, or cannot pay
+        on any free size) never crowd out one that can, however many wait ahead of it: a
+        user with room for r more devices offers only their first r servable entries. The
+        grant-order index is read in order and filtered, so the usual pass reads ``limit``
+        rows. What is left to ``AllocateWork`` (a device taken by an earlier grant of the
+        pass, a reserved window) is why a pass looks ``LOOKAHEAD`` entries per free device."""
+        entries, users, allocations = table_of(QueueEntry), table_of(User), table_of(Allocation)
+        earlier = entries.alias("earlier")
+        servable = self._servable(work)
+        active = (
+            select(func.count())
+            .select_from(allocations)
+            .where(allocations.c.user_id == entries.c.user_id, allocations.c.status == ACTIVE)
+            .scalar_subquery()
+        )
+        servable_ahead = (
+            select(func.count())
+            .select_from(earlier)
+            .where(
+                earlier.c.user_id == entries.c.user_id,
+                earlier.c.status == WAITING,
+                earlier.c.expires_at > work.now,
+                served_before(earlier.c, entries.c),
+                servable(earlier),
+            )
+            .scalar_subquery()
+        )
+        return (
+            select(QueueEntry)
+            .join(users, users.c.id == QueueEntry.user_id)
+            .where(
+                QueueEntry.status == WAITING,
+                QueueEntry.expires_at > work.now,
+                may_act(users),
+                servable(entries),
+                users.c.max_devices - active > servable_ahead,  # quota room for this one too
+            )
+            .order_by(QueueEntry.priority.desc(), QueueEntry.enqueued_at, QueueEntry.id)
+            .limit(limit)
+            .with_for_update(of=QueueEntry, skip_locked=True)
+        )
+
+    def _servable(self, work: AllocateWork) -> Callable[[FromClause], ColumnElement[bool]]:
+        """Whether an entry fits one of the free sizes (and, billing enforced, its user can
+        pay for it there: the cost is at least minutes x hourly price / 60)."""
+        sizes = work.placement.free_sizes()
+        enforce = self.scheduler.rt.settings.billing_enforce_balance
+        pricing = self.scheduler.billing.pricing
+
+        def servable(e: FromClause) -> ColumnElement[bool]:
+            available = available_balance(e.c.user_id, CNY)
+            offers = []
+            for cpu, memory, storage in sizes:
+                fits = and_(
+                    or_(e.c.min_cpu.is_(None), e.c.min_cpu <= cpu),
+                    or_(e.c.min_memory_mb.is_(None), e.c.min_memory_mb <= memory),
+                )
+                if enforce:
+                    millifen = pricing.hourly_millifen(cpu, memory, storage)
+                    fits = and_(fits, e.c.duration_minutes * millifen <= available * 60_000)
+                offers.append(fits)
+            return or_(*offers)
+
+        return servable
 
     async def _expire(self, session: AsyncSession, now: Any) -> None:
         expired = (
