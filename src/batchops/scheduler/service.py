@@ -226,13 +226,15 @@ class AllocateWork:
 
     async def _read_devices(self, per_bucket: int | None) -> None:
         """Free devices, their node's load and their reserved windows: one SELECT
-        (one row per device and window)."""
-        horizon = self.now + timedelta(minutes=MAX_MINUTES)
+        (one row per device and window). The batch's clock starts when it returns."""
+        now = utcnow()
+        # a minute beyond the longest ask: its end is timed from the (later) clock below
+        horizon = now + timedelta(minutes=MAX_MINUTES + 1)
         if per_bucket is None:
             stmt = FREE_DEVICES
         else:
             stmt = FIRST_FREE_DEVICES_PG if is_postgres(self.session) else FIRST_FREE_DEVICES
-        params = {"now": self.now, "horizon": horizon, "rank": (per_bucket or 0) + 1}
+        params = {"now": now, "horizon": horizon, "rank": (per_bucket or 0) + 1}
         devices: dict[str, Candidate] = {}
         node_load: dict[str | None, int] = {}
         windows: dict[str, list[Window]] = defaultdict(list)
@@ -245,6 +247,10 @@ class AllocateWork:
             if per_bucket is not None and rank > per_bucket:  # the bucket has more than was read
                 partial.add((device.size, device.node_id))
         self.placement = Placement(list(devices.values()), node_load, dict(windows), partial)
+        # Allocations start now, not when this work was built: it has waited for the allocate
+        # lock since, and a device read as free here may have been released meanwhile, at a
+        # time its usage record ends; a period must not start before it (billed twice).
+        self.now = utcnow()
 
     def _choose(self, ask: Ask, expires_at: datetime) -> Candidate | None:
         return self.placement.choose(
@@ -630,6 +636,7 @@ class ReleaseWork:
 
     async def load(self, ids: Sequence[str]) -> ReleaseWork:
         self.loaded = await load_allocations(self.session, ids)
+        self.now = utcnow()  # once their rows are locked: a period never ends before it starts
         return self
 
     async def handle(self, allocation_id: str) -> Released:
@@ -671,6 +678,7 @@ class ExtendWork:
 
     async def load(self, ids: Sequence[str]) -> ExtendWork:
         self.loaded = await load_allocations(self.session, ids)
+        self.now = utcnow()  # once their rows are locked (expired or not is judged at that time)
         if self.loaded:
             latest = max(la.allocation.expires_at for la in self.loaded.values())
             horizon = latest + timedelta(minutes=self.minutes * len(ids))
