@@ -154,8 +154,8 @@ class Book:
         return self
 
     async def load_known(self, user_ids: Iterable[str], *, hold_references: Iterable[str] = ()) -> set[str]:
-        """Those of ``user_ids`` that are users, with their accounts (unlocked, missing
-        ones created) and the named holds (locked): one query on PostgreSQL when the
+        """Those of ``user_ids`` that are users, with their accounts (locked; missing ones
+        created) and the named holds (locked after them): one query on PostgreSQL when the
         accounts exist. For callers that must tell unknown users apart anyway (usage
         ingestion), instead of a users, an accounts and a holds query."""
         ids, refs = sorted(set(user_ids)), sorted(set(hold_references) - set(self.holds))
@@ -384,22 +384,32 @@ USERS_ACCOUNTS = (
     )
     .where(USERS.c.id.in_(bindparam("ids", expanding=True)))
 )
-HOLDS_BY_REFERENCE = select(HOLDS).where(HOLDS.c.reference.in_(bindparam("refs", expanding=True))).with_for_update()
+HOLDS_BY_REFERENCE = (
+    select(HOLDS)
+    .where(HOLDS.c.reference.in_(bindparam("refs", expanding=True)))
+    .order_by(HOLDS.c.reference)
+    .with_for_update()
+)
 # The same reads for PostgreSQL's driver: an array parameter instead of an expanded IN list.
+# Locks follow core.transactions' order: accounts in id order (NO KEY UPDATE: the foreign-key
+# checks of new holds and entries do not wait for it), then holds in reference order.
 PG_ACCOUNTS = (
     "SELECT id, user_id, balance, held FROM billing_accounts"
     " WHERE user_id = ANY($1::varchar[]) AND currency = $2 ORDER BY id"
 )
-PG_ACCOUNTS_LOCKED = PG_ACCOUNTS + " FOR UPDATE"
-# Users, their accounts and the named holds (locked) in one round trip: the holds ride
-# along as whole rows of their table's composite type.
+PG_ACCOUNTS_LOCKED = PG_ACCOUNTS + " FOR NO KEY UPDATE"
+# Users, their accounts and the named holds in one round trip, the accounts locked before
+# the holds (the holds' one-time filter counts every locked account first); the holds
+# ride along as whole rows of their table's composite type.
 PG_USERS_ACCOUNTS_HOLDS = (
-    "WITH h AS (SELECT * FROM billing_holds WHERE reference = ANY($3::varchar[]) FOR UPDATE)"
+    f"WITH a AS ({PG_ACCOUNTS_LOCKED}),"
+    " h AS (SELECT * FROM billing_holds WHERE reference = ANY($3::varchar[]) AND (SELECT count(*) FROM a) >= 0"
+    " ORDER BY reference FOR UPDATE)"
     " SELECT u.id, a.id, a.balance, a.held, NULL::billing_holds FROM users u"
-    " LEFT JOIN billing_accounts a ON a.user_id = u.id AND a.currency = $2 WHERE u.id = ANY($1::varchar[])"
+    " LEFT JOIN a ON a.user_id = u.id WHERE u.id = ANY($1::varchar[])"
     " UNION ALL SELECT NULL, NULL, NULL, NULL, ROW(h.*)::billing_holds FROM h"
 )
-PG_HOLDS = "SELECT * FROM billing_holds WHERE reference = ANY($1::varchar[]) FOR UPDATE"
+PG_HOLDS = "SELECT * FROM billing_holds WHERE reference = ANY($1::varchar[]) ORDER BY reference FOR UPDATE"
 
 
 def available_balance(user_id: ColumnElement[str], currency: str) -> ColumnElement[int]:

@@ -102,10 +102,10 @@ class BillingService:
     # --- ingestion ---------------------------------------------------------------------
     async def ingest(self, session: AsyncSession, events: list[DeviceUsageIn]) -> list[UsageOutcome]:
         """Charge every report not seen before, in a constant number of statements."""
-        # No account lock: captures and charges never check a balance, and the flush
-        # writes relative changes, so concurrent reports for one user do not queue.
-        # Holds are locked up front for every report of the batch (a duplicate's too:
-        # harmless, its insert below does nothing), in the same round trip as the users.
+        # The accounts, then the holds of every report of the batch (a duplicate's too:
+        # harmless, its insert below does nothing) are locked up front, in the same round
+        # trip as the users, in core.transactions' order: extend locks them in this order
+        # too, and usage locking holds first deadlocked with it.
         book = Book(session, CNY)
         users = await book.load_known(
             {e.user_id for e in events}, hold_references=[allocation_hold(e.allocation_id) for e in events]
@@ -165,8 +165,7 @@ class BillingService:
 
     async def report(self, events: list[DeviceUsageIn]) -> list[UsageOutcome]:
         started = time.perf_counter()
-        async with self.db.transaction() as session:
-            outcomes = await self.ingest(session, events)
+        outcomes = await self.db.run(lambda session: self.ingest(session, events))
         failed = sum(o.status == "failed" for o in outcomes)
         BATCH_METRICS.observe(
             "usage_report", succeeded=len(outcomes) - failed, failed=failed, seconds=time.perf_counter() - started
@@ -255,12 +254,15 @@ class BillingService:
         log.debug("billing_remote_balances", answers=answers)
 
     async def topup(self, user_id: str, amount: int, currency: str, reference: str | None) -> tuple[bool, Balance]:
-        async with self.db.transaction() as session:
+        ref = f"topup:{reference or new_id('t')}"  # once: a retried run applies the same top-up
+
+        async def unit(session: AsyncSession) -> tuple[bool, Balance]:
             if not await load_users(session, [user_id]):
                 raise NotFoundError("User not found")
-            ref = f"topup:{reference or new_id('t')}"
             applied = await self.ledger.topup(session, user_id, currency, amount, ref)
-            bal = (await self.ledger.balances(session, [user_id], currency))[user_id]
+            return applied, (await self.ledger.balances(session, [user_id], currency))[user_id]
+
+        applied, bal = await self.db.run(unit)
         log.info("billing_topup", user_id=user_id, amount=amount, currency=currency, applied=applied)
         return applied, bal
 

@@ -119,7 +119,11 @@ def counted(verb: str) -> Callable[[BatchResult[Any, Any]], str]:
 
 
 class _Discard(Exception):
-    """Raised inside the transaction to roll an atomic batch back."""
+    """Raised inside the transaction to roll an atomic batch back, with its outcome."""
+
+    def __init__(self, result: BatchResult[Any, Any]) -> None:
+        super().__init__("atomic batch rolled back")
+        self.result = result
 
 
 class _Progress:
@@ -187,23 +191,29 @@ class BatchRunner:
             size=len(items),
             actor=actor_id,
         )
-        result: BatchResult[I, R] = BatchResult(total_count=len(items))
         progress = None
         if self.push is not None and actor_id is not None:
             progress = _Progress(self.push, actor_id, operation, len(items), self.progress_every_seconds)
-        try:
-            async with self.db.transaction() as session:
-                work = await prepare(session)
-                await self._handle_all(session, work, items, mode, savepoints, result, progress)
-                if not result.committed:
-                    raise _Discard
-                await work.flush(result.results)
-                result.execution_time_ms = _elapsed_ms(started)
-                await self._audit(session, domain, operation, actor_id, result, audit_detail)
-        except _Discard:
+
+        async def run_once(session: AsyncSession) -> BatchResult[I, R]:
+            # A unit of work for Database.run: a run the database aborts (deadlock) is run
+            # again from here, with a fresh work object and every item decided again.
+            result: BatchResult[I, R] = BatchResult(total_count=len(items))
+            work = await prepare(session)
+            await self._handle_all(session, work, items, mode, savepoints, result, progress)
+            if not result.committed:
+                raise _Discard(result)
+            await work.flush(result.results)
             result.execution_time_ms = _elapsed_ms(started)
-            async with self.db.transaction() as session:
-                await self._audit(session, domain, operation, actor_id, result, audit_detail)
+            await self._audit(session, domain, operation, actor_id, result, audit_detail)
+            return result
+
+        try:
+            result = await self.db.run(run_once)
+        except _Discard as discarded:
+            result = discarded.result
+            result.execution_time_ms = _elapsed_ms(started)
+            await self.db.run(lambda session: self._audit(session, domain, operation, actor_id, result, audit_detail))
         batch_metrics(domain).observe(
             operation,
             succeeded=result.success_count,

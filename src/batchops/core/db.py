@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import asyncpg  # type: ignore[import-untyped]
 import structlog
@@ -59,9 +59,11 @@ from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from batchops.core.sqlite_driver import BUSY_TIMEOUT_MS, Write, one_hop_dbapi
+from batchops.core.transactions import run_retrying
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
 SqliteWrite = Write  # (sql, parameter tuples, rows it must affect or None): see sqlite_run_writes
 
 NAMING_CONVENTION = {
@@ -257,6 +259,17 @@ class Database:
                     await callback()
                 except Exception:  # a live push must never fail a committed request
                     log.exception("post_commit_failed")
+
+    async def run(self, unit: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """``unit(session)`` in one :meth:`transaction`, run again from its start if the
+        database aborts it for a deadlock or a serialization failure (then 503): see
+        ``core.transactions``. For every unit of work that takes locks."""
+
+        async def once() -> T:
+            async with self.transaction() as session:
+                return await unit(session)
+
+        return await run_retrying(once)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+import asyncpg  # type: ignore[import-untyped]
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchops.core.responses import JSONResponse
@@ -61,6 +64,30 @@ class TooManyRequestsError(AppError):
 
 class ServiceUnavailableError(AppError):
     status_code, name = 503, "ServiceUnavailableException"
+
+
+# Come back in a second: what a 503 for a busy database tells the client.
+RETRY_AFTER_SECONDS = 1
+# PostgreSQL aborts a transaction with these when it lost a deadlock or a serialization
+# race: nothing of it was written, and the same work may succeed if it runs again.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def database_busy(message: str) -> ServiceUnavailableError:
+    """503 with ``Retry-After``: the work was refused for load, not for what it asked."""
+    return ServiceUnavailableError(message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def is_retryable_abort(error: BaseException) -> bool:
+    """A transaction the database aborted for a deadlock or a serialization failure,
+    however it is raised (SQLAlchemy wraps the driver's error; raw driver calls raise it)."""
+    current: BaseException | None = error
+    while current is not None:
+        for candidate in (current, getattr(current, "orig", None)):
+            if getattr(candidate, "sqlstate", None) in RETRYABLE_SQLSTATES:
+                return True
+        current = current.__cause__
+    return False
 
 
 _STATUS_NAMES = {
@@ -117,6 +144,22 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405 and (allowed := allowed_methods(request)):
             headers = {**(headers or {}), "Allow": ", ".join(allowed)}
         return JSONResponse(error_body(name, message), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_exhausted(request: Request, exc: PoolTimeoutError) -> JSONResponse:
+        # every connection of this process's pool stayed busy for BATCHOPS_DB_POOL_TIMEOUT_SECONDS
+        log.warning("db_pool_exhausted", path=request.url.path, error=str(exc))
+        return await _app_error(request, database_busy("The service is busy (no database connection free); retry"))
+
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+        """A transaction aborted for a deadlock that no retry (``Database.run``) covered: 503."""
+        if not is_retryable_abort(exc):
+            return await _unexpected(request, exc)
+        log.warning("db_transaction_aborted", path=request.url.path, error=str(exc))
+        return await _app_error(request, database_busy("The database aborted the transaction (conflict); retry"))
+
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(asyncpg.PostgresError, _database_error)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

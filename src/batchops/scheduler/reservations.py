@@ -184,11 +184,13 @@ class ReservationService:
         self.db = scheduler.db
 
     async def create(self, actor: User, request: ReservationIn) -> dict[str, Any]:
-        async with self.db.transaction() as session:
+        async def unit(session: AsyncSession) -> dict[str, Any]:
             work = await ReserveWork(session, self, actor).load([request])
             row = await work.handle(request)
             await work.flush([row])
-        return row
+            return row
+
+        return await self.db.run(unit)
 
     async def batch_create(
         self, actor: User, requests: list[ReservationIn], mode: BatchMode
@@ -242,58 +244,68 @@ class ReservationService:
     async def start_due(self, limit: int = 200) -> int:
         """Turn reservations whose ``startAt`` has come into allocations."""
         await self.scheduler.expire_due()  # free the devices whose allocations have ended first
+
+        started, failed = await self.db.run(lambda session: self._start_due(session, limit))
+        if started or failed:
+            log.info("reservations_started", started=started, failed=failed)
+        return started
+
+    async def _start_due(self, session: AsyncSession, limit: int) -> tuple[int, int]:
         now = utcnow()
-        async with self.db.transaction() as session:
-            due = list(
-                (
-                    await session.scalars(
-                        select(Reservation)
-                        .where(Reservation.status == RESERVED, Reservation.start_at <= now)
-                        .order_by(Reservation.start_at, Reservation.id)
-                        .limit(limit)
-                        .with_for_update(skip_locked=True)
-                    )
-                ).all()
-            )
-            if not due:
-                return 0
-            work = await AllocateWork(session, self.scheduler, None).load([r.user_id for r in due])
-            started: list[tuple[Reservation, Allocated]] = []
-            failed: list[tuple[Reservation, str]] = []
-            for r in due:
-                if r.end_at <= now:
-                    failed.append((r, "Reservation window has passed"))
-                    continue
-                ask = Ask(
-                    user_id=r.user_id,
-                    duration_minutes=max(1, int((r.end_at - now).total_seconds() // 60)),
-                    device_id=r.device_id,
-                    reservation_id=r.id,
-                    expires_at=r.end_at,
+        is_due = (Reservation.status == RESERVED, Reservation.start_at <= now)
+        # the allocate lock first (core.transactions' order), and only if a reservation is due
+        if not await advisory_lock(session, ALLOCATE_LOCK, only_if=select(Reservation.id).where(*is_due).limit(1)):
+            return 0, 0
+        due = list(
+            (
+                await session.scalars(
+                    select(Reservation)
+                    .where(*is_due)
+                    .order_by(Reservation.start_at, Reservation.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
                 )
-                try:
-                    result = await work.allocate(ask)
-                except AppError as exc:
-                    failed.append((r, exc.message))
-                    continue
-                assert isinstance(result, Allocated)
-                started.append((r, result))
-            await work.flush([a for _, a in started])
-            changes = [{"id": r.id, "status": FULFILLED, "allocation_id": a.id} for r, a in started]
-            changes += [{"id": r.id, "status": FAILED, "failure_reason": reason} for r, reason in failed]
-            await session.execute(update(Reservation), changes)
-            await self.scheduler.notifications.send(
-                session,
-                [
-                    NewNotification(
-                        user_id=r.user_id,
-                        type="scheduler.reservation.failed",
-                        title="⚠️ 预约未能开始",
-                        content=f"您在 {iso(r.start_at)} 的设备预约未能开始：{reason}",
-                        data={"reservationId": r.id, "reason": reason},
-                    )
-                    for r, reason in failed
-                ],
+            ).all()
+        )
+        if not due:
+            return 0, 0
+        work = await AllocateWork(session, self.scheduler, None).load_devices(locked=True)
+        await work.load_users([r.user_id for r in due])
+        started: list[tuple[Reservation, Allocated]] = []
+        failed: list[tuple[Reservation, str]] = []
+        for r in due:
+            if r.end_at <= now:
+                failed.append((r, "Reservation window has passed"))
+                continue
+            ask = Ask(
+                user_id=r.user_id,
+                duration_minutes=max(1, int((r.end_at - now).total_seconds() // 60)),
+                device_id=r.device_id,
+                reservation_id=r.id,
+                expires_at=r.end_at,
             )
-        log.info("reservations_started", started=len(started), failed=len(failed))
-        return len(started)
+            try:
+                result = await work.allocate(ask)
+            except AppError as exc:
+                failed.append((r, exc.message))
+                continue
+            assert isinstance(result, Allocated)
+            started.append((r, result))
+        await work.flush([a for _, a in started])
+        changes = [{"id": r.id, "status": FULFILLED, "allocation_id": a.id} for r, a in started]
+        changes += [{"id": r.id, "status": FAILED, "failure_reason": reason} for r, reason in failed]
+        await session.execute(update(Reservation), changes)
+        await self.scheduler.notifications.send(
+            session,
+            [
+                NewNotification(
+                    user_id=r.user_id,
+                    type="scheduler.reservation.failed",
+                    title="⚠️ 预约未能开始",
+                    content=f"您在 {iso(r.start_at)} 的设备预约未能开始：{reason}",
+                    data={"reservationId": r.id, "reason": reason},
+                )
+                for r, reason in failed
+            ],
+        )
+        return len(started), len(failed)

@@ -909,9 +909,9 @@ class SchedulerService:
         """``allocation_ids``: ids for the new allocations instead of generated ones (the
         demo's alloc-001…, which seed 000's curl scenarios name); not part of the API."""
         await self.billing.check_remote_balances({r.user_id for r in requests})
-        given = iter(allocation_ids) if allocation_ids is not None else None
 
         async def prepare(session: AsyncSession) -> AllocateWork:
+            given = iter(allocation_ids) if allocation_ids is not None else None  # per run: a retry starts over
             return await AllocateWork(session, self, actor, given).load(
                 [r.user_id for r in requests], per_bucket=len(requests)
             )
@@ -999,18 +999,23 @@ class SchedulerService:
     # single-item forms: the same work objects, one item, errors raised as HTTP errors ------------
     async def allocate(self, actor: User, request: AllocationRequest) -> Allocated | Queued:
         await self.billing.check_remote_balances({request.user_id})
-        async with self.db.transaction() as session:
+
+        async def unit(session: AsyncSession) -> Allocated | Queued:
             work = await AllocateWork(session, self, actor).load([request.user_id], per_bucket=1)
             result = await work.handle(request)
             await work.flush([result])
-        return result
+            return result
+
+        return await self.db.run(unit)
 
     async def release(self, actor: User, allocation_id: str, reason: str | None) -> Released:
-        async with self.db.transaction() as session:
+        async def unit(session: AsyncSession) -> Released:
             work = await ReleaseWork(session, self, actor, reason).load([allocation_id])
             result = await work.handle(allocation_id)
             await work.flush([result])
-        return result
+            return result
+
+        return await self.db.run(unit)
 
     async def find_active_allocation_id(self, device_id: str, user_id: str) -> str:
         async with self.db.transaction() as session:
@@ -1024,11 +1029,13 @@ class SchedulerService:
         return found
 
     async def extend(self, actor: User, allocation_id: str, minutes: int) -> Extended:
-        async with self.db.transaction() as session:
+        async def unit(session: AsyncSession) -> Extended:
             work = await ExtendWork(session, self, actor, minutes).load([allocation_id])
             result = await work.handle(allocation_id)
             await work.flush([result])
-        return result
+            return result
+
+        return await self.db.run(unit)
 
     # reads ------------------------------------------------------------------------------
     async def list_allocations(

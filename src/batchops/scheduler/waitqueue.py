@@ -167,53 +167,56 @@ class WaitQueue:
 
     async def grant_waiting(self) -> int:
         """Grant what fits, by priority then age; entries past their wait are left to expire."""
-        now = utcnow()
-        live = (QueueEntry.status == WAITING, QueueEntry.expires_at > now)
-        async with self.db.transaction() as session:
-            # The allocation lock, only if someone waits (usually no one): one round trip.
-            if not await advisory_lock(session, ALLOCATE_LOCK, only_if=select(QueueEntry.id).where(*live).limit(1)):
-                return 0
-            work = await AllocateWork(session, self.scheduler, None).load_devices(locked=True)
-            free = len(work.placement.by_id)
-            if not free:
-                return 0
-            entries = list((await session.scalars(self.grantable(work, min(GRANT_BATCH, LOOKAHEAD * free)))).all())
-            await work.load_users([e.user_id for e in entries])
-            granted: list[tuple[QueueEntry, Allocated]] = []
-            for entry in entries:
-                if not work.placement.has_free:
-                    break
-                ask = Ask(entry.user_id, entry.duration_minutes, entry.min_cpu, entry.min_memory_mb)
-                try:
-                    result = await work.allocate(ask)
-                except AppError:  # does not fit now (a device taken by an earlier grant): stays waiting
-                    continue
-                assert isinstance(result, Allocated)
-                granted.append((entry, result))
-            if not granted:
-                return 0
-            writes = WriteSet(session)
-            await work.flush(
-                [r for _, r in granted],
-                also_notify=[
-                    NewNotification(
-                        user_id=e.user_id,
-                        type="scheduler.queue.granted",
-                        title="🎉 排队请求已分配设备",
-                        content=f"您排队的请求已分配到设备 {r.device.name}，使用时长 {e.duration_minutes} 分钟。",
-                        data={"queueEntryId": e.id, "allocationId": r.id, "deviceId": r.device.id},
-                    )
-                    for e, r in granted
-                ],
-                writes=writes,
-            )
-            writes.update(
-                table_of(QueueEntry),
-                [{"id": e.id, "allocation_id": r.id} for e, r in granted],
-                values={"status": GRANTED, "granted_at": work.now},
-            )
-            await writes.execute()
-        log.info("queue_granted", count=len(granted))
+        granted = await self.db.run(self._grant)
+        if granted:
+            log.info("queue_granted", count=granted)
+        return granted
+
+    async def _grant(self, session: AsyncSession) -> int:
+        live = (QueueEntry.status == WAITING, QueueEntry.expires_at > utcnow())
+        # The allocation lock, only if someone waits (usually no one): one round trip.
+        if not await advisory_lock(session, ALLOCATE_LOCK, only_if=select(QueueEntry.id).where(*live).limit(1)):
+            return 0
+        work = await AllocateWork(session, self.scheduler, None).load_devices(locked=True)
+        free = len(work.placement.by_id)
+        if not free:
+            return 0
+        entries = list((await session.scalars(self.grantable(work, min(GRANT_BATCH, LOOKAHEAD * free)))).all())
+        await work.load_users([e.user_id for e in entries])
+        granted: list[tuple[QueueEntry, Allocated]] = []
+        for entry in entries:
+            if not work.placement.has_free:
+                break
+            ask = Ask(entry.user_id, entry.duration_minutes, entry.min_cpu, entry.min_memory_mb)
+            try:
+                result = await work.allocate(ask)
+            except AppError:  # does not fit after all (taken by an earlier grant, a reserved window): waits
+                continue
+            assert isinstance(result, Allocated)
+            granted.append((entry, result))
+        if not granted:
+            return 0
+        writes = WriteSet(session)
+        await work.flush(
+            [r for _, r in granted],
+            also_notify=[
+                NewNotification(
+                    user_id=e.user_id,
+                    type="scheduler.queue.granted",
+                    title="🎉 排队请求已分配设备",
+                    content=f"您排队的请求已分配到设备 {r.device.name}，使用时长 {e.duration_minutes} 分钟。",
+                    data={"queueEntryId": e.id, "allocationId": r.id, "deviceId": r.device.id},
+                )
+                for e, r in granted
+            ],
+            writes=writes,
+        )
+        writes.update(
+            table_of(QueueEntry),
+            [{"id": e.id, "allocation_id": r.id} for e, r in granted],
+            values={"status": GRANTED, "granted_at": work.now},
+        )
+        await writes.execute()
         return len(granted)
 
     def grantable(self, work: AllocateWork, limit: int) -> Select[QueueEntry]:
