@@ -47,7 +47,15 @@ class Settings(BaseSettings):
         default_factory=default_database_url,
         description="sqlite:///path.db (default: batchops.db in the user's data directory) or postgresql://user@host:port/db",
     )
+    # Connection budget (README "Scale-out"): each process opens at most
+    # db_pool_size + db_max_overflow PostgreSQL connections.
     db_pool_size: int = Field(10, ge=1, description="connections kept per process (PostgreSQL)")
+    db_max_overflow: int = Field(
+        0, ge=0, description="connections a process may open beyond db_pool_size under load (PostgreSQL)"
+    )
+    db_pool_timeout_seconds: float = Field(
+        10.0, gt=0, description="wait for a free connection before answering 503 with Retry-After"
+    )
 
     # --- auth ----------------------------------------------------------------------
     jwt_secret: str = Field("dev-insecure-jwt-secret-change-me", description="HS256 key for bearer tokens")

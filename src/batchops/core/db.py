@@ -211,7 +211,12 @@ PING: Select[Any] = select(literal_column("1").label("ok"))
 class Database:
     """Engine + session factory + the transaction helper every service uses."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, max_overflow: int = 0, pool_timeout: float = 10.0, echo: bool = False
+    ) -> None:
+        """PostgreSQL: at most ``pool_size + max_overflow`` connections; a request that finds
+        none free for ``pool_timeout`` seconds raises SQLAlchemy's pool ``TimeoutError``,
+        answered 503 with ``Retry-After`` (core.errors)."""
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
@@ -225,6 +230,7 @@ class Database:
                 connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
                 pool_size=5,
                 max_overflow=10,
+                pool_timeout=pool_timeout,
                 # Every session ends its transaction itself (commit, or rollback on error), so the
                 # pool's extra ROLLBACK on check-in is a no-op that costs a round trip.
                 pool_reset_on_return=None,
@@ -237,7 +243,8 @@ class Database:
                 json_serializer=dumps_json,
                 json_deserializer=from_json,
                 pool_size=pool_size,
-                max_overflow=pool_size * 2,
+                max_overflow=max_overflow,
+                pool_timeout=pool_timeout,
                 pool_pre_ping=False,
                 pool_reset_on_return=None,  # as above: no ROLLBACK round trip per checkout
             )

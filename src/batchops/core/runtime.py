@@ -51,7 +51,12 @@ class Runtime:
 
 
 def create_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
-    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    db = Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     outbox = Outbox(
         db,
         batch_size=settings.outbox_batch_size,
