@@ -1228,16 +1228,23 @@ class PolicyJobs:
         if not minutes:
             return 0
         now = utcnow()
+        # Rows another transaction holds (an extend, a release) are skipped, never waited
+        # for: this pass would lock them out of core.transactions' order. The next tick sees them.
+        due = (
+            select(Allocation.id)
+            .where(
+                Allocation.status == ACTIVE,
+                Allocation.reminder_sent_at.is_(None),
+                Allocation.expires_at <= now + timedelta(minutes=minutes),
+                Allocation.expires_at > now,
+            )
+            .with_for_update(skip_locked=True)
+        )
         async with self.db.transaction() as session:
             claimed = (
                 await session.execute(
                     update(Allocation)
-                    .where(
-                        Allocation.status == ACTIVE,
-                        Allocation.reminder_sent_at.is_(None),
-                        Allocation.expires_at <= now + timedelta(minutes=minutes),
-                        Allocation.expires_at > now,
-                    )
+                    .where(Allocation.id.in_(due.scalar_subquery()))
                     .values(reminder_sent_at=now)
                     .returning(Allocation.id, Allocation.user_id, Allocation.device_id, Allocation.expires_at)
                 )
