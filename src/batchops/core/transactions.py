@@ -14,7 +14,8 @@ kind in the order given, so two transactions never wait for each other in a cycl
 4. ledger holds, in reference order.
 
 Rows taken with ``SKIP LOCKED`` (outbox messages, queue entries, due reservations,
-studio tasks) never wait. Inserted rows (usage, entries, events) lock nothing older.
+allocations due a reminder, studio tasks) never wait. Inserted rows (usage, entries,
+events) lock nothing older.
 
 **Retry.** PostgreSQL may still abort a transaction, for a deadlock with a path outside
 this order or a serialization failure: nothing of it was written. :func:`run_retrying`
