@@ -208,8 +208,13 @@ async def test_a_device_user_extends_a_device_and_the_notification_arrives_live(
     await note.first.wait_for()
     assert "使用时间已延长 30 分钟" in await note.first.inner_text()
     assert await page.evaluate("() => window.stillTheSamePage === true")  # no reload
-    after = await page.locator("#my-allocations-table tbody tr", has_text=allocation).locator(".time-left").inner_text()
-    assert int(after.split()[0]) >= int(before.split()[0]) + 29, (before, after)
+    # The notification may arrive before htmx swaps in the extend's answer: wait for the row.
+    await page.wait_for_function(
+        """([id, least]) => [...document.querySelectorAll('#my-allocations-table tbody tr')].some(
+            (tr) => tr.textContent.includes(id) && parseInt(tr.querySelector('.time-left').textContent) >= least)""",
+        arg=[allocation, int(before.split()[0]) + 29],
+        timeout=5000,
+    )
     await screenshot(console_server, page, "mine-zh-CN")
 
 
