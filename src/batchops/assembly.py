@@ -5,7 +5,8 @@ process is wired the same way."""
 from __future__ import annotations
 
 from batchops.billing.ledger import Ledger
-from batchops.billing.service import USAGE_KIND, BillingService
+from batchops.billing.service import BillingService
+from batchops.billing.usage import USAGE_KIND
 from batchops.core.clock import Clock, system_clock
 from batchops.core.runtime import Runtime, create_runtime
 from batchops.core.worker import PeriodicJob

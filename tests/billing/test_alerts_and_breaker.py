@@ -15,6 +15,7 @@ import yaml
 from batchops.billing import service as billing_service
 from batchops.billing.client import BillingClient, BillingUnavailable
 from batchops.billing.service import BillingService
+from batchops.billing.usage import USAGE_KIND
 from batchops.core.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from batchops.core.outbox import Delivery
 from batchops.core.runtime import Runtime
@@ -199,7 +200,7 @@ async def test_deliveries_log_the_seeds_key_lines(
     await create_users(client, admin, [{"userId": "test-user-001"}])
     recorder = LogRecorder()
     monkeypatch.setattr(billing_service, "log", recorder)
-    kind = billing_service.USAGE_KIND
+    kind = USAGE_KIND
     deliveries = [
         Delivery(1, kind, "usage", usage("abc-100", "test-user-001", seconds=3600), 1),
         Delivery(2, kind, "usage", usage("abc-123", "nobody", seconds=60), 3),

@@ -20,7 +20,7 @@ import aio_pika
 import httpx
 import pytest
 
-from batchops.billing.service import USAGE_KIND
+from batchops.billing.usage import USAGE_KIND
 from batchops.core.runtime import Runtime
 from tests.billing.test_billing_api import release_all
 from tests.conftest import JWT_SECRET, SERVICE_TOKEN, require_service

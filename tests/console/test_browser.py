@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from batchops.billing.service import USAGE_KIND
+from batchops.billing.usage import USAGE_KIND
 from tests.console.conftest import ADMIN_PASSWORD, DEVICE_USER, ConsoleServer, Pages, axe_violations, screenshot
 
 OPERATOR_PAGES = {

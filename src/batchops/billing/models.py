@@ -77,3 +77,24 @@ class UsageRecord(Base):
     cost: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeviceUsage(Base):
+    """One row per released allocation: the usage fact the metering domain reported
+    (``billing.usage.record_usage``), which reconciliation compares with the charges.
+
+    The table (migration 0001) keeps its foreign key to the scheduler's allocations: a
+    table name in the schema, not an import of the scheduler."""
+
+    __tablename__ = "device_usage"
+
+    allocation_id: Mapped[str] = mapped_column(ForeignKey("allocations.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    duration_seconds: Mapped[int]
+    cpu_cores: Mapped[int]
+    memory_mb: Mapped[int]
+    storage_mb: Mapped[int]
+    allocated_at: Mapped[datetime]
+    released_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

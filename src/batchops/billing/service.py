@@ -29,23 +29,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.client import BillingClient, BillingRejected, BillingUnavailable
 from batchops.billing.ledger import CNY, Balance, Book, Ledger, format_amount
-from batchops.billing.models import UsageRecord
+from batchops.billing.models import DeviceUsage, UsageRecord
 from batchops.billing.pricing import Pricing
 from batchops.billing.schemas import DeviceUsageIn
+from batchops.billing.usage import USAGE_KIND, UsageFact, record_usage
 from batchops.core.db import Database, insert_new, new_id
 from batchops.core.errors import AppError, ConflictError, NotFoundError, ServiceUnavailableError
 from batchops.core.metrics import batch_metrics
 from batchops.core.outbox import PENDING, Delivery, Outbox, OutboxMessage
 from batchops.identity.service import load_users
-
-# Reconciliation compares the scheduler's usage facts with billing's charges: the one
-# place billing reads a scheduler table (models only, no service: no import cycle).
-from batchops.scheduler.models import DeviceUsage
 from batchops.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-USAGE_KIND = "billing.device_usage"
 HELD_FOR_ANOTHER = "Allocation is held by another user"
 BATCH_METRICS = batch_metrics("billing")  # every ingestion: the batch endpoint's, the worker's
 BATCH_METRICS.declare(("usage_report",))
@@ -223,6 +219,17 @@ class BillingService:
             outcomes = [(r["status"], r.get("reason") or r.get("error")) for r in body["results"]]
         pairs = zip(chunk, outcomes, strict=True)
         return {d.id: error or status for (d, _), (status, error) in pairs if status == "failed"}
+
+    # --- what the metering domain (the scheduler) calls, in its own transaction ------------
+    async def record_usage(self, session: AsyncSession, facts: list[UsageFact]) -> None:
+        """Keep released allocations' usage and queue their reports (``billing.usage``)."""
+        await record_usage(session, facts)
+
+    async def available_balances(self, session: AsyncSession, user_ids: list[str]) -> dict[str, int]:
+        """What each user may still spend in CNY (balance less holds, minor units): read,
+        not locked (a hold is what reserves money)."""
+        balances = await self.ledger.balances(session, user_ids, CNY)
+        return {user_id: b.available for user_id, b in balances.items()}
 
     # --- balances ------------------------------------------------------------------------
     async def balance(self, user_id: str, currency: str = CNY) -> tuple[Balance, str | None]:

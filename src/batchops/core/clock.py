@@ -30,3 +30,9 @@ class ManualClock:
 
     def set(self, when: datetime) -> None:
         self.now = when
+
+
+def iso_utc(ts: datetime) -> str:
+    """An instant as the JSON contract writes it (ISO-8601, UTC as ``Z``), as pydantic
+    writes the documented models' datetimes: for payloads built as plain dicts."""
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")

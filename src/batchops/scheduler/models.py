@@ -65,23 +65,6 @@ class Allocation(Base):
     device: Mapped[Device] = relationship(lazy="raise")
 
 
-class DeviceUsage(Base):
-    """One row per released allocation: the fact billing charges from."""
-
-    __tablename__ = "device_usage"
-
-    allocation_id: Mapped[str] = mapped_column(ForeignKey("allocations.id"), primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(128))
-    user_id: Mapped[str] = mapped_column(String(128), index=True)
-    duration_seconds: Mapped[int]
-    cpu_cores: Mapped[int]
-    memory_mb: Mapped[int]
-    storage_mb: Mapped[int]
-    allocated_at: Mapped[datetime]
-    released_at: Mapped[datetime]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
 RESERVED, FULFILLED, CANCELLED, FAILED = "reserved", "fulfilled", "cancelled", "failed"
 WAITING, GRANTED, EXPIRED = "waiting", "granted", "expired"
 

@@ -93,8 +93,7 @@ class ReserveWork:
         if scheduler.rt.settings.billing_enforce_balance:
             # seed 001 P1 #4 余额预检查: no device window for a user who could not pay for it
             # (the hold itself is taken when the reservation starts)
-            balances = await scheduler.billing.ledger.balances(session, self.users, CNY)
-            self.available = {user_id: b.available for user_id, b in balances.items()}
+            self.available = await scheduler.billing.available_balances(session, list(self.users))
         starts = [r.start_at for r in requests]
         ends = [r.start_at + timedelta(minutes=r.duration_minutes) for r in requests]
         start, end = min(starts), max(ends)

@@ -38,7 +38,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import CNY, Book, InsufficientBalance
-from batchops.billing.service import USAGE_KIND, BillingService, allocation_hold
+from batchops.billing.service import BillingService, allocation_hold
+from batchops.billing.usage import UsageFact
 from batchops.core.batch import BatchMode, BatchResult, LogLines, counted
 from batchops.core.db import advisory_lock, fetch_rows, in_list, is_postgres, new_id, table_of, utcnow
 from batchops.core.errors import (
@@ -67,7 +68,6 @@ from batchops.scheduler.models import (
     WAITING,
     Allocation,
     Device,
-    DeviceUsage,
     Reservation,
 )
 from batchops.scheduler.placement import Bucket, Candidate, Placement, PlacementIncomplete, Window
@@ -1109,17 +1109,13 @@ class SchedulerService:
             values={"status": AVAILABLE, "updated_at": now},
             where={"status": ALLOCATED},
         )
-        usage = [usage_record(r) for r in results]
-        w.insert(table_of(DeviceUsage), usage)
+        await self.billing.record_usage(session, [usage_fact(r) for r in results])
         messages: list[OutboxItem] = []
         at = occurred_at()
-        for r, u in zip(results, usage, strict=True):
+        for r in results:
             payload = released_payload(r)
             messages.append(event("device.released", payload, at))
             messages.append(event("scheduler.allocation.released", payload, at))
-            messages.append(
-                OutboxItem(kind=USAGE_KIND, name="device-usage", payload=usage_report(u), dedup_key=f"usage:{r.id}")
-            )
         messages.append(DEVICES_FREED)
         await enqueue(session, messages, w)
         await self.notifications.send(
@@ -1278,35 +1274,19 @@ class PolicyJobs:
 DAILY_RELEASE_REASON = "每日自动释放"
 
 
-def usage_record(r: Released) -> dict[str, Any]:
+def usage_fact(r: Released) -> UsageFact:
     a, d = r.loaded.allocation, r.loaded.device
-    return {
-        "allocation_id": a.id,
-        "device_id": d.id,
-        "user_id": a.user_id,
-        "duration_seconds": r.duration_seconds,
-        "cpu_cores": d.cpu_cores,
-        "memory_mb": d.memory_mb,
-        "storage_mb": d.storage_mb,
-        "allocated_at": a.allocated_at,
-        "released_at": r.released_at,
-        "created_at": r.released_at,
-    }
-
-
-def usage_report(u: dict[str, Any]) -> dict[str, Any]:
-    """The seed 001 body of ``POST /api/internal/metering/device-usage``."""
-    return {
-        "deviceId": u["device_id"],
-        "userId": u["user_id"],
-        "allocationId": u["allocation_id"],
-        "durationSeconds": u["duration_seconds"],
-        "cpuCores": u["cpu_cores"],
-        "memoryMB": u["memory_mb"],
-        "storageMB": u["storage_mb"],
-        "allocatedAt": iso(u["allocated_at"]),
-        "releasedAt": iso(u["released_at"]),
-    }
+    return UsageFact(
+        allocation_id=a.id,
+        user_id=a.user_id,
+        device_id=d.id,
+        cpu_cores=d.cpu_cores,
+        memory_mb=d.memory_mb,
+        storage_mb=d.storage_mb,
+        allocated_at=a.allocated_at,
+        released_at=r.released_at,
+        duration_seconds=r.duration_seconds,
+    )
 
 
 def released_payload(r: Released) -> dict[str, Any]:
