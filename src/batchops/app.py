@@ -21,9 +21,11 @@ from batchops.billing.api import internal as billing_internal
 from batchops.billing.api import public as billing_public
 from batchops.console.app import create_console
 from batchops.core.errors import ErrorResponseDoc, error_body, install_error_handlers
+from batchops.core.guard import GuardPolicy, RequestGuard
 from batchops.core.logging import configure_logging
 from batchops.core.responses import JSONResponse
 from batchops.core.runtime import Runtime
+from batchops.core.text import NO_NUL
 from batchops.dining.api import router as dining_router
 from batchops.identity.api import router as identity_router
 from batchops.identity.service import IdentityService
@@ -42,10 +44,27 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (403, "Forbidden"),
         (404, "Not found"),
         (409, "Conflict"),
+        (413, "Request body larger than BATCHOPS_MAX_BODY_BYTES"),
         (429, "Too many requests"),
         (503, "Service unavailable"),
     ]
 }
+
+# The one list of paths whose requests the guard lets through without credentials: they
+# check their own callers (the console's session cookie, the KIE callback's signature) or
+# need none. Everything else with a body must present a valid bearer or service token first.
+OPEN_PATHS = (
+    "/",
+    "/health",
+    "/metrics",
+    "/docs",
+    "/redoc",
+    "/openapi.json",
+    "/static-offline-docs",
+    "/console",
+    "/api/v1/workflow/providers/kie/callback",
+)
+SERVICE_PREFIXES = ("/api/internal/",)
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -84,6 +103,17 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.state.runtime = rt
     install_error_handlers(app)
+    app.add_middleware(
+        RequestGuard,
+        policy=GuardPolicy(
+            max_body_bytes=settings.max_body_bytes,
+            jwt_secret=settings.jwt_secret,
+            service_token=settings.service_token,
+            open_paths=OPEN_PATHS,
+            service_prefixes=SERVICE_PREFIXES,
+        ),
+    )
+    _publish_parameter_rules(app)
     routers = [billing_internal, billing_public, identity_router]
     if settings.billing_role == "all":  # a billing-only process serves billing (and who's calling) only
         routers += [notifications_router, scheduler_router, dining_router, studio_router]
@@ -111,3 +141,28 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _publish_parameter_rules(app: FastAPI) -> None:
+    """The guard refuses a NUL in any path or query parameter: say so in each one's schema
+    (the bodies' strings say it through the shared types of core/schemas.py)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        document = build()
+        if fresh:
+            for operation in (op for item in document.get("paths", {}).values() for op in item.values()):
+                for parameter in operation.get("parameters", []):
+                    if parameter.get("in") in ("path", "query"):
+                        _no_nul(parameter.get("schema", {}))
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    for branch in schema.get("anyOf", []):
+        _no_nul(branch)
+    if schema.get("type") == "string" and not {"pattern", "enum", "const", "format"} & schema.keys():
+        schema["pattern"] = NO_NUL

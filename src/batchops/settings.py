@@ -66,6 +66,9 @@ class Settings(BaseSettings):
         None,
         description="IPs and CIDR networks, comma-separated, that may call the admin batch endpoints (unset = any)",
     )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="largest request body; a larger one is refused with 413 as it streams"
+    )
 
     # --- console (web) ----------------------------------------------------------------
     console_secret: str = Field(

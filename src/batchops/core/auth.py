@@ -13,11 +13,12 @@ from datetime import timedelta
 from functools import lru_cache
 
 import jwt
-from fastapi import Request
 
 from batchops.core.db import utcnow
 from batchops.core.errors import ForbiddenError, UnauthorizedError
 from batchops.settings import IpNetwork
+
+SERVICE_TOKEN_HEADER = "X-Service-Token"
 
 
 def create_token(user_id: str, secret: str, ttl: timedelta = timedelta(hours=24)) -> str:
@@ -51,9 +52,9 @@ def _verified(token: str, secret: str) -> tuple[str, float | None]:
     return sub, None if exp is None else float(exp)
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header value."""
+    scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()

@@ -17,7 +17,7 @@ from batchops.identity.service import IdentityService, ensure_active
 
 async def current_user(request: Request, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
     """The caller, read from the users table on every request (a suspension acts at once)."""
-    token = bearer_token(request)
+    token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise UnauthorizedError("Missing bearer token")
     user_id = decode_token(token, rt.settings.jwt_secret)
