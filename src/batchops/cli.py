@@ -56,6 +56,9 @@ def serve(
     from batchops.app import create_app
 
     settings = get_settings().model_copy(update={"embedded_worker": worker})
+    if problem := settings.serving_problem(host):
+        typer.secho(problem, fg="red", err=True)
+        raise typer.Exit(1)
     configure_logging(settings.log_level, settings.log_json)
     console.print(f"database: {safe_url(settings.database_url)}")
     migrations.upgrade(settings.database_url)

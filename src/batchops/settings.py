@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from platformdirs import user_data_dir
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,12 @@ def _alias(*names: str) -> AliasChoices:
 
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Printed in the source, so anyone can sign tokens with them: loopback only (see serving_problem).
+DEFAULT_JWT_SECRET = "dev-insecure-jwt-secret-change-me"
+DEFAULT_SERVICE_TOKEN = "dev-service-token"
+# Settings whose published default lets anyone sign tokens or session cookies.
+SECRETS = ("jwt_secret", "service_token", "console_secret")
 
 
 def default_database_url() -> str:
@@ -58,9 +64,9 @@ class Settings(BaseSettings):
     )
 
     # --- auth ----------------------------------------------------------------------
-    jwt_secret: str = Field("dev-insecure-jwt-secret-change-me", description="HS256 key for bearer tokens")
+    jwt_secret: str = Field(DEFAULT_JWT_SECRET, description="HS256 key for bearer tokens")
     jwt_ttl_hours: int = Field(24, ge=1, description="lifetime of tokens printed by `batchops token`")
-    service_token: str = Field("dev-service-token", description="X-Service-Token for /api/internal/*")
+    service_token: str = Field(DEFAULT_SERVICE_TOKEN, description="X-Service-Token for /api/internal/*")
     bootstrap_admin: str | None = Field(None, description="user id made an active admin at start-up")
     batch_allowed_ips: str | None = Field(
         None,
@@ -161,6 +167,9 @@ class Settings(BaseSettings):
     kie_callback_url: str | None = Field(
         None, description="public URL of POST /api/v1/workflow/providers/kie/callback (KIE's callBackUrl)"
     )
+    kie_callback_secret: str | None = Field(
+        None, min_length=16, description="key of the signature in the KIE callback URL (required with the URL)"
+    )
     studio_plans_file: str | None = Field(
         None, description="JSON overrides of the studio plans, re-read when it changes (seed 003: 配置热更新)"
     )
@@ -182,6 +191,27 @@ class Settings(BaseSettings):
         parse(value)  # fails the start-up on a malformed limit
         return value
 
+    @model_validator(mode="after")
+    def _callback_is_signed(self) -> Settings:
+        if self.kie_callback_url and not self.kie_callback_secret:
+            raise ValueError("BATCHOPS_KIE_CALLBACK_URL needs BATCHOPS_KIE_CALLBACK_SECRET (16+ random characters)")
+        return self
+
+    def serving_problem(self, host: str) -> str | None:
+        """Why serving on ``host`` would be unsafe (a default secret reachable from the
+        network), or None. Loopback with the defaults is the demo (``make run``)."""
+        if _is_loopback(host):
+            return None
+        fields = type(self).model_fields
+        defaults = [f"BATCHOPS_{name.upper()}" for name in SECRETS if getattr(self, name) == fields[name].default]
+        if not defaults:
+            return None
+        return (
+            f"Refusing to serve on {host} with the default {' and '.join(defaults)}: anyone could sign "
+            f"tokens with a value printed in the source. Set {', '.join(defaults)} to long random values "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or serve on 127.0.0.1."
+        )
+
     @property
     def batch_allowed_networks(self) -> tuple[IpNetwork, ...] | None:
         """``batch_allowed_ips`` parsed (None: any address may call)."""
@@ -190,6 +220,15 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name resolves to whatever DNS says: not provably loopback
 
 
 @lru_cache

@@ -144,7 +144,7 @@ CALLBACK = "http://testserver/api/v1/workflow/providers/kie/callback"
 def kie_engine(
     runtime: Runtime, url: str, *, calls_back: bool, timeout_seconds: float = 30.0
 ) -> tuple[Engine, KieProvider]:
-    key = runtime.settings.jwt_secret
+    key = "kie-callback-test-secret"  # BATCHOPS_KIE_CALLBACK_SECRET, never the JWT secret
     provider = KieProvider(
         url,
         "kie-test-key",

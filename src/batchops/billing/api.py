@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Response, Security
 
 from batchops.billing.ledger import CREDITS, Balance
 from batchops.billing.schemas import (
@@ -23,7 +23,7 @@ from batchops.billing.schemas import (
     UsageTotals,
 )
 from batchops.billing.service import BillingService
-from batchops.core.auth import check_service_token
+from batchops.core.auth import check_service_token, service_token_scheme
 from batchops.core.responses import JSONResponse
 from batchops.core.routing import JsonBodyRoute
 from batchops.core.runtime import Runtime, get_runtime
@@ -38,9 +38,9 @@ async def billing_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> Billi
 
 async def service_caller(
     rt: Annotated[Runtime, Depends(get_runtime)],
-    x_service_token: Annotated[str | None, Header()] = None,
+    token: Annotated[str | None, Security(service_token_scheme)],
 ) -> None:
-    check_service_token(x_service_token, rt.settings.service_token)
+    check_service_token(token, rt.settings.service_token)
 
 
 Service = Annotated[BillingService, Depends(billing_service)]

@@ -1,7 +1,10 @@
 """Bearer JWT (HS256) and the service token of /api/internal/*.
 
 Only the token lives here; who the caller is (role, status, department) is read
-from the users table on each request by ``batchops.identity``.
+from the users table on each request by ``batchops.identity``. The two schemes are
+declared as FastAPI security dependencies so /docs offers an Authorize button; they
+never answer themselves (``auto_error=False``): a missing credential is the contract's
+401, raised by the caller of :func:`decode_token` / :func:`check_service_token`.
 """
 
 from __future__ import annotations
@@ -13,12 +16,25 @@ from datetime import timedelta
 from functools import lru_cache
 
 import jwt
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from batchops.core.db import utcnow
 from batchops.core.errors import ForbiddenError, UnauthorizedError
 from batchops.settings import IpNetwork
 
 SERVICE_TOKEN_HEADER = "X-Service-Token"
+bearer_scheme = HTTPBearer(
+    scheme_name="bearerAuth",
+    bearerFormat="JWT",
+    description="`batchops token <userId>` prints one (HS256, BATCHOPS_JWT_SECRET, with sub and exp)",
+    auto_error=False,
+)
+service_token_scheme = APIKeyHeader(
+    name=SERVICE_TOKEN_HEADER,
+    scheme_name="serviceToken",
+    description="BATCHOPS_SERVICE_TOKEN, for /api/internal/*",
+    auto_error=False,
+)
 
 
 def create_token(user_id: str, secret: str, ttl: timedelta = timedelta(hours=24)) -> str:
@@ -32,28 +48,30 @@ def decode_token(token: str, secret: str) -> str:
         sub, expires_at = _verified(token, secret)
     except jwt.ExpiredSignatureError as exc:
         raise UnauthorizedError("Token expired") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise UnauthorizedError(f"Invalid token: no {exc.claim} claim") from exc
     except jwt.PyJWTError as exc:
         raise UnauthorizedError("Invalid token") from exc
-    if expires_at is not None and expires_at <= utcnow().timestamp():  # PyJWT's rule and clock
+    if expires_at <= utcnow().timestamp():  # PyJWT's rule and clock
         raise UnauthorizedError("Token expired")
     return sub
 
 
 @lru_cache(maxsize=4096)
-def _verified(token: str, secret: str) -> tuple[str, float | None]:
+def _verified(token: str, secret: str) -> tuple[str, float]:
     """(sub, exp) of a valid token. A client sends the same token with every request and
     PyJWT takes ~40 µs to check it, so each is checked once; only a token that passed is
-    kept (a failure raises), and its expiry is checked again on every use."""
-    claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["sub"]})
+    kept (a failure raises), and its expiry is checked again on every use. A token without
+    ``exp`` would be valid forever: refused."""
+    claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise jwt.InvalidTokenError("sub must be a non-empty string")
-    exp = claims.get("exp")
-    return sub, None if exp is None else float(exp)
+    return sub, float(claims["exp"])
 
 
 def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer …`` header value."""
+    """The token of an ``Authorization: Bearer …`` header value (as :data:`bearer_scheme` reads it)."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

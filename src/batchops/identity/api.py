@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 
-from batchops.core.auth import bearer_token, check_client_ip, decode_token
+from batchops.core.auth import bearer_scheme, check_client_ip, decode_token
 from batchops.core.errors import ForbiddenError, UnauthorizedError
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, ok
@@ -15,12 +16,15 @@ from batchops.identity.schemas import UserOut, UsersBatchIn, UsersBatchOut
 from batchops.identity.service import IdentityService, ensure_active
 
 
-async def current_user(request: Request, rt: Annotated[Runtime, Depends(get_runtime)]) -> User:
+async def current_user(
+    request: Request,
+    rt: Annotated[Runtime, Depends(get_runtime)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+) -> User:
     """The caller, read from the users table on every request (a suspension acts at once)."""
-    token = bearer_token(request.headers.get("authorization"))
-    if token is None:
+    if credentials is None:
         raise UnauthorizedError("Missing bearer token")
-    user_id = decode_token(token, rt.settings.jwt_secret)
+    user_id = decode_token(credentials.credentials, rt.settings.jwt_secret)
     identity: IdentityService = rt.services["identity"]
     user = await identity.find(user_id)
     if user is None:

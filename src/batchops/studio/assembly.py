@@ -24,7 +24,7 @@ def build_studio(rt: Runtime, ledger: Any, notifications: NotificationService) -
             s.kie_api_key,
             timeout_seconds=min(30.0, s.studio_lease_seconds / 2),
             callback_url=s.kie_callback_url,
-            callback_key=s.jwt_secret,
+            callback_key=s.kie_callback_secret or "",
         )
         scale = 1.0
     else:
@@ -35,7 +35,7 @@ def build_studio(rt: Runtime, ledger: Any, notifications: NotificationService) -
         rt.db, ledger, provider, notifications, rt.push, time_scale=scale, lease_seconds=s.studio_lease_seconds
     )
     rt.services.update(
-        studio=StudioService(rt.db, provider, rt.push, callback_key=s.jwt_secret, time_scale=scale),
+        studio=StudioService(rt.db, provider, rt.push, callback_key=s.kie_callback_secret or "", time_scale=scale),
         studio_engine=engine,
     )
     # every worker ticks: the engine claims its tasks with SKIP LOCKED and leases, so the
