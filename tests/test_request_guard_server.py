@@ -1,9 +1,11 @@
 """Against a real ``batchops serve`` process: a 100 MB body, with credentials or without,
 raises the server's resident memory by less than 50 MB and is answered within a second
-(issue 16 #10: one unauthenticated 105 MB POST took 4.8 GB and 28 s to be answered 401)."""
+(issue 16 #10: one unauthenticated 105 MB POST took 4.8 GB and 28 s to be answered 401);
+and a refused request leaves its keep-alive connection usable (issue 16 #12)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -193,3 +195,22 @@ def test_a_100_mb_body_costs_neither_memory_nor_time(
     assert answer.seconds < ANSWER_WITHIN, (case, answer)
     assert answer.memory_growth < MEMORY_LIMIT, (case, answer)
     assert httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=5).status_code == 200
+
+
+def test_a_refused_date_keeps_the_connection_alive(server: Server) -> None:
+    """A far-future startAt was an OverflowError: a 500 and a reset connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    headers = {**bearer(), "Content-Type": "application/json"}
+    for start in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00+05:00"):
+        body = json.dumps({"userId": "admin", "startAt": start, "durationMinutes": 60})
+        connection.request("POST", "/scheduler/reservations", body=body, headers=headers)
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        assert (response.status, answer["error"]) == (400, "BadRequestException"), answer
+        assert not response.will_close
+        first_socket = connection.sock
+        connection.request("GET", "/health")
+        follow_up = connection.getresponse()
+        follow_up.read()
+        assert follow_up.status == 200 and connection.sock is first_socket
+    connection.close()

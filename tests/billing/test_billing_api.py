@@ -109,7 +109,7 @@ async def test_usage_report_rejects_bad_input(client: httpx.AsyncClient, admin: 
         # loose types (issue 16.4): no coercion, as in the scheduler's bodies
         usage("a1", durationSeconds=True),
         usage("a1", cpuCores="4"),
-        usage("a1", memoryMB=8192.0),
+        usage("a1", memoryMB=8192.5),  # 8192.0 is 8192 (JSON Schema's integer): test_input_rules
         usage("a1", allocatedAt=0),
         usage("a1", allocatedAt="0"),
         usage("a1", releasedAt=1795420800),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, StrictInt, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from batchops.core.schemas import IsoDatetime, Money, Schema, StrictSchema
+from batchops.core.schemas import Amount, Integer, IsoDatetime, Money, Schema, StrictSchema
+from batchops.core.text import NO_NUL
 
-Id = Field(min_length=1, max_length=128)
+Id = Field(min_length=1, max_length=128, pattern=NO_NUL)
 
 
 class DeviceUsageIn(StrictSchema):
@@ -18,13 +19,14 @@ class DeviceUsageIn(StrictSchema):
 
     device_id: str = Id
     user_id: str = Id
-    tenant_id: str | None = Field(None, max_length=128)
-    allocation_id: str = Field(min_length=1, max_length=64)
+    tenant_id: str | None = Field(None, max_length=128, pattern=NO_NUL)
+    allocation_id: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
     # strict, as the scheduler's: true is not 1 s, "4" is not 4 cores, 0 is not 1970-01-01
-    duration_seconds: StrictInt = Field(ge=0, le=10 * 365 * 86400)
-    cpu_cores: StrictInt = Field(ge=0, le=1024)
-    memory_mb: StrictInt = Field(alias="memoryMB", ge=0, le=64 * 1024 * 1024)
-    storage_mb: StrictInt = Field(alias="storageMB", ge=0, le=1024 * 1024 * 1024)
+    # (a JSON 60.0 is 60, as JSON Schema reads it)
+    duration_seconds: Annotated[int, Integer(ge=0, le=10 * 365 * 86400)]
+    cpu_cores: Annotated[int, Integer(ge=0, le=1024)]
+    memory_mb: Annotated[int, Integer(ge=0, le=64 * 1024 * 1024)] = Field(alias="memoryMB")
+    storage_mb: Annotated[int, Integer(ge=0, le=1024 * 1024 * 1024)] = Field(alias="storageMB")
     allocated_at: IsoDatetime
     released_at: IsoDatetime
 
@@ -70,10 +72,18 @@ class BalanceOut(Schema):
 
 
 class TopupIn(StrictSchema):
+    # _whole_credits, for the published schema
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"currency": {"const": "CREDITS"}}, "required": ["currency"]},
+            "then": {"properties": {"amount": {"multipleOf": 1, "pattern": r"^[^.]*(?:\.0{1,2})?$"}}},
+        }
+    )
+
     user_id: str = Id
-    amount: Decimal = Field(gt=0, le=Decimal("100000000"), decimal_places=2)
+    amount: Annotated[Decimal, Amount(le=Decimal("100000000"))] = Field(description="CREDITS: a whole number")
     currency: Literal["CNY", "CREDITS"] = "CNY"
-    reference: str | None = Field(None, min_length=1, max_length=128, description="idempotency key")
+    reference: str | None = Field(None, min_length=1, max_length=128, pattern=NO_NUL, description="idempotency key")
 
     @model_validator(mode="after")
     def _whole_credits(self) -> TopupIn:

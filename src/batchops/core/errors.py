@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from batchops.core.responses import JSONResponse
+from batchops.core.text import PATTERN_MESSAGES
 
 log = structlog.get_logger(__name__)
 
@@ -112,9 +113,10 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     details = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-        details.append(
-            {"field": ".".join(loc) or "body", "message": err.get("msg", "invalid"), "type": err.get("type")}
-        )
+        message = err.get("msg", "invalid")
+        if err.get("type") == "string_pattern_mismatch":  # the shared text rules, in words
+            message = PATTERN_MESSAGES.get((err.get("ctx") or {}).get("pattern", ""), message)
+        details.append({"field": ".".join(loc) or "body", "message": message, "type": err.get("type")})
     return details
 
 

@@ -13,14 +13,25 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, JsonValue, StrictBool, StringConstraints, model_validator
+from pydantic import Field, JsonValue, StrictBool, model_validator
 
 from batchops.core.batch import BatchMode
-from batchops.core.schemas import BatchOptions, DisplayName, Identifier, IsoDate, Money, Schema, StrictSchema
+from batchops.core.schemas import (
+    Amount,
+    AnyJson,
+    BatchOptions,
+    DisplayName,
+    Identifier,
+    IsoDate,
+    Money,
+    Schema,
+    StrictSchema,
+    Text,
+)
 
-Remark = Annotated[str, StringConstraints(max_length=500)]
+Remark = Annotated[Text, Field(max_length=500)]
 MealType = Literal["breakfast", "lunch", "dinner"]
-Price = Annotated[Decimal, Field(gt=0, le=Decimal("100000"), decimal_places=2)]
+Price = Annotated[Decimal, Amount(le=Decimal("100000"))]
 
 
 MAX_ORDERS = 20
@@ -31,10 +42,10 @@ MAX_ORDER_MEMBERS = 1000  # not in the seed; a guard against absurd bodies
 
 # --- batch orders ---------------------------------------------------------------------------
 class OrderIn(StrictSchema):
-    date: JsonValue = None
-    meal_type: JsonValue = None
+    date: AnyJson = None
+    meal_type: AnyJson = None
     # each member is judged by the service (a bad one is the order's 缺少必要参数, not a 400)
-    members: list[Any] | None = Field(None, max_length=MAX_ORDER_MEMBERS)
+    members: list[AnyJson] | None = Field(None, max_length=MAX_ORDER_MEMBERS)
     remark: Remark | None = None
 
 
@@ -56,8 +67,8 @@ class MemberIn(StrictSchema):
 
 
 class MealIn(StrictSchema):
-    date: JsonValue = None
-    meal_type: JsonValue = None
+    date: AnyJson = None
+    meal_type: AnyJson = None
 
 
 class QuickBatchOrdersIn(OrderingOptions):
@@ -108,7 +119,7 @@ class DepartmentIn(StrictSchema):
 
 
 class DepartmentsBatchIn(StrictSchema):
-    departments: list[DepartmentIn] = Field(min_length=1, max_length=100)
+    departments: list[DepartmentIn] = Field(min_length=1, max_length=100, description="each departmentId once")
 
 
 class DepartmentOut(Schema):
@@ -122,14 +133,12 @@ class MenuIn(StrictSchema):
     date: IsoDate
     meal_type: MealType
     price: Price = Field(description="price per person, CNY, two decimals at most")
-    items: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
-        default_factory=list, max_length=100
-    )
+    items: list[Annotated[Text, Field(min_length=1, max_length=200)]] = Field(default_factory=list, max_length=100)
     published: StrictBool = False
 
 
 class MenusBatchIn(StrictSchema):
-    menus: list[MenuIn] = Field(min_length=1, max_length=100)
+    menus: list[MenuIn] = Field(min_length=1, max_length=100, description="each date + mealType once")
 
 
 class MenuOut(Schema):

@@ -42,7 +42,7 @@ from batchops.core.events import event
 from batchops.core.metrics import batch_metrics
 from batchops.core.outbox import enqueue
 from batchops.core.runtime import Runtime
-from batchops.core.schemas import cents_to_decimal, decimal_to_cents
+from batchops.core.schemas import cents_to_decimal, decimal_to_cents, in_years
 from batchops.dining.models import (
     CANCELLED,
     LINE_ACTIVE,
@@ -95,11 +95,11 @@ def local_today(timezone: str, now: dt.datetime | None = None) -> dt.date:
 
 
 def parse_day(value: JsonValue) -> dt.date | None:
-    """A ``YYYY-MM-DD`` string naming a real date, else None."""
+    """A ``YYYY-MM-DD`` string naming a real date in the years every input keeps to, else None."""
     if not isinstance(value, str) or not DATE_RE.match(value):
         return None
     try:
-        return dt.date.fromisoformat(value)
+        return in_years(dt.date.fromisoformat(value))
     except ValueError:
         return None
 

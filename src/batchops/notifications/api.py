@@ -5,12 +5,12 @@ import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
-from pydantic import Field, StrictInt
+from pydantic import Field
 
 from batchops.core.auth import decode_token
 from batchops.core.errors import AppError
 from batchops.core.runtime import Runtime, get_runtime
-from batchops.core.schemas import Envelope, Page, PageParams, StrictSchema, ok
+from batchops.core.schemas import Envelope, Integer, Page, PageParams, StrictSchema, ok
 from batchops.identity.api import CurrentUser
 from batchops.notifications.schemas import NotificationOut
 from batchops.notifications.service import NotificationService
@@ -26,7 +26,7 @@ async def notification_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> 
 Service = Annotated[NotificationService, Depends(notification_service)]
 
 
-NotificationId = Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]  # an INTEGER key on both engines
+NotificationId = Annotated[int, Integer(ge=1, le=2**31 - 1)]  # an INTEGER key on both engines
 
 
 class MarkReadIn(StrictSchema):

@@ -3,22 +3,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, StrictBool, StrictInt, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 
-from batchops.core.schemas import BatchOptions, BatchSummary, Identifier, IsoDatetime, Schema, StrictSchema
+from batchops.core.schemas import (
+    BatchOptions,
+    BatchSummary,
+    Identifier,
+    Integer,
+    IsoDatetime,
+    Schema,
+    StrictSchema,
+    Text,
+)
 
 # JSON numbers and booleans are taken as they are: "60" or true is not a duration (no lax coercion).
-Minutes = Annotated[StrictInt, Field(ge=1, le=1440)]
-Reason = Annotated[str, StringConstraints(max_length=500)]
+Minutes = Annotated[int, Integer(ge=1, le=1440)]
+Reason = Annotated[Text, Field(max_length=500)]
+Cpu = Annotated[int, Integer(ge=1, le=1024)]
+MemoryMB = Annotated[int, Integer(ge=1, le=10_000_000)]
 
 
 # --- devices ---------------------------------------------------------------------------
 class DeviceIn(StrictSchema):
     id: Identifier | None = None
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    cpu_cores: StrictInt = Field(ge=1, le=1024)
-    memory_mb: StrictInt = Field(alias="memoryMB", ge=1, le=10_000_000)
-    storage_mb: StrictInt = Field(alias="storageMB", ge=1, le=1_000_000_000)
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
+    cpu_cores: Cpu
+    memory_mb: MemoryMB = Field(alias="memoryMB")
+    storage_mb: Annotated[int, Integer(ge=1, le=1_000_000_000)] = Field(alias="storageMB")
     node_id: Identifier | None = None
 
 
@@ -64,16 +75,16 @@ class DevicesBatchOut(BatchSummary):
 
 # --- allocate --------------------------------------------------------------------------
 class DevicePreferences(StrictSchema):
-    cpu: StrictInt | None = Field(None, ge=1, le=1024, description="minimum cpuCores")
-    memory: StrictInt | None = Field(None, ge=1, le=10_000_000, description="minimum memoryMB")
+    cpu: Cpu | None = Field(None, description="minimum cpuCores")
+    memory: MemoryMB | None = Field(None, description="minimum memoryMB")
 
 
 class QueueFields(StrictSchema):
     """Phase 3: wait in the priority queue instead of failing when nothing fits."""
 
     queue_if_unavailable: StrictBool = False
-    priority: StrictInt = Field(0, ge=0, le=9, description="9 is served first")
-    max_wait_minutes: StrictInt = Field(60, ge=1, le=1440, description="a waiting request expires after this")
+    priority: Annotated[int, Integer(ge=0, le=9)] = Field(0, description="9 is served first")
+    max_wait_minutes: Minutes = Field(60, description="a waiting request expires after this")
 
 
 class AllocationRequest(QueueFields):
@@ -126,6 +137,19 @@ class BatchReleaseIn(BatchOptions):
 
 
 class ReleaseIn(StrictSchema):
+    # the rule of _one_way_to_name_it, for the published schema
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["allocationId"], "properties": {"allocationId": {"not": {"type": "null"}}}},
+                {
+                    "required": ["deviceId", "userId"],
+                    "properties": {"deviceId": {"not": {"type": "null"}}, "userId": {"not": {"type": "null"}}},
+                },
+            ]
+        }
+    )
+
     allocation_id: Identifier | None = None
     device_id: Identifier | None = None
     user_id: Identifier | None = None
@@ -213,7 +237,10 @@ AllocationStatus = Literal["allocated", "released"]
 # --- phase 3: reservations & the wait queue ----------------------------------------------------
 class ReservationIn(StrictSchema):
     user_id: Identifier
-    start_at: IsoDatetime = Field(description="ISO-8601 with a zone (e.g. ...Z); in the future")
+    start_at: IsoDatetime = Field(
+        description="ISO-8601 with a zone (e.g. ...Z). In the future and at most"
+        " BATCHOPS_RESERVATION_MAX_DAYS_AHEAD days ahead (rules of the moment, which no schema states)"
+    )
     duration_minutes: Minutes
     device_preferences: DevicePreferences | None = None
 

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from batchops.core.errors import BadRequestError
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, Page, PageParams, ok
+from batchops.core.text import NO_NUL, has_nul
 from batchops.identity.api import CurrentUser
 from batchops.studio.models import B_CANCELLED, B_COMPLETED
 from batchops.studio.schemas import (
@@ -135,7 +136,30 @@ async def download(batch_id: str, user: CurrentUser, service: Service) -> Respon
     )
 
 
-@router.post("/providers/kie/callback")
+# KIE's task record is read by hand (it carries more than we need): its schema, for the docs.
+KIE_CALLBACK_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "data": {
+                        "type": "object",
+                        "required": ["taskId"],
+                        "properties": {
+                            "taskId": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_NUL}
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
+
+
+@router.post("/providers/kie/callback", openapi_extra={"requestBody": KIE_CALLBACK_BODY})
 async def kie_callback(
     request: Request,
     service: Service,
@@ -150,7 +174,7 @@ async def kie_callback(
         body = None
     data = body.get("data") if isinstance(body, dict) else None
     task_id = data.get("taskId") if isinstance(data, dict) else None
-    if not isinstance(task_id, str) or not task_id or len(task_id) > 200:
+    if not isinstance(task_id, str) or not task_id or len(task_id) > 200 or has_nul(task_id):
         raise BadRequestError("Callback body needs data.taskId", details=[{"field": "data.taskId"}])
     done = await service.provider_callback(request_id, sig, task_id)
     return {"code": 200, "msg": done}

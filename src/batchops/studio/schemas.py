@@ -5,29 +5,38 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 
-from batchops.core.schemas import Schema, StrictSchema
+from batchops.core.schemas import Schema, StrictSchema, Text
+from batchops.studio.config import DURATIONS, IMAGE_CREDITS, MODELS
 
 GenerationType = Literal["video", "image"]
 Resolution = Literal["720p", "1080p"]
 BatchStatus = Literal["queued", "running", "paused", "completed", "cancelled"]
 
+# The published schema lists what has a price; the service judges the combination (and
+# answers with the price list), which is why these are not Literal types.
+MODEL_DOC: dict[str, JsonValue] = {
+    "enum": [*MODELS, *IMAGE_CREDITS, None],
+    "description": "video: sora-2 (720p) or sora-2-pro (720p, 1080p); image: nano-banana or gpt-4o-image",
+}
+DURATION_DOC: dict[str, JsonValue] = {"enum": [*DURATIONS, None], "description": "seconds of video"}
+
 
 class RowIn(StrictSchema):
-    prompt: str = Field(min_length=1, max_length=4000)
-    model: str | None = Field(None, min_length=1, max_length=64)
+    prompt: Text = Field(min_length=1, max_length=4000)
+    model: str | None = Field(None, min_length=1, max_length=64, json_schema_extra=MODEL_DOC)
     resolution: Resolution | None = None
-    duration: int | None = Field(None, ge=1, le=60)
-    image_url: str | None = Field(None, max_length=2000)
+    duration: int | None = Field(None, ge=1, le=60, json_schema_extra=DURATION_DOC)
+    image_url: Text | None = Field(None, max_length=2000)
 
 
 class BatchGenerateIn(StrictSchema):
-    rows: list[RowIn] = Field(min_length=1, max_length=1000)
+    rows: list[RowIn] = Field(min_length=1, max_length=1000, description="at most the plan's batchSize")
     generation_type: GenerationType = "video"
-    default_model: str | None = Field(None, min_length=1, max_length=64)
+    default_model: str | None = Field(None, min_length=1, max_length=64, json_schema_extra=MODEL_DOC)
     default_resolution: Resolution | None = None
-    default_duration: int | None = Field(None, ge=1, le=60)
+    default_duration: int | None = Field(None, ge=1, le=60, json_schema_extra=DURATION_DOC)
 
 
 class BatchAccepted(Schema):
