@@ -81,3 +81,20 @@ async def test_allocation_notification_fans_out_to_the_other_runtime(two_runtime
     assert on_second.empty() and on_first.empty()  # delivered once per hub, not echoed
     second.push.unsubscribe(user_id, on_second)
     first.push.unsubscribe(user_id, on_first)
+
+
+async def test_batch_rate_limits_are_shared_by_every_process(redis_client: aioredis.Redis) -> None:
+    """Two processes' limiters count one caller's calls together (seed 000 §4 per user,
+    not per process), on a moving window: no minute boundary resets the count."""
+    from batchops.core.errors import TooManyRequestsError
+    from batchops.core.ratelimit import RateLimiter
+
+    key = f"scheduler.batch_allocate:user-{uuid.uuid4().hex[:8]}"
+    first, second = RateLimiter(3, REDIS_URL), RateLimiter(3, REDIS_URL)
+    await first.hit(key)
+    await second.hit(key)
+    await first.hit(key)
+    with pytest.raises(TooManyRequestsError) as refused:
+        await second.hit(key)
+    assert 1 <= refused.value.retry_after <= 60
+    await RateLimiter(3, REDIS_URL).hit(f"{key}-other")  # another caller has an allowance of their own

@@ -272,10 +272,26 @@ async def test_batch_endpoints_are_admin_only(client: httpx.AsyncClient, admin: 
 
 
 # --- rate limit ------------------------------------------------------------------------------------------
+class FrozenTime:
+    """``time.time`` for the rate limiter (the ``limits`` library reads it): moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-async def limited_client(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
-    """An app whose batch endpoints allow 2 calls per minute, with the clock frozen mid-window."""
-    monkeypatch.setattr(ratelimit.time, "time", lambda: 1_800_000_030.0)
+def frozen_time(monkeypatch: pytest.MonkeyPatch) -> FrozenTime:
+    clock = FrozenTime()
+    monkeypatch.setattr(ratelimit.time, "time", clock)
+    return clock
+
+
+@pytest.fixture
+async def limited_client(runtime: Runtime, frozen_time: FrozenTime) -> AsyncIterator[httpx.AsyncClient]:
+    """An app whose batch endpoints allow 2 calls per minute."""
     rt = build_runtime(make_settings(runtime.settings.database_url, batch_rate_limit_per_minute=2))
     transport = httpx.ASGITransport(app=create_app(rt.settings, rt))
     async with httpx.AsyncClient(transport=transport, base_url="http://batchops.test") as c:
@@ -283,18 +299,23 @@ async def limited_client(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> A
     await rt.stop()
 
 
-async def test_third_batch_call_in_a_minute_is_429(limited_client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+async def test_third_batch_call_in_a_minute_is_429(
+    limited_client: httpx.AsyncClient, admin: dict[str, str], frozen_time: FrozenTime
+) -> None:
     body = {"userIds": ["u1"]}
     for _ in range(2):
         data(await limited_client.post(QUERY, json=body, headers=admin))
+    frozen_time.now += 30
     r = await limited_client.post(QUERY, json=body, headers=admin)
     result = error(r, 429, "TooManyRequestsException")
-    assert r.headers["retry-after"] == "30"
+    assert r.headers["retry-after"] == "30"  # the first call leaves the moving window a minute after it was made
     assert "at most 2 calls per minute" in result["message"]
     # limits are per endpoint: another batch endpoint still answers
     data(await limited_client.post(RELEASE, json={"allocationIds": ["a"]}, headers=admin))
     # single-item and read endpoints are not batch calls
     data(await limited_client.get("/scheduler/allocations", headers=admin))
+    frozen_time.now += 31  # a minute after the first two calls: one may go again
+    data(await limited_client.post(QUERY, json=body, headers=admin))
 
 
 # --- IP allowlist (seed 000 安全性: 添加 IP 白名单限制) ----------------------------------------------------

@@ -12,15 +12,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 
 import structlog
-from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits import parse
 from starlette.requests import Request
 
 from batchops.core.errors import ForbiddenError
+from batchops.core.ratelimit import Window
 
 log = structlog.get_logger(__name__)
 
@@ -69,19 +67,12 @@ def client_address(request: Request) -> str:
 
 
 class SignInThrottle:
-    """Failed sign-ins per account and per address within a moving window (the
-    ``limits`` library; shared by every process through Redis when it is configured).
-    Past the limit a sign-in is refused without checking the password until the
-    window lets one more through."""
+    """Failed sign-ins per account and per address within a moving window (core.ratelimit,
+    shared by every process through Redis when it is configured). Past the limit a
+    sign-in is refused without checking the password until the window lets one more through."""
 
     def __init__(self, limit: str, redis_url: str | None = None) -> None:
-        self.item: RateLimitItem = parse(limit)
-        storage: Storage = (
-            RedisStorage(redis_url, implementation="redispy", key_prefix="batchops-signin")
-            if redis_url
-            else MemoryStorage()
-        )
-        self.limiter = MovingWindowRateLimiter(storage)
+        self.window = Window(parse(limit), redis_url, "batchops-signin")
 
     @staticmethod
     def _keys(user_id: str, address: str) -> list[tuple[str, str]]:
@@ -89,16 +80,16 @@ class SignInThrottle:
 
     async def retry_after(self, user_id: str, address: str) -> int | None:
         """Seconds until a sign-in may be tried again, or None when one may be tried now."""
-        waits = []
-        for kind, key in self._keys(user_id, address):
-            if not await self.limiter.test(self.item, kind, key):
-                stats = await self.limiter.get_window_stats(self.item, kind, key)
-                waits.append(max(1, int(stats.reset_time - time.time()) + 1))
+        waits = [
+            await self.window.retry_after(kind, key)
+            for kind, key in self._keys(user_id, address)
+            if not await self.window.allows(kind, key)
+        ]
         return max(waits) if waits else None
 
     async def failed(self, user_id: str, address: str) -> None:
         for kind, key in self._keys(user_id, address):
-            await self.limiter.hit(self.item, kind, key)
+            await self.window.hit(kind, key)
 
     async def succeeded(self, user_id: str) -> None:
-        await self.limiter.clear(self.item, "user", user_id.lower()[:128])
+        await self.window.clear("user", user_id.lower()[:128])
