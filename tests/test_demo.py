@@ -13,7 +13,6 @@ from batchops.app import create_app
 from batchops.assembly import build_runtime
 from batchops.core.runtime import Runtime
 from batchops.demo import load_demo
-from batchops.dining.service import local_today
 from batchops.migrate import upgrade
 from tests.conftest import auth, make_settings
 from tests.helpers import data
@@ -111,9 +110,9 @@ async def test_the_demo_lets_a_dept_admin_order_and_a_creator_generate(runtime: 
     assert any(line.startswith("studio: creator-001 (plan pro") for line in lines), lines
     await load_demo(settings, "admin")  # idempotent: the credits are given once
 
-    today = local_today(settings.timezone)
-    days = [(today + timedelta(days=n)).isoformat() for n in (0, 1, 7)]
     rt = build_runtime(settings)
+    today = rt.services["dining"].today()
+    days = [(today + timedelta(days=n)).isoformat() for n in (0, 1, 7)]
     transport = httpx.ASGITransport(app=create_app(settings, rt))
     async with httpx.AsyncClient(transport=transport, base_url="http://batchops.test") as c:
         body = {

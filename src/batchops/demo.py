@@ -29,7 +29,7 @@ from batchops.billing.ledger import CNY, CREDITS, Book
 from batchops.core.batch import BatchMode
 from batchops.core.runtime import Runtime
 from batchops.dining.schemas import DepartmentIn, MenuIn
-from batchops.dining.service import DiningService, local_today
+from batchops.dining.service import DiningService
 from batchops.identity.models import User
 from batchops.identity.schemas import UserIn
 from batchops.identity.service import IdentityService
@@ -166,7 +166,7 @@ async def load_dining(rt: Runtime) -> list[str]:
         [UserIn(user_id=DEPT_ADMIN, name="部门管理员", role="dept_admin", department_id=department_id)]
         + [UserIn(user_id=u, name=name, department_id=department_id) for u, name in STAFF.items()]
     )
-    today = local_today(rt.settings.timezone)  # what the ordering rules call "today"
+    today = dining.today()  # what the ordering rules call "today"
     days = [today + dt.timedelta(days=n) for n in range(MENU_DAYS)]
     await dining.upsert_menus(
         [

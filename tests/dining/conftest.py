@@ -15,7 +15,6 @@ from sqlalchemy import insert
 from batchops.core.db import new_id, utcnow
 from batchops.core.runtime import Runtime
 from batchops.dining.models import Department, Menu
-from batchops.dining.service import local_today
 from batchops.identity.models import User
 from tests.conftest import auth
 from tests.helpers import data
@@ -90,7 +89,7 @@ def _user(
 @pytest.fixture
 async def canteen(client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime) -> Canteen:
     """Seeded in one transaction (fast); the admin endpoints that do the same are tested on their own."""
-    c = Canteen(client, admin, runtime, local_today(runtime.settings.timezone))
+    c = Canteen(client, admin, runtime, runtime.services["dining"].today())
     now = utcnow()
     users = [
         _user("admin-a", "部门管理员A", "dept-a", role="dept_admin"),

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from batchops.dining import service as dining_service
+from batchops.dining import ordering
 from tests.conftest import auth
 from tests.dining.conftest import Canteen, order
 from tests.helpers import data, execute, sql
@@ -100,17 +100,17 @@ async def test_the_index_is_the_last_line_of_defence(canteen: Canteen, monkeypat
     """If a duplicate ever got past the locks, the index refuses it and the batch is judged
     again: the duplicate becomes a per-order error, never a 500 or a second line."""
     data(await canteen.batch([order(canteen.day(0), "lunch", "user1")]))
-    load = dining_service.OrderWork.load
+    load = ordering.OrderWork.load
     calls: list[int] = []
 
-    async def forgetful_load(self: dining_service.OrderWork, specs: Any) -> dining_service.OrderWork:
+    async def forgetful_load(self: ordering.OrderWork, specs: Any) -> ordering.OrderWork:
         work = await load(self, specs)
         calls.append(1)
         if len(calls) == 1:
             work.taken.clear()  # as if the committed order had not been seen
         return work
 
-    monkeypatch.setattr(dining_service.OrderWork, "load", forgetful_load)
+    monkeypatch.setattr(ordering.OrderWork, "load", forgetful_load)
     orders = [order(canteen.day(0), "dinner", "user2"), order(canteen.day(0), "lunch", "user1")]
     result = data(await canteen.batch(orders))
     assert len(calls) == 2

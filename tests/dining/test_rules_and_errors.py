@@ -11,7 +11,7 @@ import pytest
 
 from batchops.app import create_app
 from batchops.assembly import build_runtime
-from batchops.dining.service import local_today
+from batchops.dining.rules import local_today
 from tests.conftest import auth, make_settings
 from tests.dining.conftest import Canteen, order
 from tests.helpers import data, error, sql

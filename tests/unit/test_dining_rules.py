@@ -13,26 +13,18 @@ from hypothesis import strategies as st
 from batchops.core.batch import ROLLED_BACK, SKIPPED, ItemFailure
 from batchops.core.errors import AppError, BadRequestError, ConflictError, ForbiddenError
 from batchops.dining.models import LINE_ACTIVE, PENDING, Menu
-from batchops.dining.service import (
-    DiningService,
-    Member,
-    OrderSpec,
-    OrderWork,
-    ensure_dept_admin,
-    failure_message,
-    local_today,
-    member_ids,
-    parse_day,
-)
+from batchops.dining.ordering import Member, OrderSpec, OrderWork, failure_message
+from batchops.dining.rules import ensure_dept_admin, local_today, member_ids, parse_day, visible_department
 from batchops.identity.models import User
 
 TODAY = dt.date(2030, 6, 10)
+NOW = dt.datetime(2030, 6, 10, 1, 0, tzinfo=dt.UTC)  # 09:00 on the 10th in Shanghai
 TOMORROW = "2030-06-11"
 ADMIN = User(id="boss", name="Boss", role="dept_admin", status="active", department_id="rd")
 
 
 def work(*, taken: set[tuple[str, dt.date, str]] = frozenset(), published: bool = True) -> OrderWork:  # type: ignore[assignment]
-    w = OrderWork(None, ADMIN, "rd", TODAY)  # type: ignore[arg-type]  # handle() reads nothing
+    w = OrderWork(None, ADMIN, "rd", TODAY, NOW)  # type: ignore[arg-type]  # handle() reads nothing
     for day in (TODAY, dt.date(2030, 6, 11)):
         for meal in ("breakfast", "lunch", "dinner"):
             w.menus[(day, meal)] = Menu(
@@ -111,10 +103,12 @@ async def test_today_is_not_past_and_an_order_is_all_its_members() -> None:
         3100,
     )
     assert (order["status"], order["department_id"], order["created_by"]) == (PENDING, "rd", "boss")
-    assert [(line[1], line[2], line[3], line[4], line[5]) for line in placed.lines] == [
-        (placed.id, "li", TODAY.isoformat(), "lunch", LINE_ACTIVE),
-        (placed.id, "wang", TODAY.isoformat(), "lunch", LINE_ACTIVE),
+    assert order["created_at"] == NOW
+    assert [{k: v for k, v in line.items() if k != "id"} for line in placed.lines] == [
+        {"order_id": placed.id, "user_id": "li", "date": TODAY, "meal_type": "lunch", "status": LINE_ACTIVE},
+        {"order_id": placed.id, "user_id": "wang", "date": TODAY, "meal_type": "lunch", "status": LINE_ACTIVE},
     ]
+    assert len({line["id"] for line in placed.lines}) == 2
 
 
 async def test_a_later_order_of_the_batch_sees_the_earlier_ones() -> None:
@@ -165,8 +159,8 @@ def test_only_a_department_admin_orders_and_for_their_own_department() -> None:
     with pytest.raises(ForbiddenError, match="部门管理员未关联部门"):
         ensure_dept_admin(User(id="u", role="dept_admin", department_id=None))
     with pytest.raises(ForbiddenError, match="只能查看本部门的订单"):
-        DiningService.visible_department(ADMIN, "sales")
-    assert DiningService.visible_department(User(id="a", role="admin"), "sales") == "sales"
+        visible_department(ADMIN, "sales")
+    assert visible_department(User(id="a", role="admin"), "sales") == "sales"
 
 
 def test_skipped_and_rolled_back_orders_are_explained_in_chinese() -> None:

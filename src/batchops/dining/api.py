@@ -10,6 +10,8 @@ from batchops.core.batch import BatchResult
 from batchops.core.runtime import Runtime, get_runtime
 from batchops.core.schemas import Envelope, IsoDate, Page, PageParams, cents_to_decimal, ok
 from batchops.dining.models import Department, Menu, Order
+from batchops.dining.ordering import OrderSpec, Placed, failure_message
+from batchops.dining.rules import ensure_dept_admin
 from batchops.dining.schemas import (
     BatchOrdersIn,
     BatchOrdersOut,
@@ -29,7 +31,7 @@ from batchops.dining.schemas import (
     PublishOut,
     QuickBatchOrdersIn,
 )
-from batchops.dining.service import DiningService, OrderSpec, Placed, ensure_dept_admin, failure_message
+from batchops.dining.service import DiningService
 from batchops.identity.api import AdminUser, CurrentUser
 from batchops.identity.models import User
 
