@@ -131,7 +131,7 @@ def policy_makespan(tasks: dict[str, StudioTask], render: dict[str, float], slot
     """The makespan the admission policy itself allows (queue order, weighted slots, the slow
     queue pulled forward once critical, no latency at all), by event simulation over the same
     render times: what remains of the gap to the lower bound once the engine's own cost is out.
-    Mirrors ``Engine._admit_users`` for one user (expected render times for its estimates)."""
+    Mirrors ``Admission`` (studio/admission.py) for one user (expected render times for its estimates)."""
 
     def kind(t: str) -> tuple[str, str, str | None, int | None]:
         task = tasks[t]
@@ -204,10 +204,10 @@ async def engine_throughput(url: str, n_tasks: int, n_engines: int) -> float:
     engines = [
         Engine(
             rt.db,
-            rt.services["ledger"],
             NoopProvider(),
             rt.services["notifications"],
             rt.push,
+            clock=rt.clock,
             time_scale=1e-6,
             max_claim=500,
         )

@@ -17,7 +17,11 @@ from batchops.scheduler.reservations import ReservationService
 from batchops.scheduler.service import DEVICES_FREED_KIND, PolicyJobs, SchedulerService
 from batchops.scheduler.waitqueue import WaitQueue
 from batchops.settings import Settings
-from batchops.studio.assembly import build_studio
+from batchops.studio import metrics as studio_metrics
+from batchops.studio.config import use_plans_file
+from batchops.studio.engine import Engine
+from batchops.studio.providers import KieProvider, Provider, SimulatedProvider
+from batchops.studio.service import StudioService
 
 
 def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
@@ -45,8 +49,49 @@ def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
     )
     rt.outbox.register(USAGE_KIND, billing.deliver)
     rt.outbox.register(DEVICES_FREED_KIND, scheduler.queue.on_devices_freed)
-    build_studio(rt, ledger, notifications)
+    build_studio(rt, notifications)
     return rt
+
+
+def build_studio(rt: Runtime, notifications: NotificationService) -> None:
+    """The studio's provider, service and engine, and the engine's tick on every worker."""
+    s = rt.settings
+    use_plans_file(s.studio_plans_file)
+    provider: Provider
+    if s.video_provider == "kie":
+        provider = KieProvider(
+            s.kie_base_url,
+            s.kie_api_key,
+            timeout_seconds=min(30.0, s.studio_lease_seconds / 2),
+            callback_url=s.kie_callback_url,
+            callback_key=s.kie_callback_secret or "",
+        )
+        scale = 1.0
+    else:
+        provider = SimulatedProvider(
+            rt.db, clock=rt.clock, time_scale=s.sim_time_scale, failure_rate=s.sim_failure_rate
+        )
+        scale = s.sim_time_scale
+    studio_metrics.declare(provider.name)
+    engine = Engine(
+        rt.db,
+        provider,
+        notifications,
+        rt.push,
+        clock=rt.clock,
+        time_scale=scale,
+        lease_seconds=s.studio_lease_seconds,
+    )
+    rt.services.update(
+        studio=StudioService(
+            rt.db, provider, clock=rt.clock, callback_key=s.kie_callback_secret or "", time_scale=scale
+        ),
+        studio_engine=engine,
+    )
+    # every worker ticks: the engine claims its tasks with SKIP LOCKED and leases, so the
+    # workers share the renders instead of waiting for one another
+    rt.worker.add_job(PeriodicJob("studio.tick", s.studio_tick_seconds, engine.tick, every_worker=True))
+    rt.closers.append(provider.close)
 
 
 def import_all_models() -> None:

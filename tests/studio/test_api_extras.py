@@ -13,7 +13,7 @@ import httpx
 from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
 from tests.helpers import create_users, data, error
-from tests.studio.conftest import rows, studio_user
+from tests.studio.conftest import rows, run_until_idle, studio_user
 from tests.studio.test_flow import SORA2, batch, submit
 
 
@@ -46,7 +46,7 @@ async def test_download_zip_events_and_push(
     accepted = await submit(client, user, {"rows": [*rows(SORA2, SORA2), {"prompt": "[reject] x"}]})
     batch_id = accepted["batchId"]
     url = f"/api/v1/workflow/batches/{batch_id}/events?interval=0.05"
-    stream, _ = await asyncio.gather(client.get(url, headers=user), engine_factory().run_until_idle(limit_seconds=30))
+    stream, _ = await asyncio.gather(client.get(url, headers=user), run_until_idle(engine_factory()))
     assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
     events = [e for e in stream.text.split("\n\n") if e]
     assert events[0].startswith("event: progress") and events[-1].startswith("event: done")

@@ -12,7 +12,7 @@ from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
 from batchops.studio.models import SimJob
 from tests.helpers import data, error, sql_value
-from tests.studio.conftest import rows, studio_user
+from tests.studio.conftest import rows, run_until_idle, studio_user
 
 SORA2 = ("sora-2", "720p", 10)
 SORA2_15 = ("sora-2", "720p", 15)
@@ -53,7 +53,7 @@ async def test_batch_runs_to_completion_and_charges_per_success(
     view = await batch(client, user, accepted["batchId"])
     assert view["status"] == "queued" and view["counts"]["queued"] == 5 and view["credits"]["held"] == 310
 
-    await engine_factory().run_until_idle(limit_seconds=30)
+    await run_until_idle(engine_factory())
 
     view = await batch(client, user, accepted["batchId"])
     assert view["status"] == "completed"
@@ -84,7 +84,7 @@ async def test_defaults_and_images(
     assert accepted["creditsHeld"] == 60 + 45
     images = await submit(client, user, {"rows": [{"prompt": "a logo"}] * 3, "generationType": "image"})
     assert images["creditsHeld"] == 3 * 2
-    await engine_factory().run_until_idle(limit_seconds=30)
+    await run_until_idle(engine_factory())
     view = await batch(client, user, images["batchId"])
     assert view["counts"]["succeeded"] == 3 and view["tasks"][0]["model"] == "nano-banana"
     assert await balance(runtime, "u1") == (1000 - 105 - 6, 0)

@@ -8,21 +8,18 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from sqlalchemy import update
 
-from batchops.core.db import utcnow
+from batchops.core.clock import ManualClock
 from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
-from batchops.studio.models import StudioTask
 from batchops.studio.providers import KieProvider
-from tests.studio.conftest import studio_user
+from tests.studio.conftest import KIE_CALLBACK_SECRET, run_until_idle, studio_user
 from tests.studio.test_flow import balance, batch, submit
 
 
@@ -101,7 +98,7 @@ async def test_kie_provider_end_to_end(
     }
     accepted = await submit(client, user, body)
     try:
-        await engine.run_until_idle(limit_seconds=30)
+        await run_until_idle(engine)
     finally:
         await provider.close()
     view = await batch(client, user, accepted["batchId"])
@@ -144,37 +141,26 @@ CALLBACK = "http://testserver/api/v1/workflow/providers/kie/callback"
 def kie_engine(
     runtime: Runtime, url: str, *, calls_back: bool, timeout_seconds: float = 30.0
 ) -> tuple[Engine, KieProvider]:
-    key = "kie-callback-test-secret"  # BATCHOPS_KIE_CALLBACK_SECRET, never the JWT secret
     provider = KieProvider(
         url,
         "kie-test-key",
         timeout_seconds=timeout_seconds,
         callback_url=CALLBACK if calls_back else None,
-        callback_key=key,
+        callback_key=KIE_CALLBACK_SECRET,
     )
-    engine = Engine(
-        runtime.db,
-        runtime.services["ledger"],
-        provider,
-        runtime.services["notifications"],
-        runtime.push,
-        time_scale=0.001,
-    )
-    runtime.services["studio"].callback_key = key
+    engine = Engine(runtime.db, provider, runtime.services["notifications"], runtime.push, clock=runtime.clock)
     return engine, provider
 
 
-async def crash_after_kie_answered(runtime: Runtime, engine: Engine, n: int) -> None:
+async def crash_after_kie_answered(engine: Engine, n: int) -> None:
     """KIE accepted every createTask, then the worker died before committing the taskIds."""
     claims = await engine.admit()
     assert len(claims) == n
     for claim in claims:
         outcome = await engine.step(claim)
         assert outcome.kind == "submitted"  # KIE answered; the answer is lost with the worker
-    async with runtime.db.transaction() as session:  # the dead worker's leases run out
-        await session.execute(
-            update(StudioTask).where(StudioTask.lease_until.is_not(None)).values(lease_until=utcnow())
-        )
+    assert isinstance(engine.clock, ManualClock)
+    engine.clock.advance(engine.timing.lease_seconds + 1)  # the dead worker's leases run out
 
 
 async def test_kie_crash_is_reconciled_by_callback_never_resubmitted(
@@ -186,7 +172,7 @@ async def test_kie_crash_is_reconciled_by_callback_never_resubmitted(
     accepted = await submit(client, user, {"rows": [{"prompt": f"shot {i}", "model": "sora-2"} for i in range(2)]})
     engine, provider = kie_engine(runtime, url, calls_back=True)
     try:
-        await crash_after_kie_answered(runtime, engine, 2)
+        await crash_after_kie_answered(engine, 2)
         assert await engine.tick() == 2  # resumed: KIE cannot be asked, so they wait for its callback
         assert len(fake.creates) == 2
         view = await batch(client, user, accepted["batchId"])
@@ -197,7 +183,7 @@ async def test_kie_crash_is_reconciled_by_callback_never_resubmitted(
         for i, body in enumerate(fake.creates):  # KIE posts each task to the callBackUrl it was given
             r = await client.post(body["callBackUrl"], json={"code": 200, "data": {"taskId": f"kie-{i + 1}"}})
             assert r.status_code == 200 and r.json()["msg"] == "reconciled"
-        await engine.run_until_idle(limit_seconds=30)
+        await run_until_idle(engine)
     finally:
         await provider.close()
     view = await batch(client, user, accepted["batchId"])
@@ -211,7 +197,11 @@ async def test_kie_crash_is_reconciled_by_callback_never_resubmitted(
 
 
 async def test_kie_crash_without_callback_fails_unknown_and_returns_credits(
-    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, fake_kie: tuple[FakeKie, str]
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    runtime: Runtime,
+    fake_kie: tuple[FakeKie, str],
+    clock: ManualClock,
 ) -> None:
     fake, url = fake_kie
     fake.rate_limit_next = 0
@@ -219,12 +209,11 @@ async def test_kie_crash_without_callback_fails_unknown_and_returns_credits(
     accepted = await submit(client, user, {"rows": [{"prompt": "shot", "model": "sora-2"}]})
     engine, provider = kie_engine(runtime, url, calls_back=True)
     try:
-        await crash_after_kie_answered(runtime, engine, 1)
+        await crash_after_kie_answered(engine, 1)
         assert await engine.tick() == 1  # waits for a callback that never comes
-        async with runtime.db.transaction() as session:  # its wait runs out (no sleeping on a clock)
-            past = utcnow() - timedelta(seconds=1)
-            await session.execute(update(StudioTask).values(lease_until=past, deadline_at=past))
-        await engine.run_until_idle(limit_seconds=30)
+        # no callback within the render timeout (720p: 300 s) and a lease: its wait runs out
+        clock.advance(300 + engine.timing.lease_seconds + 1)
+        await run_until_idle(engine)
     finally:
         await provider.close()
     view = await batch(client, user, accepted["batchId"])
@@ -259,7 +248,7 @@ async def test_a_createtask_whose_answer_is_lost_is_never_sent_again(
             assert view["counts"]["running"] == 1  # still held: KIE may be rendering it
             r = await client.post(fake.creates[0]["callBackUrl"], json={"code": 200, "data": {"taskId": "kie-1"}})
             assert r.status_code == 200 and r.json()["msg"] == "reconciled"
-        await engine.run_until_idle(limit_seconds=30)
+        await run_until_idle(engine)
     finally:
         await provider.close()
     task = (await batch(client, user, accepted["batchId"]))["tasks"][0]
@@ -273,7 +262,11 @@ async def test_a_createtask_whose_answer_is_lost_is_never_sent_again(
 
 
 async def test_a_callback_of_the_first_run_is_not_taken_for_a_retried_task(
-    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, fake_kie: tuple[FakeKie, str]
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    runtime: Runtime,
+    fake_kie: tuple[FakeKie, str],
+    clock: ManualClock,
 ) -> None:
     """After retry-failed the task's new submission has a new request id: a (late) callback
     for the failed first submission does not hand the retried task that render."""
@@ -284,13 +277,12 @@ async def test_a_callback_of_the_first_run_is_not_taken_for_a_retried_task(
     batch_id = accepted["batchId"]
     engine, provider = kie_engine(runtime, url, calls_back=True)
     try:
-        await engine.run_until_idle(limit_seconds=30)
+        await run_until_idle(engine)
         assert (await batch(client, user, batch_id))["tasks"][0]["errorKind"] == "content_rejected"
-        async with runtime.db.transaction() as session:  # the first run's render deadline is long past
-            await session.execute(update(StudioTask).values(deadline_at=utcnow() - timedelta(seconds=1)))
+        clock.advance(301)  # the first run's render deadline (300 s) is past
         r = await client.post(f"/api/v1/workflow/batches/{batch_id}/retry-failed", headers=user)
         assert r.status_code == 200, r.text
-        await crash_after_kie_answered(runtime, engine, 1)
+        await crash_after_kie_answered(engine, 1)
         fake.tasks["kie-2"]["prompt"] = "a calm lake"  # this time it renders
         assert await engine.tick() == 1  # resumed: waits for KIE's callback
         first, second = (c["callBackUrl"] for c in fake.creates)
@@ -299,7 +291,7 @@ async def test_a_callback_of_the_first_run_is_not_taken_for_a_retried_task(
         assert r.status_code == 200 and r.json()["msg"] == "ignored"
         r = await client.post(second, json={"code": 200, "data": {"taskId": "kie-2"}})
         assert r.status_code == 200 and r.json()["msg"] == "reconciled"
-        await engine.run_until_idle(limit_seconds=30)
+        await run_until_idle(engine)
     finally:
         await provider.close()
     task = (await batch(client, user, batch_id))["tasks"][0]

@@ -1,9 +1,9 @@
 """Studio scheduling math without a database: when a task is polled, retried, timed out,
 and how a batch's concurrency follows its failures (seed 003 §3 错误 Fallback / 智能轮询).
 
-The engine's outcome-to-row step (``Engine._apply``, what ``record`` writes per outcome)
-and its provider step (``Engine.step``) are driven with plain task objects, a fake
-provider and chosen instants."""
+The outcome-to-row rule (``outcomes.apply_outcome``, what ``record`` writes per outcome)
+and the provider step (``ProviderCalls.step``) are driven with plain task objects, a fake
+provider and a ManualClock."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batchops.core.clock import ManualClock
+from batchops.studio.claims import Claim, Outcome
 from batchops.studio.config import (
     DEGRADE_MIN_OUTCOMES,
     IMAGE_RENDER_SECONDS,
@@ -22,8 +24,9 @@ from batchops.studio.config import (
     get_polling_config,
     retry_backoff,
 )
-from batchops.studio.engine import Claim, Engine, Outcome
 from batchops.studio.models import FAILED, QUEUED, RUNNING, SUBMITTING, SUCCEEDED, StudioBatch, StudioTask
+from batchops.studio.outcomes import apply_outcome
+from batchops.studio.provider_calls import ProviderCalls
 from batchops.studio.providers import (
     BAD_REQUEST,
     CONTENT_REJECTED,
@@ -38,6 +41,7 @@ from batchops.studio.providers import (
     expected_render_seconds,
     submission_id,
 )
+from batchops.studio.timing import Timing
 
 T0 = datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
 
@@ -74,9 +78,8 @@ class FakeProvider:
         return None
 
 
-def engine(provider: FakeProvider | None = None, scale: float = 1.0) -> Engine:
-    # record() and admit() need the database; the steps tested here do not
-    return Engine(None, None, provider or FakeProvider(), None, None, time_scale=scale)  # type: ignore[arg-type]
+def calls(provider: FakeProvider, clock: ManualClock | None = None) -> ProviderCalls:
+    return ProviderCalls(provider, clock or ManualClock(T0))
 
 
 def task(
@@ -128,18 +131,17 @@ def batch(limit: int, maximum: int | None = None) -> StudioBatch:
 
 
 def apply(
-    e: Engine, t: StudioTask, kind: str, at: datetime, b: StudioBatch | None = None, **outcome: Any
+    timing: Timing, t: StudioTask, kind: str, at: datetime, b: StudioBatch | None = None, **outcome: Any
 ) -> tuple[dict[str, Any], list[tuple[str, int]], list[str]]:
-    captures: list[tuple[str, int]] = []
-    releases: list[str] = []
-    values = e._apply(Outcome(Claim(t), kind, at=at, **outcome), {t.batch_id: b or batch(3)}, captures, releases)
-    return values, captures, releases
+    """The task's new values, and the credits the outcome captures and releases."""
+    change = apply_outcome(Outcome(Claim(t), kind, at, **outcome), b or batch(3), timing)
+    return change.values, [change.capture] if change.capture else [], [change.release] if change.release else []
 
 
 # --- polling ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("model", "resolution", "duration"), list(RENDER_SECONDS))
 def test_the_first_poll_comes_at_75_percent_of_the_typical_render(model: str, resolution: str, duration: int) -> None:
-    values, _, _ = apply(engine(), task(model, resolution, duration, state=SUBMITTING), "submitted", T0)
+    values, _, _ = apply(Timing(), task(model, resolution, duration, state=SUBMITTING), "submitted", T0)
     assert values["state"] == RUNNING and values["submitted_at"] == T0
     assert values["due_at"] - T0 == timedelta(seconds=0.75 * RENDER_SECONDS[(model, resolution, duration)])
     timeout = 900 if resolution == "1080p" else 300  # 720P: 5 分钟, 1080P: 15 分钟
@@ -148,7 +150,7 @@ def test_the_first_poll_comes_at_75_percent_of_the_typical_render(model: str, re
 
 def test_an_image_is_first_polled_after_75_percent_of_its_render() -> None:
     values, _, _ = apply(
-        engine(), task("nano-banana", None, None, generation_type="image", state=SUBMITTING), "submitted", T0
+        Timing(), task("nano-banana", None, None, generation_type="image", state=SUBMITTING), "submitted", T0
     )
     assert values["due_at"] - T0 == timedelta(seconds=0.75 * IMAGE_RENDER_SECONDS)
 
@@ -168,7 +170,7 @@ def test_polls_slow_down_from_the_first_poll_on(
     first = 0.75 * RENDER_SECONDS[(model, resolution, duration)]
     for since_first, interval in ladder:
         now = T0 + timedelta(seconds=first + since_first)
-        values, captures, releases = apply(engine(), task(model, resolution, duration), "poll", now)
+        values, captures, releases = apply(Timing(), task(model, resolution, duration), "poll", now)
         assert values["due_at"] - now == timedelta(seconds=interval), since_first
         assert values["polls"] == 1 and values["lease_owner"] is None
         assert captures == releases == []
@@ -182,7 +184,7 @@ def test_the_poll_interval_never_shrinks_as_time_passes(a: float, b: float, reso
 
 
 def test_every_delay_follows_the_time_scale() -> None:
-    fast = engine(scale=0.01)
+    fast = Timing(scale=0.01)
     values, _, _ = apply(fast, task(state=SUBMITTING), "submitted", T0)
     assert (values["due_at"] - T0, values["deadline_at"] - T0) == (timedelta(seconds=0.45), timedelta(seconds=3))
     now = T0 + timedelta(seconds=(45 + 60) * 0.01)  # 60 scaled seconds after the first poll: the 5 s step
@@ -200,19 +202,19 @@ def test_backoff_is_2_4_8_seconds() -> None:
 @pytest.mark.parametrize("kind", sorted(RETRYABLE_KINDS))
 def test_a_retryable_error_is_retried_three_times_after_2_4_8_s_then_fails(kind: str) -> None:
     for attempt, wait in ((1, 2), (2, 4), (3, 8)):
-        values, captures, releases = apply(engine(), task(attempts=attempt), "error", T0, error_kind=kind, error="x")
+        values, captures, releases = apply(Timing(), task(attempts=attempt), "error", T0, error_kind=kind, error="x")
         assert values["state"] == QUEUED and values["due_at"] - T0 == timedelta(seconds=wait)
         assert values["provider_task_id"] is None and values["deadline_at"] is None
         assert values["history"][-1]["retryAt"] == (T0 + timedelta(seconds=wait)).isoformat().replace("+00:00", "Z")
         assert captures == releases == []
-    values, captures, releases = apply(engine(), task(attempts=4), "error", T0, error_kind=kind, error="x")
+    values, captures, releases = apply(Timing(), task(attempts=4), "error", T0, error_kind=kind, error="x")
     assert values["state"] == FAILED and values["finished_at"] == T0
     assert releases == ["studio:task-1"] and captures == []  # a final failure gives the credits back
 
 
 @pytest.mark.parametrize("kind", [CONTENT_REJECTED, BAD_REQUEST, UNKNOWN_SUBMISSION])
 def test_an_error_a_retry_cannot_help_fails_at_once(kind: str) -> None:
-    values, _, releases = apply(engine(), task(attempts=1), "error", T0, error_kind=kind, error="no")
+    values, _, releases = apply(Timing(), task(attempts=1), "error", T0, error_kind=kind, error="no")
     assert (values["state"], values["error_kind"], releases) == (FAILED, kind, ["studio:task-1"])
 
 
@@ -222,53 +224,54 @@ def test_retryable_kinds_are_timeouts_429_and_5xx() -> None:
 
 
 def test_a_success_captures_the_tasks_price() -> None:
-    values, captures, releases = apply(engine(), task(), "succeeded", T0, result_url="https://x/1.mp4")
+    values, captures, releases = apply(Timing(), task(), "succeeded", T0, result_url="https://x/1.mp4")
     assert (values["state"], values["result_url"], values["polls"]) == (SUCCEEDED, "https://x/1.mp4", 1)
     assert captures == [("studio:task-1", 15)] and releases == []
 
 
 # --- the provider step: timeouts, flaky polls, submissions ----------------------------------------------
 async def test_a_render_past_its_deadline_times_out_and_is_cancelled() -> None:
-    provider = FakeProvider()
-    late = task(deadline_at=datetime.now(UTC) - timedelta(seconds=1))
-    outcome = await engine(provider).step(Claim(late))
+    provider, clock = FakeProvider(), ManualClock(T0)
+    running = task(deadline_at=T0 + timedelta(seconds=300))
+    outcome = await calls(provider, clock).step(Claim(running))
+    assert (outcome.kind, outcome.at, provider.cancelled) == ("poll", T0, [])
+    clock.advance(300)  # the deadline itself: given up, and stopped at the provider
+    outcome = await calls(provider, clock).step(Claim(running))
     assert (outcome.kind, outcome.error_kind, outcome.error) == ("error", TIMEOUT, "Timed out after 300 s")
-    assert provider.cancelled == ["job-1"]
-    on_time = task(deadline_at=datetime.now(UTC) + timedelta(hours=1))
-    assert (await engine(provider).step(Claim(on_time))).kind == "poll"
+    assert outcome.at == T0 + timedelta(seconds=300) and provider.cancelled == ["job-1"]
 
 
 async def test_a_flaky_status_call_polls_again_and_a_failed_render_is_an_error() -> None:
     flaky = FakeProvider(status=ProviderError(SERVER_ERROR, "502"))
-    assert (await engine(flaky).step(Claim(task()))).kind == "poll"
+    assert (await calls(flaky).step(Claim(task()))).kind == "poll"
     refused = FakeProvider(status=ProviderError(BAD_REQUEST, "no such task"))
-    outcome = await engine(refused).step(Claim(task()))
+    outcome = await calls(refused).step(Claim(task()))
     assert (outcome.kind, outcome.error_kind) == ("error", BAD_REQUEST)
     failed = FakeProvider(status=Status("failed", error_kind=CONTENT_REJECTED, error="nsfw"))
-    outcome = await engine(failed).step(Claim(task()))
+    outcome = await calls(failed).step(Claim(task()))
     assert (outcome.kind, outcome.error_kind, outcome.error) == ("error", CONTENT_REJECTED, "nsfw")
     done = FakeProvider(status=Status("succeeded", result_url="https://x/1.mp4"))
-    outcome = await engine(done).step(Claim(task()))
+    outcome = await calls(done).step(Claim(task()))
     assert (outcome.kind, outcome.result_url) == ("succeeded", "https://x/1.mp4")
 
 
 async def test_a_resumed_submission_asks_the_provider_before_sending_again() -> None:
     provider = FakeProvider()
     provider.found = "job-already"
-    outcome = await engine(provider).step(Claim(task(state=SUBMITTING), resumed=True))
+    outcome = await calls(provider).step(Claim(task(state=SUBMITTING), resumed=True))
     assert (outcome.kind, outcome.provider_task_id, provider.submitted) == ("submitted", "job-already", [])
     provider.found = None  # the provider never got it: send it, under the recorded request id
-    outcome = await engine(provider).step(Claim(task(state=SUBMITTING), resumed=True))
+    outcome = await calls(provider).step(Claim(task(state=SUBMITTING), resumed=True))
     assert outcome.kind == "submitted" and [r.request_id for r in provider.submitted] == ["task-1.1.abc"]
 
 
 async def test_a_lost_answer_from_a_provider_that_cannot_be_asked_is_never_sent_twice() -> None:
     provider = FakeProvider(finds=False)
     provider.submit_error = ProviderError(TIMEOUT, "read timeout", maybe_sent=True)
-    outcome = await engine(provider).step(Claim(task(state=SUBMITTING)))
+    outcome = await calls(provider).step(Claim(task(state=SUBMITTING)))
     assert (outcome.kind, outcome.error_kind) == ("error", UNKNOWN_SUBMISSION)
     provider.submit_error = ProviderError(TIMEOUT, "connect timeout", maybe_sent=False)  # never left: retry
-    outcome = await engine(provider).step(Claim(task(state=SUBMITTING)))
+    outcome = await calls(provider).step(Claim(task(state=SUBMITTING)))
     assert (outcome.kind, outcome.error_kind) == ("error", TIMEOUT)
 
 
@@ -281,7 +284,7 @@ def test_expected_render_times_and_submission_ids() -> None:
 
 
 # --- adaptive concurrency ------------------------------------------------------------------------------
-def observe(e: Engine, b: StudioBatch, outcomes: str) -> list[int]:
+def observe(e: Timing, b: StudioBatch, outcomes: str) -> list[int]:
     """Feed ``outcomes`` (F failed, S succeeded) to the batch; its limit after each."""
     limits = []
     for o in outcomes:
@@ -302,7 +305,7 @@ def test_a_degradation_cuts_40_percent_to_the_nearest_slot_never_below_1() -> No
 
 
 def test_past_30_percent_failures_a_pro_batch_goes_from_3_to_2_slots_then_back_after_5_successes() -> None:
-    e, b = engine(), batch(3)
+    e, b = Timing(), batch(3)
     assert observe(e, b, "SSFFF") == [3, 3, 3, 3, 2]  # 3 of 5 failed
     assert b.degradations == 1 and b.recent_outcomes == []  # judged afresh after a change
     assert observe(e, b, "SSSS") == [2, 2, 2, 2]
@@ -311,14 +314,14 @@ def test_past_30_percent_failures_a_pro_batch_goes_from_3_to_2_slots_then_back_a
 
 
 def test_exactly_30_percent_is_not_past_it() -> None:
-    e, b = engine(), batch(5)
+    e, b = Timing(), batch(5)
     assert observe(e, b, "SSSSSSSFFF")[-1] == 5  # 3 of the last 10
     assert observe(e, b, "F")[-1] == 3  # 4 of the last 10: 5 → 3
     assert b.degradations == 1
 
 
 def test_fewer_than_5_outcomes_are_not_judged_and_1_slot_is_the_floor() -> None:
-    e, b = engine(), batch(10)
+    e, b = Timing(), batch(10)
     assert observe(e, b, "FFFF") == [10] * 4
     assert observe(e, b, "F") == [6]
     assert observe(e, b, "FFFFF FFFFF FFFFF".replace(" ", ""))[-1] == 1
@@ -333,7 +336,7 @@ def test_the_limit_stays_between_1_and_the_plan_and_moves_only_by_the_rules(outc
     """The rule as the README states it: past 30 % failures among the batch's recent outcomes
     (the last 10 since its limit last changed, once there are 5) the limit is cut; after 5
     successes in a row it goes one step back up, never above the plan's."""
-    e, b = engine(), batch(limit)
+    e, b = Timing(), batch(limit)
     expected, recent = limit, ""
     for after, o in zip(observe(e, b, outcomes), outcomes, strict=True):
         recent = (recent + o)[-10:]

@@ -22,7 +22,8 @@ from urllib.parse import urlencode
 import httpx
 from sqlalchemy import select, update
 
-from batchops.core.db import Database, utcnow
+from batchops.core.clock import Clock, system_clock
+from batchops.core.db import Database
 from batchops.studio.config import IMAGE, IMAGE_RENDER_SECONDS, KIE_IMAGE_MODELS, get_video_model_info
 from batchops.studio.metrics import PROVIDER_CALLS
 from batchops.studio.models import SimJob
@@ -116,7 +117,9 @@ def expected_render_seconds(generation_type: str, model: str, resolution: str | 
 
 
 class SimulatedProvider:
-    """Offline provider. Render time = typical time × (0.9–1.1) × ``time_scale``.
+    """Offline provider. Render time = typical time × (0.9–1.1) × ``time_scale``, on
+    ``clock`` (the runtime's: ``make run`` renders at a tenth of real time, a test may move
+    a ManualClock instead of waiting).
 
     ``failure_rate`` of submissions fail with a retryable server error at the end
     of the render. Prompts may force an outcome: ``[reject]`` (content rejected),
@@ -129,8 +132,11 @@ class SimulatedProvider:
     finds_by_request_id = True
     calls_back = False
 
-    def __init__(self, db: Database, *, time_scale: float = 1.0, failure_rate: float = 0.0) -> None:
+    def __init__(
+        self, db: Database, *, clock: Clock = system_clock, time_scale: float = 1.0, failure_rate: float = 0.0
+    ) -> None:
         self.db = db
+        self.clock = clock
         self.time_scale = time_scale
         self.failure_rate = failure_rate
 
@@ -151,7 +157,7 @@ class SimulatedProvider:
             outcome = SERVER_ERROR
         else:
             outcome = "succeeded"
-        now = utcnow()
+        now = self.clock()
         job_id = "sim-" + hashlib.sha256(f"{req.request_id}:{now.isoformat()}".encode()).hexdigest()[:24]
         async with self.db.transaction() as session:
             session.add(
@@ -189,7 +195,7 @@ class SimulatedProvider:
         # Judged when the answer is given, as a real provider would: a "now" taken before
         # waiting for SQLite's write lock could call a finished render "running" just as the
         # engine, reading its clock after the answer, finds the task past its deadline.
-        now = utcnow()
+        now = self.clock()
         PROVIDER_CALLS.labels(provider=self.name, call="status", outcome="ok").inc()
         if row is None:
             return Status("failed", error_kind=SERVER_ERROR, error="Unknown task")
@@ -204,7 +210,7 @@ class SimulatedProvider:
         return Status("failed", error_kind=outcome, error=message)
 
     async def cancel(self, provider_task_id: str) -> None:
-        now = utcnow()
+        now = self.clock()
         async with self.db.transaction() as session:
             await session.execute(
                 update(SimJob)

@@ -6,14 +6,15 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from batchops.core.db import Database, utcnow
+from batchops.core.clock import Clock, system_clock
+from batchops.core.db import Database
 from batchops.studio.models import FAILED, SUCCEEDED, StudioTask
 
 
-async def failure_rate(db: Database, *, hours: int = 1) -> tuple[int, int]:
+async def failure_rate(db: Database, *, hours: int = 1, clock: Clock = system_clock) -> tuple[int, int]:
     """(failed, finished) among the tasks that finished in the last ``hours``: the seed's
     监控要点 (the StudioFailureRateHigh alert watches the same share)."""
-    since = utcnow() - timedelta(hours=hours)
+    since = clock() - timedelta(hours=hours)
     async with db.read() as session:
         rows = await session.execute(
             select(StudioTask.state, func.count())
