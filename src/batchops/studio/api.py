@@ -23,6 +23,7 @@ from batchops.studio.schemas import (
     BatchGenerateIn,
     BatchStatus,
     BatchSummaryOut,
+    CallbackAck,
 )
 from batchops.studio.service import StudioService
 
@@ -159,13 +160,13 @@ KIE_CALLBACK_BODY = {
 }
 
 
-@router.post("/providers/kie/callback", openapi_extra={"requestBody": KIE_CALLBACK_BODY})
+@router.post("/providers/kie/callback", response_model=CallbackAck, openapi_extra={"requestBody": KIE_CALLBACK_BODY})
 async def kie_callback(
     request: Request,
     service: Service,
     request_id: Annotated[str, Query(alias="requestId", max_length=100)],
     sig: Annotated[str, Query(max_length=64)],
-) -> dict[str, object]:
+) -> CallbackAck:
     """KIE's callBackUrl: the body is its task record (``data.taskId``); our request id and its
     signature ride in the URL we gave it. KIE only needs a 200 back."""
     try:
@@ -176,5 +177,4 @@ async def kie_callback(
     task_id = data.get("taskId") if isinstance(data, dict) else None
     if not isinstance(task_id, str) or not task_id or len(task_id) > 200 or has_nul(task_id):
         raise BadRequestError("Callback body needs data.taskId", details=[{"field": "data.taskId"}])
-    done = await service.provider_callback(request_id, sig, task_id)
-    return {"code": 200, "msg": done}
+    return CallbackAck(msg=await service.provider_callback(request_id, sig, task_id))

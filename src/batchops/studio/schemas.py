@@ -116,3 +116,11 @@ class BatchActionOut(Schema):
     affected_count: int
     credits_returned: int = 0
     credits_held: int = 0
+
+
+class CallbackAck(Schema):
+    """What KIE gets back from its callback (it needs only the 200): KIE's own shape, with
+    what was done (``reconciled``, ``poll`` or ``ignored``) as the message."""
+
+    code: int = 200
+    msg: str
