@@ -46,7 +46,6 @@ from batchops.studio.providers import Status, SubmitRequest, expected_render_sec
 from batchops.studio.schemas import BatchGenerateIn, RowIn
 from bench.harness import fresh_database
 
-PG = "postgresql://postgres@127.0.0.1:5432/test"
 MIX = [("sora-2", "720p", 10), ("sora-2-pro", "720p", 15), ("sora-2-pro", "1080p", 10), ("sora-2-pro", "1080p", 15)]
 console = Console()
 

@@ -24,7 +24,7 @@ from batchops.core.schemas import StrictSchema
 
 log = structlog.get_logger(__name__)
 
-VIDEO, IMAGE = "video", "image"
+IMAGE = "image"  # the other generationType, "video", is the default
 MODELS = ("sora-2", "sora-2-pro")
 RESOLUTIONS = ("720p", "1080p")
 DURATIONS = (10, 15)
@@ -309,8 +309,7 @@ FIRST_POLL_SHARE = 0.75
 # The slow queue's partial round (n mod k tasks) starts once the work left is no more than
 # this much longer than its rounds: its chains are the longest, and the fluid estimate of
 # the work left is optimistic (slots idle in packing and at the tail), so started exactly on
-# that estimate they end last. 2 % measured best over 400 random render draws of the
-# bench's mix (mean makespan / lower bound 1.0400 → 1.0376; 1 % and 3 % close behind).
+# that estimate they would end last. bench/studio.py's makespan shows its effect.
 PARTIAL_ROUND_LEAD = 0.02
 
 

@@ -26,9 +26,6 @@ class Timing:
     def seconds(self, unscaled: float) -> timedelta:
         return timedelta(seconds=unscaled * self.scale)
 
-    def expected_render(self, task: StudioTask) -> timedelta:
-        return self.seconds(expected_render_seconds(task.generation_type, task.model, task.resolution, task.duration))
-
     def first_poll_after(self, task: StudioTask) -> float:
         """Unscaled seconds from submission to the first poll: nothing is ready sooner."""
         expected = expected_render_seconds(task.generation_type, task.model, task.resolution, task.duration)
