@@ -20,8 +20,10 @@ from batchops.settings import Settings
 from batchops.studio import metrics as studio_metrics
 from batchops.studio.config import use_plans_file
 from batchops.studio.engine import Engine
-from batchops.studio.providers import KieProvider, Provider, SimulatedProvider
+from batchops.studio.kie import KieProvider
+from batchops.studio.providers import Provider
 from batchops.studio.service import StudioService
+from batchops.studio.simulated import SimulatedProvider
 
 
 def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:

@@ -16,7 +16,7 @@ from batchops.assembly import build_runtime
 from batchops.core.clock import Clock, ManualClock, system_clock
 from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
-from batchops.studio.providers import SimulatedProvider
+from batchops.studio.simulated import SimulatedProvider
 from tests.conftest import auth
 from tests.helpers import create_users, data
 

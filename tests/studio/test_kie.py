@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from batchops.core.clock import ManualClock
 from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
-from batchops.studio.providers import KieProvider
+from batchops.studio.kie import KieProvider
 from tests.studio.conftest import KIE_CALLBACK_SECRET, run_until_idle, studio_user
 from tests.studio.test_flow import balance, batch, submit
 

@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from batchops.studio.config import BATCH_CONFIG, IMAGE_CREDITS, VIDEO_CREDITS
 from batchops.studio.models import FINAL_STATES
+from batchops.studio.providers import ERROR_KINDS
 
 TASKS_FINISHED = Counter("studio_tasks_finished_total", "Tasks that reached a final state", ["state", "model"])
 ATTEMPTS = Counter("studio_task_attempts_total", "Provider attempts by outcome", ["outcome"])
@@ -25,8 +26,6 @@ DEGRADATIONS = Counter("studio_concurrency_degradations_total", "Times a batch's
 def declare(provider: str) -> None:
     """Every series the dashboards and alerts in deploy/ read exists from start-up, at zero
     (a failure-rate panel shows 0 %, not "no data", before the first task ends)."""
-    from batchops.studio.providers import ERROR_KINDS  # providers imports this module
-
     models = [*dict.fromkeys(m for m, _, _ in VIDEO_CREDITS), *IMAGE_CREDITS]
     for model in models:
         for state in FINAL_STATES:
