@@ -10,8 +10,10 @@ from collections.abc import Callable
 
 import httpx
 
+from batchops.core.clock import ManualClock
 from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
+from batchops.studio.reads import failure_rate
 from tests.helpers import create_users, data, error
 from tests.studio.conftest import rows, run_until_idle, studio_user
 from tests.studio.test_flow import SORA2, batch, submit
@@ -39,7 +41,11 @@ async def test_list_is_paginated_and_scoped(client: httpx.AsyncClient, admin: di
 
 
 async def test_download_zip_events_and_push(
-    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, engine_factory: Callable[..., Engine]
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    runtime: Runtime,
+    engine_factory: Callable[..., Engine],
+    clock: ManualClock,
 ) -> None:
     user = await studio_user(client, admin, "u1")
     inbox = runtime.push.subscribe("u1")
@@ -60,6 +66,10 @@ async def test_download_zip_events_and_push(
     assert progress and progress[-1]["finishedCount"] == 3
     assert any(m.get("notificationType") == "studio.batch.completed" for m in pushed)
     runtime.push.unsubscribe("u1", inbox)
+    # the console's failure rate: tasks finished within the last hour, by the clock it is given
+    assert await failure_rate(runtime.db, clock=clock) == (1, 3)
+    clock.advance(hours=1, seconds=1)
+    assert await failure_rate(runtime.db, clock=clock) == (0, 0)
 
     metrics = (await client.get("/metrics")).text
     for name in (

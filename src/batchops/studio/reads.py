@@ -12,8 +12,8 @@ from batchops.studio.models import FAILED, SUCCEEDED, StudioTask
 
 
 async def failure_rate(db: Database, *, hours: int = 1, clock: Clock = system_clock) -> tuple[int, int]:
-    """(failed, finished) among the tasks that finished in the last ``hours``: the seed's
-    监控要点 (the StudioFailureRateHigh alert watches the same share)."""
+    """(failed, finished) among the tasks that finished in the last ``hours`` by ``clock``
+    (the runtime's): the seed's 监控要点 (the StudioFailureRateHigh alert watches the same share)."""
     since = clock() - timedelta(hours=hours)
     async with db.read() as session:
         rows = await session.execute(
