@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import CREDITS, Book
-from batchops.core.clock import Clock
+from batchops.core.clock import Clock, iso_utc
 from batchops.core.db import Database, on_commit
 from batchops.core.push import PushHub
 from batchops.notifications.service import NewNotification, NotificationService
@@ -43,10 +43,6 @@ from batchops.studio.providers import RETRYABLE_KINDS, SERVER_ERROR, UNKNOWN_SUB
 from batchops.studio.timing import Timing
 
 log = structlog.get_logger(__name__)
-
-
-def _stamp(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -80,7 +76,7 @@ def apply_outcome(outcome: Outcome, batch: StudioBatch | None, timing: Timing) -
         return TaskChange({**free, "polls": task.polls + 1, "due_at": timing.next_poll(task, now)})
     if outcome.kind == "unknown":  # left to the provider's callback until the deadline
         until = timing.deadline(task, now) + timing.lease
-        entry = {"attempt": task.attempts, "errorKind": UNKNOWN_SUBMISSION, "at": _stamp(now)}
+        entry = {"attempt": task.attempts, "errorKind": UNKNOWN_SUBMISSION, "at": iso_utc(now)}
         entry["error"] = "answer lost (a crash or the network); waiting for the provider's callback"
         return TaskChange(
             {
@@ -107,12 +103,12 @@ def apply_outcome(outcome: Outcome, batch: StudioBatch | None, timing: Timing) -
         return TaskChange(values, capture=(task.hold_ref, task.credits))
     # an error: retry with backoff, or give up
     kind = outcome.error_kind or SERVER_ERROR
-    entry = {"attempt": task.attempts, "errorKind": kind, "error": outcome.error, "at": _stamp(now)}
+    entry = {"attempt": task.attempts, "errorKind": kind, "error": outcome.error, "at": iso_utc(now)}
     observe(batch, failed=True)
     metrics.ATTEMPTS.labels(outcome=kind).inc()
     if kind in RETRYABLE_KINDS and task.attempts <= MAX_RETRIES:
         retry_at = timing.retry_at(task, now)
-        entry["retryAt"] = _stamp(retry_at)
+        entry["retryAt"] = iso_utc(retry_at)
         return TaskChange(
             {
                 **free,
