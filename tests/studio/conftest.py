@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from batchops.assembly import build_runtime
-from batchops.core.clock import Clock, ManualClock, system_clock
+from batchops.core.clock import ManualClock, system_clock
 from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
 from batchops.studio.simulated import SimulatedProvider
@@ -51,11 +51,9 @@ def make_engine(
     failure_rate: float = 0.0,
     scale: float = 1.0,
     lease: float = 30.0,
-    clock: Clock | None = None,
 ) -> Engine:
-    """An engine (and a simulated provider) as a worker builds them, on the runtime's clock
-    unless told otherwise."""
-    clock = clock or runtime.clock
+    """An engine (and a simulated provider) as a worker builds them, on the runtime's clock."""
+    clock = runtime.clock
     provider = SimulatedProvider(runtime.db, clock=clock, time_scale=scale, failure_rate=failure_rate)
     return Engine(
         runtime.db,
