@@ -9,7 +9,7 @@ PORT   ?= 8000
 # batch in about 10 s); `make run BATCHOPS_SIM_TIME_SCALE=1` renders in real time.
 BATCHOPS_SIM_TIME_SCALE ?= 0.1
 
-.PHONY: install run demo test lint format bench browser clean
+.PHONY: install run demo test lint format bench browser screenshots clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -53,6 +53,10 @@ browser:
 	@if dpkg -s chromium fonts-wqy-microhei >/dev/null 2>&1; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei; \
 	else echo "chromium missing: run 'sudo apt-get install chromium fonts-wqy-microhei' (tests/console skip without it, fail under CI)"; fi
+
+## make screenshots: the console's browser tests on SQLite, saving the README's screenshots in docs/screenshots
+screenshots: install browser
+	BATCHOPS_SCREENSHOTS=$(CURDIR)/docs/screenshots $(PY) -m pytest -q -p no:cacheprovider tests/console -k "browser and sqlite"
 
 ## make clean: the venv and caches; the database (your data) stays where it is, and this says where
 clean:

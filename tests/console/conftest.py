@@ -3,7 +3,10 @@ package ships the driver; no browser is ever downloaded) against a real ``batcho
 serve`` subprocess, one per database for the module, and one browser for the session.
 
 Locally a missing ``/usr/bin/chromium`` skips them (``make browser`` installs it); under
-CI=true it fails them, like any other missing service."""
+CI=true it fails them, like any other missing service.
+
+Screenshots for the README are taken only when ``BATCHOPS_SCREENSHOTS`` names a directory
+(``make screenshots``): a test run leaves the working tree as it found it."""
 
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
+SCREENSHOTS_ENV = "BATCHOPS_SCREENSHOTS"
 AXE = Path(__file__).parent / "axe.min.js"
 ADMIN_PASSWORD = "operator-password-1"
 USER_PASSWORD = "device-user-password-1"
@@ -241,10 +244,18 @@ async def axe_violations(page: Any) -> list[dict[str, Any]]:
     ]
 
 
+def screenshot_dir() -> Path | None:
+    """Where screenshots go when asked for (``BATCHOPS_SCREENSHOTS``), else None."""
+    directory = os.environ.get(SCREENSHOTS_ENV, "").strip()
+    return Path(directory) if directory else None
+
+
 async def screenshot(server: ConsoleServer, page: Any, name: str) -> None:
-    """Kept for the README (from the SQLite run only: one set of files)."""
-    if server.engine == "sqlite":
-        await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    """Kept for the README when asked for, from the SQLite run only (one set of files)."""
+    directory = screenshot_dir()
+    if directory is not None and server.engine == "sqlite":
+        directory.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(directory / f"{name}.png"), full_page=True)
 
 
 Poll = Callable[[], Awaitable[bool]]
