@@ -92,15 +92,28 @@ def batch_out(result: BatchResult[OrderSpec, Placed]) -> BatchOrdersOut:
     )
 
 
+def batch_specs(body: BatchOrdersIn) -> list[OrderSpec]:
+    """The orders of a batch-orders request (also what the console sends)."""
+    return [
+        OrderSpec(index=i, date=o.date, meal_type=o.meal_type, members=o.members, remark=o.remark)
+        for i, o in enumerate(body.orders, start=1)
+    ]
+
+
+def quick_specs(body: QuickBatchOrdersIn) -> list[OrderSpec]:
+    """The orders of a quick-batch-orders request: one per meal, each with every member."""
+    members: list[Any] = [{"userId": m.user_id} for m in body.members]
+    return [
+        OrderSpec(index=i, date=m.date, meal_type=m.meal_type, members=members, remark=body.remark)
+        for i, m in enumerate(body.meals, start=1)
+    ]
+
+
 @router.post("/enhanced/batch-orders", response_model=Envelope[BatchOrdersOut])
 async def batch_orders(
     body: BatchOrdersIn, service: Service, caller: User = ordering_admin("dining.batch_orders")
 ) -> Envelope[BatchOrdersOut]:
-    specs = [
-        OrderSpec(index=i, date=o.date, meal_type=o.meal_type, members=o.members, remark=o.remark)
-        for i, o in enumerate(body.orders, start=1)
-    ]
-    result = await service.place_orders(caller, specs, body.mode(), operation="batch_orders")
+    result = await service.place_orders(caller, batch_specs(body), body.mode(), operation="batch_orders")
     return ok(batch_out(result), BATCH_MESSAGE)
 
 
@@ -108,12 +121,7 @@ async def batch_orders(
 async def quick_batch_orders(
     body: QuickBatchOrdersIn, service: Service, caller: User = ordering_admin("dining.quick_batch_orders")
 ) -> Envelope[BatchOrdersOut]:
-    members: list[Any] = [{"userId": m.user_id} for m in body.members]
-    specs = [
-        OrderSpec(index=i, date=m.date, meal_type=m.meal_type, members=members, remark=body.remark)
-        for i, m in enumerate(body.meals, start=1)
-    ]
-    result = await service.place_orders(caller, specs, body.mode(), operation="quick_batch_orders")
+    result = await service.place_orders(caller, quick_specs(body), body.mode(), operation="quick_batch_orders")
     return ok(batch_out(result), QUICK_MESSAGE)
 
 

@@ -24,7 +24,7 @@ from batchops.dining.models import (
     Order,
     OrderLine,
 )
-from batchops.dining.rules import ensure_dept_admin, local_today, visible_department
+from batchops.dining.rules import cancellable, ensure_dept_admin, local_today, visible_department
 from batchops.identity.models import User
 
 log = structlog.get_logger(__name__)
@@ -88,7 +88,7 @@ class PlacedOrders:
             if order.status == CANCELLED:
                 raise ConflictError("订单已取消")
             now = self.clock()
-            if order.date <= local_today(self.timezone, now):
+            if not cancellable(order.date, local_today(self.timezone, now)):
                 raise BadRequestError("只能在用餐日期之前取消订单")
             order.status, order.cancelled_at = CANCELLED, now
             await session.execute(

@@ -48,6 +48,11 @@ def local_today(timezone: str, now: dt.datetime) -> dt.date:
     return now.astimezone(ZoneInfo(timezone)).date()
 
 
+def cancellable(day: dt.date, today: dt.date) -> bool:
+    """An order may be cancelled before the day of its meal."""
+    return day > today
+
+
 def parse_day(value: JsonValue) -> dt.date | None:
     """A ``YYYY-MM-DD`` string naming a real date in the years every input keeps to, else None."""
     if not isinstance(value, str) or not DATE_RE.match(value):
