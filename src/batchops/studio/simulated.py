@@ -4,12 +4,14 @@ shares them, rendering on the runtime's clock."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from batchops.core.clock import Clock, system_clock
 from batchops.core.db import Database
+from batchops.studio.config import MAX_RETRIES
 from batchops.studio.metrics import PROVIDER_CALLS
 from batchops.studio.models import SimJob
 from batchops.studio.providers import (
@@ -38,7 +40,9 @@ class SimulatedProvider:
     of the render. Prompts may force an outcome: ``[reject]`` (content rejected),
     ``[429]`` (rate limited at submit), ``[5xx]`` (server error at the end),
     ``[slow]`` (renders a thousand times longer than usual: far past the timeout, so a
-    late poll on a loaded machine still finds it running, never finished).
+    late poll on a loaded machine still finds it running, never finished), ``[flaky]``
+    (every submission of the task's first run is refused with a server error, so it fails
+    after its retries; once retried with retry-failed it renders as usual).
     """
 
     name = "simulated"
@@ -57,6 +61,9 @@ class SimulatedProvider:
         if "[429]" in req.prompt:
             PROVIDER_CALLS.labels(provider=self.name, call="submit", outcome="error").inc()
             raise ProviderError(RATE_LIMITED, "429 Too Many Requests")
+        if "[flaky]" in req.prompt and await self._refuse_first_run(req):
+            PROVIDER_CALLS.labels(provider=self.name, call="submit", outcome="error").inc()
+            raise ProviderError(SERVER_ERROR, "503 Service Unavailable")
         base = expected_render_seconds(req.generation_type, req.model, req.resolution, req.duration)
         # Draws keyed on the prompt and the attempt number (not on generated ids), so a given
         # batch renders and fails the same way on every run: reproducible tests and benches.
@@ -88,6 +95,29 @@ class SimulatedProvider:
             )
         PROVIDER_CALLS.labels(provider=self.name, call="submit", outcome="ok").inc()
         return job_id
+
+    async def _refuse_first_run(self, req: SubmitRequest) -> bool:
+        """Refuse (and remember) the submissions of a ``[flaky]`` task's first run: the first
+        one and its retries. Recorded as jobs that ended at once, so every process knows."""
+        now = self.clock()
+        async with self.db.transaction() as session:
+            earlier = await session.scalar(select(func.count()).where(SimJob.task_ref == req.task_id))
+            if int(earlier or 0) >= 1 + MAX_RETRIES:
+                return False
+            session.add(
+                SimJob(
+                    id="sim-refused-" + secrets.token_hex(8),
+                    request_id=req.request_id,
+                    task_ref=req.task_id,
+                    user_ref=req.user_id,
+                    submitted_at=now,
+                    ready_at=now,
+                    ended_at=now,
+                    outcome=SERVER_ERROR,
+                    polls=0,
+                )
+            )
+        return True
 
     async def find(self, request_id: str) -> str | None:
         PROVIDER_CALLS.labels(provider=self.name, call="find", outcome="ok").inc()
