@@ -1,6 +1,7 @@
 """Browser tests of the console: Debian's chromium driven by Playwright (its Python
 package ships the driver; no browser is ever downloaded) against a real ``batchops
-serve`` subprocess, one per database for the module, and one browser for the session.
+serve`` subprocess, one per database for the whole session (every browser module shares
+it, so each test makes its own users), and one browser for the session.
 
 Locally a missing ``/usr/bin/chromium`` skips them (``make browser`` installs it); under
 CI=true it fails them, like any other missing service.
@@ -26,8 +27,12 @@ from typing import Any
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import update
 
 from batchops.core.auth import create_token
+from batchops.core.db import Database
+from batchops.identity.models import User
 from tests.conftest import JWT_SECRET, SERVICE_TOKEN, fresh_postgres_database, require_service
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,6 +70,11 @@ def cheap_password_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(passwords, "HASHER", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
 
 
+# Passwords set by the tests are hashed with argon2's lowest costs (the default costs ~0.3 s
+# of CPU per hash here); a hash carries its parameters, so the server verifies it the same way.
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)
+
+
 @dataclass
 class ConsoleServer:
     engine: str
@@ -72,6 +82,23 @@ class ConsoleServer:
     database_url: str
     env: dict[str, str]
     storage: dict[str, Any] = field(default_factory=dict)  # signed-in browser state per user
+    passwords: dict[str, str] = field(default_factory=dict)
+    db: Database | None = None  # the server's database, for what no API sets
+
+    async def set_password(self, user_id: str, password: str) -> None:
+        """What ``batchops user set-password`` does, without a process per call."""
+        assert self.db is not None
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(User).where(User.id == user_id).values(password_hash=CHEAP_HASHER.hash(password))
+            )
+        self.passwords[user_id] = password
+
+    async def users(self, *users: dict[str, Any], password: str | None = None) -> None:
+        """Create (or update) users through the admin API, each with ``password`` if given."""
+        await self.api("POST", "/admin/users/batch", {"users": list(users)})
+        for user in users if password else ():
+            await self.set_password(user["userId"], password or "")
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -82,12 +109,6 @@ class ConsoleServer:
             r = await c.request(method, path, json=body)
         assert r.status_code < 300, r.text
         return r.json()["data"]
-
-    def cli(self, *args: str, stdin: str = "") -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "batchops.cli", *args], input=stdin, env=self.env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, done.stderr
 
 
 def require_chromium() -> None:
@@ -100,7 +121,7 @@ def start_server(env: dict[str, str], port: int, log: Any) -> subprocess.Popen[b
     return subprocess.Popen(command, env=env, stdout=log, stderr=log)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 async def console_server(request: pytest.FixtureRequest) -> AsyncIterator[ConsoleServer]:
     require_chromium()
     async with contextlib.AsyncExitStack() as stack:
@@ -120,7 +141,9 @@ async def console_server(request: pytest.FixtureRequest) -> AsyncIterator[Consol
             "BATCHOPS_BATCH_PROGRESS_INTERVAL_SECONDS": "0",  # a push per item: the bar moves visibly
             "BATCHOPS_BATCH_RATE_LIMIT_PER_MINUTE": "0",
             "BATCHOPS_BILLING_ENFORCE_BALANCE": "false",
-            "BATCHOPS_SIM_TIME_SCALE": "0.01",
+            # the simulated provider renders a 60 s video in 1.2 s, and the engine looks often
+            "BATCHOPS_SIM_TIME_SCALE": "0.02",
+            "BATCHOPS_STUDIO_TICK_SECONDS": "0.2",
             "BATCHOPS_OUTBOX_POLL_SECONDS": "0.1",
             "BATCHOPS_LOG_LEVEL": "WARNING",
         }
@@ -128,10 +151,11 @@ async def console_server(request: pytest.FixtureRequest) -> AsyncIterator[Consol
         log = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - the stack closes it
         process = start_server(env, port, log)
         stack.callback(_stop, process)
+        server.db = Database(url)
+        stack.push_async_callback(server.db.dispose)
         await _wait_healthy(server.base_url, process, log)
-        server.cli("user", "set-password", "admin", "--password-stdin", stdin=ADMIN_PASSWORD + "\n")
-        await server.api("POST", "/admin/users/batch", {"users": [{"userId": DEVICE_USER, "name": "Device User"}]})
-        server.cli("user", "set-password", DEVICE_USER, "--password-stdin", stdin=USER_PASSWORD + "\n")
+        await server.set_password("admin", ADMIN_PASSWORD)
+        await server.users({"userId": DEVICE_USER, "name": "Device User"}, password=USER_PASSWORD)
         yield server
 
 
@@ -212,7 +236,7 @@ class Pages:
             page = await context.new_page()
             await page.goto("/console/signin")
             await page.fill("input[name=userId]", user)
-            await page.fill("input[name=password]", ADMIN_PASSWORD if user == "admin" else USER_PASSWORD)
+            await page.fill("input[name=password]", self.server.passwords[user])
             await page.click("button[type=submit]")
             await page.wait_for_url("**/console/**")
             assert "/signin" not in page.url

@@ -22,11 +22,15 @@ from batchops.console import (
     audit,
     billing,
     devices,
+    dining,
+    dining_orders,
     live,
     mine,
     overview,
     reservations,
     session_routes,
+    studio,
+    studio_batch,
     users,
 )
 from batchops.console.security import SignInThrottle, check_csrf
@@ -88,7 +92,10 @@ def create_console(rt: Runtime) -> FastAPI:
         https_only=settings.console_secure_cookie,
     )
     console.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (session_routes, live, overview, devices, allocations, reservations, users, billing, audit, mine):
+    for module in (
+        *(session_routes, live, overview, devices, allocations, reservations, users, billing, audit, mine),
+        *(dining, dining_orders, studio, studio_batch),
+    ):
         console.include_router(module.router)
     install_error_pages(console)
     return console

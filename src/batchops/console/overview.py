@@ -45,8 +45,9 @@ async def figures(rt: Runtime) -> dict[str, Any]:
 
 @router.get("/")
 async def home(request: Request, user: SignedIn) -> Response:
-    if not user.is_admin:  # a device user's console is their devices
-        return RedirectResponse(BASE + "/mine", status_code=303)
+    if not user.is_admin:  # each starts where their work is: meals, video batches, or devices
+        start = "/dining" if user.role == "dept_admin" else "/studio" if user.plan != "free" else "/mine"
+        return RedirectResponse(BASE + start, status_code=303)
     return render(request, "overview.html", **await figures(runtime(request)))
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from babel.dates import format_skeleton
 from fastapi import Depends, Query, Request
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.responses import HTMLResponse
@@ -57,6 +58,7 @@ class Renderer:
         )
         env.install_gettext_translations(translations(locale), newstyle=True)  # type: ignore[attr-defined]
         env.filters.update(when=self.when, money=money, minutes_left=minutes_left, dom_id=dom_id)
+        env.filters["day"] = lambda value: format_skeleton("MMMEd", value, locale=locale)  # "Mon, Dec 7", "12月7日周一"
         return env
 
     def when(self, value: datetime | None, seconds: bool = False) -> str:
