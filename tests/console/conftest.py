@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from batchops.core.auth import create_token
 from batchops.core.db import Database
@@ -100,15 +100,21 @@ class ConsoleServer:
         for user in users if password else ():
             await self.set_password(user["userId"], password or "")
 
-    @property
-    def admin_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {create_token('admin', JWT_SECRET)}"}
-
     async def api(self, method: str, path: str, body: Any = None) -> Any:
-        async with httpx.AsyncClient(base_url=self.base_url, headers=self.admin_headers, timeout=30) as c:
+        return await self.api_as("admin", method, path, body)
+
+    async def api_as(self, user_id: str, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {create_token(user_id, JWT_SECRET)}"}
+        async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30) as c:
             r = await c.request(method, path, json=body)
         assert r.status_code < 300, r.text
         return r.json()["data"]
+
+    async def scalar(self, query: str, **params: Any) -> Any:
+        """One value read from the server's database."""
+        assert self.db is not None
+        async with self.db.read() as session:
+            return await session.scalar(text(query), params)
 
 
 def require_chromium() -> None:
