@@ -160,6 +160,7 @@ async def test_an_admin_orders_for_and_sees_only_their_own_department(
     )
     [order_a] = [row[0] for row in await sql(runtime, "SELECT id FROM dining_orders")]
     token = await sign_in(client, "admin-b", PASSWORD)
+    assert (await client.get("/console/")).headers["location"] == "/console/dining"  # where a dept admin starts
     page = await client.get("/console/dining")
     assert "市场一" in page.text and "张三" not in page.text and member(1) not in page.text
     forged = {"meal": f"{day(today, 2)}|dinner", "member": [member(1), member(2)], "csrf_token": token}

@@ -40,6 +40,7 @@ def figures(html: str) -> dict[str, str]:
 
 async def test_the_quote_follows_the_rows_pasted_or_uploaded(client: httpx.AsyncClient, creators: None) -> None:
     token = await sign_in(client, "maker", PASSWORD)
+    assert (await client.get("/console/")).headers["location"] == "/console/studio"  # a paying creator starts here
     page = await client.get("/console/studio/new")
     assert page.status_code == 200 and figures(page.text)["rows"] == "0"
     assert "100" in page.text and "3 at once, 15 per batch" in page.text
