@@ -145,6 +145,9 @@ async def test_a_larger_choice_is_sent_as_several_requests_each_reported(
         data={"remark": "x" * 501, "meal": f"{day(today, 1)}|lunch", "member": member(1), "csrf_token": token},
     )
     assert r.status_code == 400
+    forged = {"meal": f"{day(today, 1)}|lunch", "member": "x" * 129, "csrf_token": token}
+    r = await client.post("/console/dining/orders", data=forged)  # the API's own validation, before sending
+    assert r.status_code == 400 and "members.0.userId" in r.text
 
 
 async def test_an_admin_orders_for_and_sees_only_their_own_department(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from batchops.console.web import SignedIn, render, runtime
@@ -104,16 +105,21 @@ def request_body(sent: Sent, remark: str | None) -> BatchOrdersIn | QuickBatchOr
 
 async def send_all(rt: Runtime, actor: User, plan: list[Sent], remark: str | None) -> None:
     """Each request admitted like an API call (one hit of its per-minute limit), then run by
-    the service; a refused one and those after it are reported as not attempted."""
+    the service; a refused one and those after it are reported as not attempted. Every
+    request is validated as the API would before the first is sent."""
     service: DiningService = rt.services["dining"]
-    for number, sent in enumerate(plan):
+    try:
+        bodies = [request_body(sent, remark) for sent in plan]
+    except ValidationError as exc:
+        details = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()[:10]]
+        raise BadRequestError("Validation failed", details=details) from None
+    for number, (sent, body) in enumerate(zip(plan, bodies, strict=True)):
         try:
             await rt.limiter.hit(f"dining.{sent.operation}:{actor.id}")
         except TooManyRequestsError as exc:
             for rest in plan[number:]:
                 rest.refused = exc.message
             return
-        body = request_body(sent, remark)
         specs = quick_specs(body) if isinstance(body, QuickBatchOrdersIn) else batch_specs(body)
         result = await service.place_orders(actor, specs, BatchMode(), operation=sent.operation)
         sent.answer = batch_out(result)
