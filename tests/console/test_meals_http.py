@@ -101,6 +101,7 @@ async def test_a_week_of_lunches_for_12_the_failed_order_is_fixed_and_resent(
     token = await sign_in(client, "admin-a", PASSWORD)
     page = await client.get("/console/dining")
     assert page.status_code == 200 and page.text.count('name="member"') == 13  # the admin is a member too
+    assert "Meals of 研发部" in page.text
     assert "1 of 13 ordered" in page.text and "李四" in page.text
     form = {"meal": [f"{day(today, d)}|lunch" for d in range(DAYS)], "member": members, "remark": "团队午餐"}
     r = await client.post("/console/dining/orders", data={**form, "csrf_token": token})

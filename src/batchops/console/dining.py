@@ -25,7 +25,7 @@ from batchops.core.runtime import Runtime
 from batchops.core.schemas import IsoDate
 from batchops.dining.api import BATCH_MESSAGE, QUICK_MESSAGE, batch_out, batch_specs, quick_specs
 from batchops.dining.models import MEAL_TYPES
-from batchops.dining.reads import MemberRow, department_members, ordered_members
+from batchops.dining.reads import MemberRow, department_members, department_name, ordered_members
 from batchops.dining.schemas import (
     MAX_ORDERS,
     MAX_QUICK_MEALS,
@@ -185,7 +185,7 @@ async def week(request: Request, user: SignedIn, start: Annotated[IsoDate | None
         ordered=ordered,
         previous=days[0] - dt.timedelta(days=WEEK_DAYS),
         following=days[0] + dt.timedelta(days=WEEK_DAYS),
-        department_id=department_id,
+        department=await department_name(rt.db, department_id),
     )
 
 

@@ -15,13 +15,16 @@ from starlette.responses import Response
 
 from batchops.console.web import SignedIn, gettext_for, render, runtime
 from batchops.core.push import PushHub
+from batchops.studio.models import B_CANCELLED, B_COMPLETED
 from batchops.studio.schemas import BatchActionOut, BatchDetailOut
 from batchops.studio.service import StudioService
 
 router = APIRouter()
 # The engine pushes each change of a batch's counts to its owner; the page also re-reads
-# this often, for what is not pushed (a pause) and for workers in other processes.
+# this often, for what is not pushed (a pause) and for workers in other processes (without
+# Redis); a finished batch changes only when someone acts on it.
 REFRESH_SECONDS = 1.0
+FINISHED_REFRESH_SECONDS = 10.0
 PING_SECONDS = 15
 Action = Literal["pause", "resume", "cancel", "retry-failed"]
 BatchId = Annotated[str, Path(max_length=64)]
@@ -56,10 +59,10 @@ async def batch_page(request: Request, batch_id: BatchId, user: SignedIn) -> Res
     return render(request, "studio_batch.html", **figures(detail))
 
 
-async def wait_for_change(push_queue: asyncio.Queue[dict[str, Any]], batch_id: str) -> None:
-    """Until the engine pushes a change of this batch, or ``REFRESH_SECONDS`` pass."""
+async def wait_for_change(push_queue: asyncio.Queue[dict[str, Any]], batch_id: str, seconds: float) -> None:
+    """Until the engine pushes a change of this batch, or ``seconds`` pass."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + REFRESH_SECONDS
+    deadline = loop.time() + seconds
     while (left := deadline - loop.time()) > 0:
         try:
             message = await asyncio.wait_for(push_queue.get(), timeout=left)
@@ -86,7 +89,8 @@ async def live(request: Request, batch_id: BatchId, user: SignedIn) -> EventSour
                     if html != sent[event]:
                         sent[event] = html
                         yield ServerSentEvent(html, event=event)
-                await wait_for_change(queue, batch_id)
+                finished = detail.status in (B_COMPLETED, B_CANCELLED)
+                await wait_for_change(queue, batch_id, FINISHED_REFRESH_SECONDS if finished else REFRESH_SECONDS)
                 if await request.is_disconnected():
                     return
                 detail = await service.get(user, batch_id)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from batchops.core.db import Database
-from batchops.dining.models import LINE_ACTIVE, OrderLine
+from batchops.dining.models import LINE_ACTIVE, Department, OrderLine
 from batchops.identity.models import User
 
 MAX_MEMBERS = 2000  # a department larger than this is not listed on one page
@@ -21,6 +21,13 @@ class MemberRow:
     id: str
     name: str
     status: str
+
+
+async def department_name(db: Database, department_id: str) -> str:
+    """The department's name (its id when it has none on record)."""
+    async with db.read() as session:
+        name = await session.scalar(select(Department.name).where(Department.id == department_id))
+    return name or department_id
 
 
 async def department_members(db: Database, department_id: str) -> list[MemberRow]:
