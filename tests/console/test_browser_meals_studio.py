@@ -237,6 +237,9 @@ async def test_a_creator_sends_a_20_row_csv_follows_it_live_pauses_resumes_retri
     assert await row.locator("td.num").all_inner_texts() == ["19", "1", "0", str(spent), str(returned)]
     assert not await axe_violations(page)
     await screenshot(console_server, page, "studio-batches-zh-CN")
+    await page.get_by_role("link", name="English").click()
+    await expect(page.locator("h1")).to_have_text("My video batches")
+    assert not await axe_violations(page)
 
 
 async def test_a_creator_without_enough_credits_is_told_the_shortfall_before_anything_is_held(

@@ -46,6 +46,8 @@ def test_rows_are_read_from_the_clis_csv_or_one_prompt_a_line() -> None:
     mixed = parse_rows("\ufeffPrompt, Duration ,image_url\n a fox ,10s,https://x/y.png\n\n,15,\nb,ten,\n")
     assert mixed.rows == [{"prompt": "a fox", "duration": 10, "imageUrl": "https://x/y.png"}]
     assert mixed.problems == [(4, "no prompt"), (5, "duration 'ten' is not a number of seconds (10 or 15)")]
+    huge = parse_rows("prompt\nfine\n" + "x" * 200_000 + "\nnever read\n")
+    assert huge.rows == [{"prompt": "fine"}] and huge.problems[0][1].startswith("unreadable CSV: field larger")
     plain = parse_rows("a fox, in snow\n\n  a city at night  \n")
     assert plain.rows == [{"prompt": "a fox, in snow"}, {"prompt": "a city at night"}] and plain.lines == [1, 3]
 

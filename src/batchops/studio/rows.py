@@ -53,6 +53,14 @@ def parse_rows(text: str) -> ParsedRows:
                 parsed.lines.append(number)
         return parsed
     reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        _read_records(reader, parsed)
+    except csv.Error as exc:  # a cell past the csv module's size limit, say: the rest is not read
+        parsed.problems.append((reader.line_num, f"unreadable CSV: {exc}"))
+    return parsed
+
+
+def _read_records(reader: Any, parsed: ParsedRows) -> None:
     header: list[str] | None = None
     for cells in reader:
         if not any(c.strip() for c in cells):
@@ -74,4 +82,3 @@ def parse_rows(text: str) -> ParsedRows:
             row["duration"] = int(seconds)
         parsed.rows.append(row)
         parsed.lines.append(at)
-    return parsed
