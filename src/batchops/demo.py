@@ -46,19 +46,6 @@ DEMO_BALANCE_FEN = 100_000
 # Users who start at their maxDevices (scenario 1's user-009 / user-010, scenario 5's quota-exceeded-user).
 HELD = {"quota-exceeded-user": 5, "user-009": 1, "user-010": 1}
 NAMED_ALLOCATIONS = [f"alloc-{i:03d}" for i in range(1, 6)]
-# Console sign-ins of the demo (printed by `batchops demo` and `make run`): an operator, a
-# device user who holds alloc-001, and the canteen's department admin and the studio's
-# creator (when the demo has loaded them).
-DEMO_DEVICE_USER = "user-011"
-DEMO_DEPT_ADMIN = "dept-admin-001"
-DEMO_CREATOR = "creator-001"
-DEMO_PASSWORDS = {
-    "operator": "batchops-admin",
-    DEMO_DEVICE_USER: "batchops-user",
-    DEMO_DEPT_ADMIN: "batchops-meals",
-    DEMO_CREATOR: "batchops-studio",
-}
-
 DEPARTMENT, DEPT_ADMIN = ("dept-001", "研发部"), "dept-admin-001"
 STAFF = {
     f"staff-{i:03d}": name for i, name in enumerate(("张三", "李四", "王五", "赵六", "钱七", "孙八", "周九", "吴十"), 1)
@@ -71,6 +58,15 @@ MEALS = {
 }
 MENU_DAYS = 8  # today and the next 7 days
 CREATOR, CREATOR_CREDITS = "creator-001", 1000
+# Console sign-ins of the demo (printed by `batchops demo` and `make run`): an operator, a
+# device user who holds alloc-001, the canteen's department admin and the studio's creator.
+DEMO_DEVICE_USER = "user-011"
+DEMO_PASSWORDS = {
+    "operator": "batchops-admin",
+    DEMO_DEVICE_USER: "batchops-user",
+    DEPT_ADMIN: "batchops-meals",
+    CREATOR: "batchops-studio",
+}
 
 
 def demo_user(user_id: str, **fields: Any) -> UserIn:
@@ -81,18 +77,17 @@ def demo_user(user_id: str, **fields: Any) -> UserIn:
 
 
 async def set_demo_passwords(identity: IdentityService, admin_id: str) -> list[str]:
-    """Console passwords for the demo's operator and device user; the lines that say how to sign in."""
-    await identity.set_password(admin_id, DEMO_PASSWORDS["operator"])
-    await identity.set_password(DEMO_DEVICE_USER, DEMO_PASSWORDS[DEMO_DEVICE_USER])
-    lines = [
-        f"console sign-in (operator): {admin_id} / {DEMO_PASSWORDS['operator']}",
-        f"console sign-in (device user): {DEMO_DEVICE_USER} / {DEMO_PASSWORDS[DEMO_DEVICE_USER]}",
+    """Console passwords for the demo's operator, device user, department admin and creator;
+    the lines that say how to sign in."""
+    sign_ins = [
+        ("operator", admin_id, DEMO_PASSWORDS["operator"]),
+        ("device user", DEMO_DEVICE_USER, DEMO_PASSWORDS[DEMO_DEVICE_USER]),
+        ("department admin", DEPT_ADMIN, DEMO_PASSWORDS[DEPT_ADMIN]),
+        ("creator", CREATOR, DEMO_PASSWORDS[CREATOR]),
     ]
-    for role, user_id in (("department admin", DEMO_DEPT_ADMIN), ("creator", DEMO_CREATOR)):
-        if await identity.find(user_id) is not None:  # the demo's canteen and studio users
-            await identity.set_password(user_id, DEMO_PASSWORDS[user_id])
-            lines.append(f"console sign-in ({role}): {user_id} / {DEMO_PASSWORDS[user_id]}")
-    return lines
+    for _, user_id, password in sign_ins:
+        await identity.set_password(user_id, password)
+    return [f"console sign-in ({role}): {user_id} / {password}" for role, user_id, password in sign_ins]
 
 
 async def load_demo(settings: Settings, admin_id: str) -> list[str]:

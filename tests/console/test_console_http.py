@@ -261,42 +261,28 @@ async def test_users_are_imported_changed_suspended_and_given_passwords_from_the
     assert await runtime.services["identity"].authenticate("new-1", "long-enough-1") is not None
 
 
-async def test_the_demo_gives_its_operator_and_device_user_passwords(runtime: Runtime, people: None) -> None:
-    from batchops.demo import DEMO_DEVICE_USER, DEMO_PASSWORDS, set_demo_passwords
-    from batchops.identity.schemas import UserIn
-
-    identity = runtime.services["identity"]
-    await identity.upsert_users([UserIn(user_id=DEMO_DEVICE_USER)])
-    lines = await set_demo_passwords(identity, "admin")
-    assert lines == [
-        "console sign-in (operator): admin / batchops-admin",
-        "console sign-in (device user): user-011 / batchops-user",
-    ]
-    assert await identity.authenticate("admin", DEMO_PASSWORDS["operator"]) is not None
-    assert await identity.authenticate(DEMO_DEVICE_USER, "wrong-password") is None
-
-
-async def test_the_demo_gives_its_department_admin_and_creator_passwords_once_loaded(
-    runtime: Runtime, people: None
-) -> None:
-    from batchops.demo import DEMO_CREATOR, DEMO_DEPT_ADMIN, DEMO_DEVICE_USER, DEMO_PASSWORDS, set_demo_passwords
+async def test_the_demo_gives_its_four_kinds_of_user_passwords(runtime: Runtime, people: None) -> None:
+    from batchops.demo import CREATOR, DEMO_DEVICE_USER, DEMO_PASSWORDS, DEPT_ADMIN, set_demo_passwords
     from batchops.identity.schemas import UserIn
 
     identity = runtime.services["identity"]
     await identity.upsert_users(
         [
             UserIn(user_id=DEMO_DEVICE_USER),
-            UserIn(user_id=DEMO_DEPT_ADMIN, role="dept_admin", department_id="dept-001"),
-            UserIn(user_id=DEMO_CREATOR, plan="pro"),
+            UserIn(user_id=DEPT_ADMIN, role="dept_admin", department_id="dept-001"),
+            UserIn(user_id=CREATOR, plan="pro"),
         ]
     )
     lines = await set_demo_passwords(identity, "admin")
-    assert lines[2:] == [
+    assert lines == [
+        "console sign-in (operator): admin / batchops-admin",
+        "console sign-in (device user): user-011 / batchops-user",
         "console sign-in (department admin): dept-admin-001 / batchops-meals",
         "console sign-in (creator): creator-001 / batchops-studio",
     ]
-    for user_id in (DEMO_DEPT_ADMIN, DEMO_CREATOR):
-        assert await identity.authenticate(user_id, DEMO_PASSWORDS[user_id]) is not None
+    for user_id in ("admin", DEMO_DEVICE_USER, DEPT_ADMIN, CREATOR):
+        assert await identity.authenticate(user_id, DEMO_PASSWORDS.get(user_id, "batchops-admin")) is not None
+    assert await identity.authenticate(DEMO_DEVICE_USER, "wrong-password") is None
 
 
 async def test_devices_are_registered_from_an_uploaded_csv_file(
