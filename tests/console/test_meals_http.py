@@ -240,3 +240,18 @@ async def test_cancel_before_the_meals_day_and_the_kitchen_summary_as_csv(
         f"{day(today, 1)},*,total,lunch,3",
         f"{day(today, 1)},*,total,dinner,0",
     ]
+
+
+async def test_a_request_past_the_per_minute_limit_is_not_sent_and_comes_back_to_resend(
+    client: httpx.AsyncClient, canteen: dt.date, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime.limiter, "limit", 1)  # the API's limit per endpoint and caller
+    token = await sign_in(client, "admin-a", PASSWORD)
+    meals = [f"{day(canteen, d)}|{meal}" for d in range(5) for meal in ("breakfast", "lunch", "dinner")][:14]
+    r = await client.post("/console/dining/orders", data={"meal": meals, "member": member(1), "csrf_token": token})
+    assert r.status_code == 200 and "10 of 10 orders placed" in r.text
+    assert "Not sent: Rate limit exceeded" in r.text and r.text.count('<fieldset class="fix"') == 4
+    body = {"members": [{"userId": member(2)}], "meals": [{"date": day(canteen, 6), "mealType": "lunch"}]}
+    r = await client.post("/api/dining/enhanced/quick-batch-orders", json=body, headers=auth("admin-a"))
+    assert r.status_code == 429  # the console's requests counted against the API's limit
+    assert len(await sql(runtime, "SELECT id FROM dining_orders")) == 10
