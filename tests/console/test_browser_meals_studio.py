@@ -15,7 +15,7 @@ from typing import Any
 
 from playwright.async_api import expect
 
-from batchops.dining.service import local_today
+from batchops.dining.rules import local_today
 from tests.console.conftest import ConsoleServer, Pages, axe_violations, screenshot
 
 PASSWORD = "canteen-and-studio-1"
@@ -24,7 +24,7 @@ LIVE = 60_000  # ms: a batch at the test server's time scale ends well within th
 
 
 def today() -> dt.date:
-    return local_today("Asia/Shanghai")  # the server's BATCHOPS_TIMEZONE (its default)
+    return local_today("Asia/Shanghai", dt.datetime.now(dt.UTC))  # the server's BATCHOPS_TIMEZONE (its default)
 
 
 def day(offset: int) -> str:

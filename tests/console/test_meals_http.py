@@ -16,7 +16,7 @@ from batchops.console.dining import Wanted, plan_requests
 from batchops.core.db import new_id, utcnow
 from batchops.core.runtime import Runtime
 from batchops.dining.models import Department, Menu
-from batchops.dining.service import local_today
+from batchops.dining.rules import local_today
 from batchops.identity.models import User
 from tests.conftest import auth
 from tests.console.helpers import sign_in
@@ -35,7 +35,7 @@ def member(n: int) -> str:
 async def canteen(client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime) -> dt.date:
     """dept-a: 12 members and its admin; dept-b: one member and its admin; every meal of
     the next 7 days published (lunch 12.50). Returns today, as the service judges it."""
-    today = local_today(runtime.settings.timezone)
+    today = local_today(runtime.settings.timezone, runtime.clock())
     now = utcnow()
 
     def person(user_id: str, name: str, department: str, role: str = "user") -> dict[str, object]:

@@ -15,7 +15,7 @@ from batchops.studio.reads import quote
 from batchops.studio.rows import EXAMPLE_CSV, parse_rows
 from batchops.studio.schemas import BatchGenerateIn
 from tests.helpers import data
-from tests.studio.conftest import studio_user
+from tests.studio.conftest import run_until_idle, studio_user
 
 
 async def test_a_flaky_task_fails_its_first_run_and_renders_once_retried(
@@ -25,14 +25,14 @@ async def test_a_flaky_task_fails_its_first_run_and_renders_once_retried(
     body = {"rows": [{"prompt": "a calm lake [flaky]"}, {"prompt": "a cat"}], "defaultModel": "sora-2"}
     batch_id = data(await client.post("/api/v1/workflow/batch-generate", json=body, headers=user), 202)["batchId"]
     engine = engine_factory()
-    await engine.run_until_idle(limit_seconds=30)
+    await run_until_idle(engine)
     view = data(await client.get(f"/api/v1/workflow/batches/{batch_id}", headers=user))
     flaky, fine = view["tasks"]
     assert (flaky["status"], flaky["errorKind"], flaky["attempts"]) == ("failed", "server_error", 4)
     assert fine["status"] == "succeeded"
     assert view["credits"] == {"held": 0, "spent": 15, "returned": 15}
     data(await client.post(f"/api/v1/workflow/batches/{batch_id}/retry-failed", headers=user))
-    await engine.run_until_idle(limit_seconds=30)
+    await run_until_idle(engine)
     view = data(await client.get(f"/api/v1/workflow/batches/{batch_id}", headers=user))
     assert [t["status"] for t in view["tasks"]] == ["succeeded", "succeeded"]
     assert view["tasks"][0]["attempts"] == 1 and view["tasks"][0]["resultUrl"]

@@ -26,6 +26,7 @@ from batchops.core.schemas import IsoDate
 from batchops.dining.api import BATCH_MESSAGE, QUICK_MESSAGE, batch_out, batch_specs, quick_specs
 from batchops.dining.models import MEAL_TYPES
 from batchops.dining.reads import MemberRow, department_members, department_name, ordered_members
+from batchops.dining.rules import ensure_dept_admin, parse_day
 from batchops.dining.schemas import (
     MAX_ORDERS,
     MAX_QUICK_MEALS,
@@ -34,7 +35,7 @@ from batchops.dining.schemas import (
     BatchOrdersOut,
     QuickBatchOrdersIn,
 )
-from batchops.dining.service import DiningService, ensure_dept_admin, parse_day
+from batchops.dining.service import DiningService
 from batchops.identity.models import User
 
 router = APIRouter()

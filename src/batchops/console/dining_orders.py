@@ -17,7 +17,8 @@ from batchops.console.web import PagingParams, SignedIn, render, runtime
 from batchops.core.schemas import IsoDate
 from batchops.dining.models import MEAL_TYPES
 from batchops.dining.reads import department_members
-from batchops.dining.service import DiningService, cancellable
+from batchops.dining.rules import cancellable
+from batchops.dining.service import DiningService
 from batchops.identity.models import User
 
 router = APIRouter()

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
 from batchops.console.web import PagingParams, SignedIn, gettext_for, render, runtime
-from batchops.core.db import utcnow
 from batchops.notifications.service import NotificationService
 from batchops.scheduler.reads import AllocationFilter, allocation_page
 from batchops.scheduler.service import SchedulerService
@@ -47,14 +46,13 @@ async def mine(request: Request, user: SignedIn, paging: PagingParams) -> Respon
         reservations=reservations,
         queue=queue,
         notes=notes,
-        now=utcnow(),
     )
 
 
 async def _row(request: Request, user_id: str, allocation_id: str) -> Response:
     chosen = AllocationFilter(user_id=user_id, allocation_id=allocation_id)
     rows, _ = await allocation_page(runtime(request).db, chosen, offset=0, limit=1)
-    return render(request, "_my_allocation_row.html", a=rows[0] if rows else None, now=utcnow())
+    return render(request, "_my_allocation_row.html", a=rows[0] if rows else None)
 
 
 @router.post("/mine/allocations/{allocation_id}/extend")

@@ -10,7 +10,6 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from batchops.console.web import Admin, PagingParams, gettext_for, render, runtime
-from batchops.core.db import utcnow
 from batchops.scheduler.reads import reservation_timeline
 from batchops.scheduler.service import SchedulerService
 
@@ -35,7 +34,7 @@ async def reservations(
 ) -> Response:
     rt = runtime(request)
     zone = ZoneInfo(rt.settings.timezone)
-    day = day or utcnow().astimezone(zone).date()
+    day = day or rt.clock().astimezone(zone).date()
     day = min(day, date(9998, 12, 30))
     day_start = datetime.combine(day, time.min, tzinfo=zone).astimezone(UTC)
     devices, total = await reservation_timeline(
@@ -62,7 +61,6 @@ async def reservations(
         user_filter=user or "",
         queue=queue,
         waiting=waiting,
-        now=utcnow(),
     )
 
 
@@ -78,4 +76,4 @@ async def cancel_reservation(request: Request, reservation_id: str, actor: Admin
 async def cancel_queue_entry(request: Request, entry_id: str, actor: Admin) -> Response:
     scheduler: SchedulerService = runtime(request).services["scheduler"]
     entry = await scheduler.queue.cancel(actor, entry_id)
-    return render(request, "_queue_row.html", entry=entry, position=None, now=utcnow())
+    return render(request, "_queue_row.html", entry=entry, position=None)

@@ -90,7 +90,7 @@ async def quote_of(request: Request, user: User, draft: Draft) -> tuple[Quote, t
     if draft.body is None:
         plan = get_batch_config(user.plan)
         return Quote(plan, len(draft.parsed.rows), [], draft.row_problems, credits[2]), credits
-    found = quote(studio_of(request), user, draft.body, credits[2])
+    found = quote(user, draft.body, credits[2])
     return found, credits
 
 

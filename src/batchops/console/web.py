@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from babel.dates import format_skeleton
 from fastapi import Depends, Query, Request
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
 from starlette.responses import HTMLResponse
 
 from batchops.console.i18n import HTML_LANG, LANGUAGE_NAMES, LOCALES, request_locale, translations
@@ -83,6 +83,7 @@ class Renderer:
             "here": here(request),
             "url_with": lambda **changes: url_with(request, **changes),
             "user": getattr(request.state, "console_user", None),
+            "now": runtime(request).clock(),  # the runtime's clock: what "time left" is judged by
             **context,
         }
         return env.get_template(template).render(values)
@@ -101,10 +102,12 @@ def dom_id(value: object) -> str:
     return "k" + hashlib.sha1(str(value).encode(), usedforsecurity=False).hexdigest()[:16]
 
 
-def minutes_left(expires_at: datetime | None, now: datetime | None = None) -> int | None:
+@pass_context
+def minutes_left(context: Mapping[str, Any], expires_at: datetime | None) -> int | None:
+    """Whole minutes from the page's ``now`` (the runtime's clock) to ``expires_at``."""
     if expires_at is None:
         return None
-    now = now or datetime.now(UTC)
+    now: datetime = context["now"]
     return max(0, math.ceil((expires_at - now).total_seconds() / 60))
 
 
