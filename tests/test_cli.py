@@ -128,7 +128,7 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
         (None, "cannot read {path}: No such file or directory"),
         ("prompt,duration\na fox,10\na cat,ten\n", "{path}, line 3: duration 'ten' is not a number of seconds"),
         ("prompt,model\na fox,sora-2\n,sora-2\n", "{path}, line 3: no prompt"),
-        ("Prompt,resolutoin\na fox,720p\n", "{path}: the first line must name the columns, prompt among them"),
+        ("Prompt,resolutoin\na fox,720p\n", "{path}, line 1: the first line must name the columns, prompt among them"),
         ("prompt\n", "{path}: no rows under the header"),
     ],
     ids=["missing", "bad-duration", "no-prompt", "unknown-column", "empty"],

@@ -3,8 +3,6 @@ follow it with a progress bar."""
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 import time
 from pathlib import Path
@@ -19,18 +17,17 @@ from rich.table import Table
 from batchops.cli_errors import CliError, api_error
 from batchops.core.auth import create_token
 from batchops.settings import get_settings
+from batchops.studio.rows import parse_rows
 
 app = typer.Typer(help="Batch AI video / image generation (seed 003).", no_args_is_help=True)
 console = Console()
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-# The CSV columns (header names, any case); a column may be left out, a cell left empty.
-COLUMNS = {"prompt": "prompt", "model": "model", "resolution": "resolution", "duration": "duration"}
-COLUMNS |= {name.lower(): "imageUrl" for name in ("imageUrl", "image_url", "image")}
 SUBMIT_HELP = """Submit the rows of CSV_FILE as one batch; --watch follows it to the end.
 
 \b
-CSV_FILE starts with a header line naming its columns (any order, any case):
+CSV_FILE is one prompt a line, or a CSV whose header line names its columns
+(any order, any case):
   prompt      required: what to generate
   model       sora-2 or sora-2-pro (video); nano-banana or gpt-4o-image
   resolution  720p or 1080p (video)
@@ -44,38 +41,17 @@ held from the caller's CREDITS when it is accepted (403 without enough)."""
 
 
 def read_rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """The rows of a studio CSV (see ``SUBMIT_HELP``) and the line each came from."""
+    """The rows of a studio CSV (see ``SUBMIT_HELP``: ``studio.rows``, as the console reads
+    them) and the line each came from; the first problem is the command's error."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [(name or "").strip() for name in reader.fieldnames or []]
-    unknown = [name for name in header if name.lower() not in COLUMNS]
-    if "prompt" not in [name.lower() for name in header] or unknown:
-        got = ", ".join(header) or "nothing"
-        raise CliError(
-            f"{path}: the first line must name the columns, prompt among them (got: {got})",
-            "columns: prompt, model, resolution, duration, imageUrl (see `batchops studio submit --help`)",
-        )
-    rows: list[dict[str, Any]] = []
-    lines: list[int] = []
-    for line in reader:
-        cells = {COLUMNS[(k or "").strip().lower()]: (v or "").strip() for k, v in line.items() if k is not None}
-        where = f"{path}, line {reader.line_num}"
-        if not any(cells.values()):
-            continue
-        if not cells.get("prompt"):
-            raise CliError(f"{where}: no prompt")
-        row: dict[str, Any] = {k: v for k, v in cells.items() if v and k != "duration"}
-        if cells.get("duration"):
-            try:
-                row["duration"] = int(cells["duration"].removesuffix("s"))
-            except ValueError:
-                raise CliError(f"{where}: duration {cells['duration']!r} is not a number of seconds (10 or 15)")
-        rows.append(row)
-        lines.append(reader.line_num)
-    return rows, lines
+    parsed = parse_rows(text)
+    if parsed.problems:
+        line, why = parsed.problems[0]
+        raise CliError(f"{path}, line {line}: {why}")
+    return parsed.rows, parsed.lines
 
 
 def _token(token: str | None, user: str | None) -> str:

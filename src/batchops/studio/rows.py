@@ -36,17 +36,21 @@ class ParsedRows:
     problems: list[tuple[int, str]] = field(default_factory=list)  # (line, why)
 
 
-def is_header(line: str) -> bool:
-    """A first line that names known columns only, ``prompt`` among them."""
-    cells = [c.strip().lower() for c in next(csv.reader([line]), [])]
-    return "prompt" in cells and all(c in COLUMNS for c in cells)
+def header_cells(line: str) -> list[str]:
+    return [c.strip().lower() for c in next(csv.reader([line]), [])]
 
 
 def parse_rows(text: str) -> ParsedRows:
     parsed = ParsedRows()
     text = text.removeprefix("\ufeff")
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    if not is_header(first):
+    at, first = next(((n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()), (1, ""))
+    cells = header_cells(first)
+    unknown = [c for c in cells if c not in COLUMNS]
+    if "prompt" in cells and unknown:  # a header with a misspelt column: not a prompt to render
+        names = ", ".join(sorted(set(COLUMNS.values())))
+        parsed.problems.append((at, f"the first line must name the columns, prompt among them ({names}): {unknown}"))
+        return parsed
+    if "prompt" not in cells:
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 parsed.rows.append({"prompt": line.strip()})
