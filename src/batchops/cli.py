@@ -1,11 +1,13 @@
-"""The ``batchops`` command: serve, worker, migrate, token, demo, billing, studio."""
+"""The ``batchops`` command: serve, worker, migrate, token, demo, user, billing, studio."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sys
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,8 +16,9 @@ from batchops import migrate as migrations
 from batchops.assembly import build_runtime
 from batchops.cli_errors import CliError, CliGroup, safe_url
 from batchops.core.auth import create_token
+from batchops.core.errors import AppError
 from batchops.core.logging import configure_logging
-from batchops.identity.cli import app as user_app
+from batchops.core.runtime import Runtime
 from batchops.settings import Settings, get_settings
 from batchops.studio.cli import app as studio_app
 
@@ -23,7 +26,7 @@ app = typer.Typer(cls=CliGroup, no_args_is_help=True)
 console = Console(soft_wrap=True)  # a path or a URL stays on one line, to be copied
 TTL_DEFAULT = Settings.model_fields["jwt_ttl_hours"].default
 app.add_typer(studio_app, name="studio")
-app.add_typer(user_app, name="user")
+T = TypeVar("T")
 
 
 @app.callback()
@@ -39,6 +42,19 @@ def migrated_database(settings: Settings) -> str:
     if problem:
         raise CliError(f"the database {safe_url(settings.database_url)} {problem}", "run `batchops migrate`")
     return settings.database_url
+
+
+def on_runtime(settings: Settings, work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Run a command's ``work`` on a runtime built for it, stopped afterwards."""
+
+    async def run() -> T:
+        rt = build_runtime(settings)
+        try:
+            return await work(rt)
+        finally:
+            await rt.stop()
+
+    return asyncio.run(run())
 
 
 @app.command()
@@ -160,22 +176,18 @@ def billing_replay() -> None:
     migrated_database(settings)
     configure_logging("WARNING", settings.log_json)
 
-    async def run() -> tuple[int, int]:
-        rt = build_runtime(settings)
+    async def replay(rt: Runtime) -> tuple[int, int]:
+        # Started as the server's is: the replay delivers every due outbox row, events
+        # too, and an event bus never connected would mark them delivered unpublished.
         try:
-            # Started as the server's is: the replay delivers every due outbox row, events
-            # too, and an event bus never connected would mark them delivered unpublished.
-            try:
-                await rt.start()
-            except Exception as exc:
-                raise ReplayRefused(f"{type(exc).__name__}: {exc}") from exc
-            result: tuple[int, int] = await rt.services["billing"].replay()
-            return result
-        finally:
-            await rt.stop()
+            await rt.start()
+        except Exception as exc:
+            raise ReplayRefused(f"{type(exc).__name__}: {exc}") from exc
+        result: tuple[int, int] = await rt.services["billing"].replay()
+        return result
 
     try:
-        requeued, delivered = asyncio.run(run())
+        requeued, delivered = on_runtime(settings, replay)
     except ReplayRefused as exc:
         console.print(
             "[red]replay refused:[/red] cannot connect what the server delivers through "
@@ -196,15 +208,11 @@ def billing_reconcile(
     migrated_database(settings)
     configure_logging("WARNING", settings.log_json)
 
-    async def run() -> tuple[list[Any], int]:
-        rt = build_runtime(settings)
-        try:
-            result: tuple[list[Any], int] = await rt.services["billing"].reconcile(fix=fix)
-            return result
-        finally:
-            await rt.stop()
+    async def reconcile(rt: Runtime) -> tuple[list[Any], int]:
+        result: tuple[list[Any], int] = await rt.services["billing"].reconcile(fix=fix)
+        return result
 
-    missing, charged = asyncio.run(run())
+    missing, charged = on_runtime(settings, reconcile)
     if missing:
         table = Table("allocationId", "userId", "durationSeconds", "releasedAt", "report")
         for m in missing:
@@ -215,6 +223,36 @@ def billing_reconcile(
     console.print(f"{len(missing)} released allocations never charged" + (f"; charged {charged} now" if fix else ""))
     if missing and not fix:
         raise typer.Exit(1)
+
+
+user_app = typer.Typer(help="Users: console passwords.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+
+
+@user_app.command("set-password")
+def user_set_password(
+    user_id: Annotated[str, typer.Argument(help="the user who signs in to the console with it")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input (first line)")
+    ] = False,
+) -> None:
+    """Set USER_ID's console password (argon2). Bearer tokens of the API are unaffected."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    settings = get_settings()
+    migrated_database(settings)
+    configure_logging("WARNING", settings.log_json)
+
+    async def set_password(rt: Runtime) -> None:
+        await rt.services["identity"].set_password(user_id, password)
+
+    try:
+        on_runtime(settings, set_password)
+    except AppError as exc:
+        raise CliError(exc.message) from exc
+    typer.echo(f"password set for {user_id}")
 
 
 if __name__ == "__main__":  # pragma: no cover
