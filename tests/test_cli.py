@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from batchops.cli import app
-from batchops.cli_errors import CliError
+from batchops.cli.errors import CliError
 from batchops.migrate import upgrade
 from batchops.settings import Settings, get_settings
 from tests.conftest import fresh_postgres_database, make_settings
@@ -145,7 +145,7 @@ def test_a_bad_csv_is_one_line_naming_the_line(tmp_path: Path, content: str | No
 
 
 def test_the_csv_format_is_documented_in_the_help_and_the_example_reads() -> None:
-    from batchops.studio.cli import read_rows
+    from batchops.cli.studio import read_rows
 
     help_text = run("studio", "submit", "--help").output
     for column in ("prompt", "model", "resolution", "duration", "imageUrl", "examples/studio-rows.csv"):
@@ -157,7 +157,7 @@ def test_the_csv_format_is_documented_in_the_help_and_the_example_reads() -> Non
 
 
 def test_an_unexpected_failure_is_one_line_too() -> None:
-    from batchops.cli_errors import explain
+    from batchops.cli.errors import explain
 
     error = explain(ZeroDivisionError("division by zero"))
     assert error.message == "unexpected error: ZeroDivisionError: division by zero"

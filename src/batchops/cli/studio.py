@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batchops.cli_errors import CliError, api_error
+from batchops.cli.errors import CliError, api_error
 from batchops.core.auth import create_token
 from batchops.settings import get_settings
 from batchops.studio.rows import parse_rows

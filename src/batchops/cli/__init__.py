@@ -14,13 +14,13 @@ from rich.console import Console
 
 from batchops import migrate as migrations
 from batchops.assembly import build_runtime
-from batchops.cli_errors import CliError, CliGroup, safe_url
+from batchops.cli.errors import CliError, CliGroup, safe_url
+from batchops.cli.studio import app as studio_app
 from batchops.core.auth import create_token
 from batchops.core.errors import AppError
 from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
 from batchops.settings import Settings, get_settings
-from batchops.studio.cli import app as studio_app
 
 app = typer.Typer(cls=CliGroup, no_args_is_help=True)
 console = Console(soft_wrap=True)  # a path or a URL stays on one line, to be copied
