@@ -254,6 +254,3 @@ def user_set_password(
         raise CliError(exc.message) from exc
     typer.echo(f"password set for {user_id}")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
