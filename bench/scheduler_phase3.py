@@ -32,6 +32,7 @@ from batchops.core.runtime import Runtime
 from batchops.identity.models import User
 from batchops.scheduler.models import Allocation, Device, QueueEntry, Reservation
 from batchops.scheduler.schemas import AllocationRequest
+from batchops.scheduler.service import SchedulerService
 from batchops.settings import Settings
 from bench.harness import fresh_database
 
@@ -138,7 +139,7 @@ async def analyze(rt: Runtime) -> None:
 async def measure(url: str, crowded: bool, reps: int, size: Size) -> dict[str, list[float]]:
     settings = Settings(database_url=url, embedded_worker=False, log_level="WARNING")
     rt = build_runtime(settings)
-    scheduler = rt.services["scheduler"]
+    scheduler = rt.services.get(SchedulerService)
     try:
         await seed(rt, crowded, size)
         async with rt.db.transaction() as s:

@@ -30,9 +30,11 @@ from rich.table import Table
 from sqlalchemy import func, insert, select
 
 from batchops.assembly import build_runtime
+from batchops.billing.ledger import Ledger
 from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
+from batchops.notifications.service import NotificationService
 from batchops.settings import Settings
 from batchops.studio.config import (
     PARTIAL_ROUND_LEAD,
@@ -44,6 +46,7 @@ from batchops.studio.engine import Engine
 from batchops.studio.models import SimJob, StudioTask
 from batchops.studio.providers import Status, SubmitRequest, expected_render_seconds
 from batchops.studio.schemas import BatchGenerateIn, RowIn
+from batchops.studio.service import StudioService
 from bench.harness import fresh_database
 
 MIX = [("sora-2", "720p", 10), ("sora-2-pro", "720p", 15), ("sora-2-pro", "1080p", 10), ("sora-2-pro", "1080p", 15)]
@@ -55,7 +58,7 @@ async def add_users(rt: Runtime, ids: list[str], credits: int) -> None:
         await session.execute(insert(User), [{"id": u, "name": u, "plan": "enterprise"} for u in ids])
     async with rt.db.transaction() as session:
         for u in ids:
-            await rt.services["ledger"].topup(session, u, "CREDITS", credits, f"bench:{u}")
+            await rt.services.get(Ledger).topup(session, u, "CREDITS", credits, f"bench:{u}")
 
 
 async def drive(engines: list[Engine], rt: Runtime) -> float:
@@ -89,8 +92,8 @@ async def makespan(url: str, scale: float, copies: int = 25) -> list[tuple[str, 
     assert user is not None
     rows = [RowIn(prompt=f"shot {i}", model=m, resolution=r, duration=d) for i, (m, r, d) in enumerate(MIX * copies)]  # type: ignore[arg-type]
     for half in (rows[: len(rows) // 2], rows[len(rows) // 2 :]):
-        await rt.services["studio"].submit(user, BatchGenerateIn(rows=half, generation_type="video"))
-    engine: Engine = rt.services["studio_engine"]
+        await rt.services.get(StudioService).submit(user, BatchGenerateIn(rows=half, generation_type="video"))
+    engine = rt.services.get(Engine)
     elapsed = await drive([engine], rt)
     async with rt.db.transaction() as session:
         tasks = {t.id: t for t in await session.scalars(select(StudioTask))}
@@ -199,12 +202,12 @@ async def engine_throughput(url: str, n_tasks: int, n_engines: int) -> float:
         loaded = {u.id: u for u in await session.scalars(select(User).where(User.id.in_(users)))}
     rows = [RowIn(prompt="noop", model="sora-2")] * 50
     for u in users:
-        await rt.services["studio"].submit(loaded[u], BatchGenerateIn(rows=rows))
+        await rt.services.get(StudioService).submit(loaded[u], BatchGenerateIn(rows=rows))
     engines = [
         Engine(
             rt.db,
             NoopProvider(),
-            rt.services["notifications"],
+            rt.services.get(NotificationService),
             rt.push,
             clock=rt.clock,
             time_scale=1e-6,

@@ -25,6 +25,7 @@ from batchops.assembly import build_runtime, import_all_models
 from batchops.core.auth import create_token
 from batchops.core.db import Base
 from batchops.core.runtime import Runtime
+from batchops.identity.service import IdentityService
 from batchops.migrate import upgrade
 from batchops.settings import Settings
 
@@ -146,7 +147,7 @@ def auth(user_id: str) -> dict[str, str]:
 @pytest.fixture
 async def admin(client: httpx.AsyncClient, runtime: Runtime) -> dict[str, str]:
     """Headers of an admin caller (created directly: someone has to be first)."""
-    await runtime.services["identity"].ensure_admin("admin")
+    await runtime.services.get(IdentityService).ensure_admin("admin")
     return auth("admin")
 
 

@@ -19,6 +19,7 @@ import pytest
 from batchops.app import create_app
 from batchops.assembly import build_runtime
 from batchops.core.runtime import Runtime
+from batchops.identity.service import IdentityService
 from tests.conftest import auth, make_settings, require_service
 from tests.helpers import create_devices, create_users, data
 
@@ -56,7 +57,7 @@ async def test_allocate_event_reaches_a_bound_consumer(
 
     app = create_app(amqp_runtime.settings, amqp_runtime)
     admin_id, user_id = f"admin-{uuid.uuid4().hex[:8]}", f"user-{uuid.uuid4().hex[:8]}"
-    await amqp_runtime.services["identity"].ensure_admin(admin_id)
+    await amqp_runtime.services.get(IdentityService).ensure_admin(admin_id)
     admin = auth(admin_id)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://batchops.test") as client:
         await create_users(client, admin, [{"userId": user_id}])

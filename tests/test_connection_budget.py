@@ -13,6 +13,7 @@ import yaml
 
 from batchops.app import create_app
 from batchops.assembly import build_runtime
+from batchops.identity.service import IdentityService
 from batchops.settings import Settings
 from tests.conftest import auth, make_settings
 
@@ -36,7 +37,7 @@ async def test_a_request_that_gets_no_connection_in_time_is_a_503_with_retry_aft
         pytest.skip("the connection budget is PostgreSQL's")
     rt = build_runtime(make_settings(database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_seconds=0.2))
     try:
-        await rt.services["identity"].ensure_admin("admin")
+        await rt.services.get(IdentityService).ensure_admin("admin")
         app = create_app(rt.settings, rt)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://batchops.test") as c:
             body = {"requests": [{"userId": "nobody", "durationMinutes": 30}]}

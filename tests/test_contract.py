@@ -23,6 +23,7 @@ from batchops.cli import app as cli_app
 from batchops.core.auth import create_token
 from batchops.core.runtime import Runtime
 from batchops.identity.schemas import UserIn
+from batchops.identity.service import IdentityService
 from batchops.settings import get_settings
 from tests.conftest import JWT_SECRET, auth, make_settings
 from tests.helpers import allocation_ids, create_devices, create_users, data, error
@@ -238,7 +239,7 @@ def test_token_cli_prints_a_decodable_jwt(monkeypatch: pytest.MonkeyPatch) -> No
 async def test_processes_starting_together_bootstrap_one_admin(runtime: Runtime) -> None:
     """serve, worker and billing each make sure of BATCHOPS_BOOTSTRAP_ADMIN at start-up;
     at once, none may fail (a lost race was a duplicate key: the process did not start)."""
-    identity = runtime.services["identity"]
+    identity = runtime.services.get(IdentityService)
     await identity.upsert_users([UserIn(user_id="boot-admin", name="Boot", role="user", status="suspended")])
     for user_id in ("boot-admin", "boot-new"):
         await asyncio.gather(*(identity.ensure_admin(user_id) for _ in range(8)))

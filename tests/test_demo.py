@@ -11,8 +11,10 @@ import httpx
 
 from batchops.app import create_app
 from batchops.assembly import build_runtime
+from batchops.billing.ledger import Ledger
 from batchops.core.runtime import Runtime
 from batchops.demo import load_demo
+from batchops.dining.service import DiningService
 from batchops.migrate import upgrade
 from tests.conftest import auth, make_settings
 from tests.helpers import data
@@ -111,7 +113,7 @@ async def test_the_demo_lets_a_dept_admin_order_and_a_creator_generate(runtime: 
     await load_demo(settings, "admin")  # idempotent: the credits are given once
 
     rt = build_runtime(settings)
-    today = rt.services["dining"].today()
+    today = rt.services.get(DiningService).today()
     days = [(today + timedelta(days=n)).isoformat() for n in (0, 1, 7)]
     transport = httpx.ASGITransport(app=create_app(settings, rt))
     async with httpx.AsyncClient(transport=transport, base_url="http://batchops.test") as c:
@@ -137,5 +139,5 @@ async def test_the_demo_lets_a_dept_admin_order_and_a_creator_generate(runtime: 
         assert (accepted["plan"], accepted["creditsHeld"]) == ("pro", 50)
     await rt.stop()
     async with runtime.db.read() as session:
-        credits = await runtime.services["ledger"].balances(session, ["creator-001"], "CREDITS")
+        credits = await runtime.services.get(Ledger).balances(session, ["creator-001"], "CREDITS")
     assert credits["creator-001"].balance == 1000 and credits["creator-001"].held == 50

@@ -18,6 +18,7 @@ from batchops.app import create_app
 from batchops.assembly import build_runtime
 from batchops.core.push import CHANNEL
 from batchops.core.runtime import Runtime
+from batchops.identity.service import IdentityService
 from tests.conftest import auth, make_settings, require_service
 from tests.helpers import create_devices, create_users, data
 
@@ -63,7 +64,7 @@ async def test_allocation_notification_fans_out_to_the_other_runtime(two_runtime
     admin_id, user_id = f"admin-{uuid.uuid4().hex[:8]}", f"user-{uuid.uuid4().hex[:8]}"
     on_second = second.push.subscribe(user_id)  # the user's WebSocket is served by the other process
     on_first = first.push.subscribe(user_id)
-    await first.services["identity"].ensure_admin(admin_id)
+    await first.services.get(IdentityService).ensure_admin(admin_id)
     admin = auth(admin_id)
     app = create_app(first.settings, first)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://batchops.test") as client:

@@ -31,6 +31,7 @@ from schemathesis.checks import CheckContext, positive_data_acceptance
 
 from batchops.app import create_app
 from batchops.assembly import build_runtime
+from batchops.identity.service import IdentityService
 from batchops.migrate import upgrade
 from tests.conftest import SERVICE_TOKEN, auth, make_settings
 
@@ -65,7 +66,7 @@ def accepted_but_for_business_rules(ctx: CheckContext, response: Any, case: Any)
 async def _bootstrap(url: str) -> None:
     rt = build_runtime(make_settings(url))
     try:
-        await rt.services["identity"].ensure_admin("admin")
+        await rt.services.get(IdentityService).ensure_admin("admin")
     finally:
         await rt.stop()
 

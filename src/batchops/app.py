@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await rt.start()
         if settings.bootstrap_admin:
-            identity: IdentityService = rt.services["identity"]
+            identity = rt.services.get(IdentityService)
             await identity.ensure_admin(settings.bootstrap_admin)
         stop = asyncio.Event()
         worker_task = asyncio.create_task(rt.worker.run_forever(stop)) if settings.embedded_worker else None

@@ -36,14 +36,7 @@ def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
     billing = BillingService(rt.db, rt.outbox, settings, ledger)
     scheduler.billing = billing
     rt.closers.append(billing.close)
-    rt.services.update(
-        ledger=ledger,
-        billing=billing,
-        identity=IdentityService(rt.db),
-        notifications=notifications,
-        scheduler=scheduler,
-        dining=DiningService(rt),
-    )
+    rt.services.add(ledger, billing, IdentityService(rt.db), notifications, scheduler, DiningService(rt))
     rt.worker.add_job(PeriodicJob("scheduler.expire", settings.sweep_interval_seconds, scheduler.expire_due))
     rt.worker.add_job(PeriodicJob("scheduler.tick", settings.scheduler_tick_seconds, PolicyJobs(scheduler).tick))
     rt.worker.add_job(
@@ -84,11 +77,9 @@ def build_studio(rt: Runtime, notifications: NotificationService) -> None:
         time_scale=scale,
         lease_seconds=s.studio_lease_seconds,
     )
-    rt.services.update(
-        studio=StudioService(
-            rt.db, provider, clock=rt.clock, callback_key=s.kie_callback_secret or "", time_scale=scale
-        ),
-        studio_engine=engine,
+    rt.services.add(
+        StudioService(rt.db, provider, clock=rt.clock, callback_key=s.kie_callback_secret or "", time_scale=scale),
+        engine,
     )
     # every worker ticks: the engine claims its tasks with SKIP LOCKED and leases, so the
     # workers share the renders instead of waiting for one another

@@ -92,8 +92,8 @@ async def set_demo_passwords(identity: IdentityService, admin_id: str) -> list[s
 
 async def load_demo(settings: Settings, admin_id: str) -> list[str]:
     rt = build_runtime(settings)
-    identity: IdentityService = rt.services["identity"]
-    scheduler: SchedulerService = rt.services["scheduler"]
+    identity = rt.services.get(IdentityService)
+    scheduler = rt.services.get(SchedulerService)
     try:
         await identity.ensure_admin(admin_id)
         users = [demo_user(f"user-{i:03d}", name=f"User {i:03d}") for i in range(1, 21)]
@@ -166,8 +166,8 @@ async def load_demo(settings: Settings, admin_id: str) -> list[str]:
 
 async def load_dining(rt: Runtime) -> list[str]:
     """A department, its admin and members, and published menus from today on (idempotent)."""
-    identity: IdentityService = rt.services["identity"]
-    dining: DiningService = rt.services["dining"]
+    identity = rt.services.get(IdentityService)
+    dining = rt.services.get(DiningService)
     department_id, department_name = DEPARTMENT
     await dining.upsert_departments([DepartmentIn(department_id=department_id, name=department_name)])
     await identity.upsert_users(
@@ -191,7 +191,7 @@ async def load_dining(rt: Runtime) -> list[str]:
 
 async def load_studio(rt: Runtime) -> list[str]:
     """A creator on a paid plan with credits (the reference makes the top-up happen once)."""
-    identity: IdentityService = rt.services["identity"]
+    identity = rt.services.get(IdentityService)
     await identity.upsert_users([UserIn(user_id=CREATOR, name="Creator 001", plan="pro")])
     async with rt.db.transaction() as session:
         book = await Book(session, CREDITS).load([CREATOR])

@@ -19,6 +19,7 @@ from batchops.billing.usage import USAGE_KIND
 from batchops.core.circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from batchops.core.outbox import Delivery
 from batchops.core.runtime import Runtime
+from batchops.scheduler.service import SchedulerService
 from tests.billing.conftest import usage
 from tests.conftest import auth, make_settings
 from tests.helpers import LogRecorder, create_devices, create_users, data, error
@@ -139,7 +140,7 @@ async def test_allow_on_error_decides_when_remote_billing_cannot_answer(
         http_retries=1,
         http_retry_base_seconds=0,
     )
-    scheduler = runtime.services["scheduler"]
+    scheduler = runtime.services.get(SchedulerService)
     local = scheduler.billing
     scheduler.billing = BillingService(runtime.db, runtime.outbox, settings, local.ledger)
     try:
@@ -175,7 +176,7 @@ async def test_a_user_remote_billing_does_not_know_fails_alone(
     settings = make_settings(
         runtime.settings.database_url, billing_url="http://billing.test", billing_enforce_balance=True
     )
-    scheduler = runtime.services["scheduler"]
+    scheduler = runtime.services.get(SchedulerService)
     local = scheduler.billing
     scheduler.billing = BillingService(runtime.db, runtime.outbox, settings, local.ledger)
     scheduler.billing.client = BillingClient(settings, transport=httpx.MockTransport(billing))
@@ -196,7 +197,7 @@ async def test_deliveries_log_the_seeds_key_lines(
     client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Seed 001 关键日志, which its test scenarios grep ("💰 Billing", "❌")."""
-    service: BillingService = runtime.services["billing"]
+    service = runtime.services.get(BillingService)
     await create_users(client, admin, [{"userId": "test-user-001"}])
     recorder = LogRecorder()
     monkeypatch.setattr(billing_service, "log", recorder)

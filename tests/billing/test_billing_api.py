@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from batchops.billing import service as billing_service
+from batchops.billing.service import BillingService
 from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
 from tests.billing.conftest import INTERNAL, balance, topup, usage
@@ -337,7 +338,7 @@ async def test_reconcile_finds_and_fixes_uncharged_usage(
     await create_users(client, admin, [{"userId": "u1", "maxDevices": 5}])
     await create_devices(client, admin, 5)
     ids = await release_all(client, admin, "u1", 4)
-    billing = runtime.services["billing"]
+    billing = runtime.services.get(BillingService)
     missing, charged = await billing.reconcile(fix=False)
     assert sorted(m.allocation_id for m in missing) == sorted(ids) and charged == 0
     assert {m.outbox_status for m in missing} == {"pending"}
@@ -356,7 +357,7 @@ async def test_the_worker_reconciles_and_reports_what_no_report_will_charge(
     await create_users(client, admin, [{"userId": "u1", "maxDevices": 5}])
     await create_devices(client, admin, 3)
     ids = sorted(await release_all(client, admin, "u1", 3))
-    billing = runtime.services["billing"]
+    billing = runtime.services.get(BillingService)
     recorder = LogRecorder()
     monkeypatch.setattr(billing_service, "log", recorder)
     assert await billing.check_unbilled() == 0  # three reports pending: the worker will deliver them

@@ -51,7 +51,7 @@ async def test_a_fact_is_kept_and_reported_in_the_seed_body(
     client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime
 ) -> None:
     allocation_id = await an_allocation(client, admin)
-    billing: BillingService = runtime.services["billing"]
+    billing = runtime.services.get(BillingService)
     async with runtime.db.transaction() as session:
         await billing.record_usage(session, [fact(allocation_id)])
     async with runtime.db.read() as session:
@@ -77,7 +77,7 @@ async def test_a_fact_goes_with_the_callers_transaction(
     client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime
 ) -> None:
     allocation_id = await an_allocation(client, admin)
-    billing: BillingService = runtime.services["billing"]
+    billing = runtime.services.get(BillingService)
     with pytest.raises(RuntimeError):
         async with runtime.db.transaction() as session:
             await billing.record_usage(session, [fact(allocation_id)])

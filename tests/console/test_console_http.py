@@ -11,6 +11,7 @@ import pytest
 
 from batchops.console import session_routes
 from batchops.core.runtime import Runtime
+from batchops.identity.service import IdentityService
 from batchops.scheduler.reads import AllocationFilter, allocation_ids
 from tests.conftest import auth
 from tests.console.helpers import csrf_of, sign_in
@@ -51,7 +52,7 @@ OPERATOR_ACTIONS: list[tuple[str, dict[str, Any]]] = [
 @pytest.fixture
 async def people(client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime) -> None:
     await create_users(client, admin, [{"userId": f"u{i}"} for i in range(1, 4)])
-    identity = runtime.services["identity"]
+    identity = runtime.services.get(IdentityService)
     await identity.set_password("admin", ADMIN_PASSWORD)
     await identity.set_password("u1", USER_PASSWORD)
 
@@ -145,7 +146,7 @@ async def test_a_new_password_or_a_suspension_ends_the_session(
 ) -> None:
     await sign_in(client, "u1", USER_PASSWORD)
     assert (await client.get("/console/mine")).status_code == 200
-    await runtime.services["identity"].set_password("u1", "another-password")
+    await runtime.services.get(IdentityService).set_password("u1", "another-password")
     assert (await client.get("/console/mine")).status_code == 303
     await sign_in(client, "u1", "another-password")
     await create_users(client, auth("admin"), [{"userId": "u1", "status": "suspended"}])
@@ -258,14 +259,14 @@ async def test_users_are_imported_changed_suspended_and_given_passwords_from_the
     found = {r[0]: tuple(r[1:]) for r in rows}
     assert found["new-1"] == ("user", "suspended", "dept-a", 3, "pro")
     assert found["u2"][0] == "dept_admin" and "bad" not in found
-    assert await runtime.services["identity"].authenticate("new-1", "long-enough-1") is not None
+    assert await runtime.services.get(IdentityService).authenticate("new-1", "long-enough-1") is not None
 
 
 async def test_the_demo_gives_its_four_kinds_of_user_passwords(runtime: Runtime, people: None) -> None:
     from batchops.demo import CREATOR, DEMO_DEVICE_USER, DEMO_PASSWORDS, DEPT_ADMIN, set_demo_passwords
     from batchops.identity.schemas import UserIn
 
-    identity = runtime.services["identity"]
+    identity = runtime.services.get(IdentityService)
     await identity.upsert_users(
         [
             UserIn(user_id=DEMO_DEVICE_USER),

@@ -18,6 +18,7 @@ from batchops.core.runtime import Runtime
 from batchops.dining.models import Department, Menu
 from batchops.dining.rules import local_today
 from batchops.identity.models import User
+from batchops.identity.service import IdentityService
 from tests.conftest import auth
 from tests.console.helpers import sign_in
 from tests.helpers import data, sql
@@ -69,7 +70,7 @@ async def canteen(client: httpx.AsyncClient, admin: dict[str, str], runtime: Run
                 for meal, price in prices.items()
             ],
         )
-    identity = runtime.services["identity"]
+    identity = runtime.services.get(IdentityService)
     for user_id in ("admin-a", "admin-b", "plain", "admin"):
         await identity.set_password(user_id, PASSWORD)
     return today

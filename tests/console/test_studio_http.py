@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from batchops.core.runtime import Runtime
+from batchops.identity.service import IdentityService
 from batchops.studio.rows import EXAMPLE_CSV
 from tests.conftest import auth
 from tests.console.helpers import sign_in
@@ -29,7 +30,7 @@ async def creators(client: httpx.AsyncClient, admin: dict[str, str], runtime: Ru
             "/admin/billing/topup", json={"userId": user_id, "amount": credits, "currency": "CREDITS"}, headers=admin
         )
         data(r)
-        await runtime.services["identity"].set_password(user_id, PASSWORD)
+        await runtime.services.get(IdentityService).set_password(user_id, PASSWORD)
 
 
 def figures(html: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ from sqlalchemy import insert
 from batchops.core.db import new_id, utcnow
 from batchops.core.runtime import Runtime
 from batchops.dining.models import Department, Menu
+from batchops.dining.service import DiningService
 from batchops.identity.models import User
 from tests.conftest import auth
 from tests.helpers import data
@@ -89,7 +90,7 @@ def _user(
 @pytest.fixture
 async def canteen(client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime) -> Canteen:
     """Seeded in one transaction (fast); the admin endpoints that do the same are tested on their own."""
-    c = Canteen(client, admin, runtime, runtime.services["dining"].today())
+    c = Canteen(client, admin, runtime, runtime.services.get(DiningService).today())
     now = utcnow()
     users = [
         _user("admin-a", "部门管理员A", "dept-a", role="dept_admin"),

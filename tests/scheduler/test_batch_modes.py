@@ -15,7 +15,9 @@ from sqlalchemy import select
 from batchops.core import batch as core_batch
 from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
+from batchops.identity.service import IdentityService
 from batchops.scheduler.models import Allocation
+from batchops.scheduler.service import SchedulerService
 from tests.conftest import auth, empty_tables
 from tests.helpers import (
     LogRecorder,
@@ -152,7 +154,7 @@ async def test_counts_always_add_up(
     mode: dict[str, Any],
 ) -> None:
     await empty_tables(runtime)
-    await runtime.services["identity"].ensure_admin("admin")
+    await runtime.services.get(IdentityService).ensure_admin("admin")
     users = [{"userId": f"{kind}-{i}", **USER_KINDS[kind]} for i, kind in enumerate(kinds) if kind != "ghost"]
     if users:
         await create_users(client, admin, users)
@@ -434,13 +436,13 @@ async def test_expiry_sweep_releases_with_reason_expired(
         past=past.replace(tzinfo=None) if runtime.db.is_sqlite else past,
         id=due,
     )
-    assert await runtime.services["scheduler"].expire_due() == 1
+    assert await runtime.services.get(SchedulerService).expire_due() == 1
     rows = {r.id: r for r in await sql(runtime, "SELECT id, status, release_reason FROM allocations")}
     assert (rows[due].status, rows[due].release_reason) == ("released", "expired")
     assert rows[not_due].status == "allocated"
     assert await count(runtime, "devices", "status = 'available'") == 1
     assert await count(runtime, "device_usage") == 1
-    assert await runtime.services["scheduler"].expire_due() == 0
+    assert await runtime.services.get(SchedulerService).expire_due() == 0
 
 
 async def test_worker_publishes_outbox_events_to_subscribers(

@@ -17,7 +17,7 @@ from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
 from batchops.notifications.models import Notification
 from batchops.scheduler.models import Allocation, QueueEntry, Reservation
-from batchops.scheduler.service import PolicyJobs
+from batchops.scheduler.service import PolicyJobs, SchedulerService
 from tests.conftest import auth, make_settings
 from tests.helpers import create_devices, create_users, data, error
 
@@ -138,7 +138,7 @@ async def test_reservation_turns_into_an_allocation_at_its_start(
     created = data(await reserve(client, admin, "bob", utcnow() + timedelta(minutes=5), 60), 201)
     async with runtime.db.transaction() as session:  # time passes
         await session.execute(update(Reservation).values(start_at=utcnow() - timedelta(minutes=1)))
-    assert await runtime.services["scheduler"].reservations.start_due() == 1
+    assert await runtime.services.get(SchedulerService).reservations.start_due() == 1
     got = data(await client.get(f"/scheduler/reservations/{created['reservationId']}", headers=admin))
     assert got["status"] == "fulfilled" and got["allocationId"]
     async with runtime.db.transaction() as session:
@@ -146,7 +146,7 @@ async def test_reservation_turns_into_an_allocation_at_its_start(
     assert allocation is not None and allocation.device_id == created["deviceId"]
     assert allocation.reservation_id == created["reservationId"]
     assert abs((allocation.expires_at - datetime.fromisoformat(created["endAt"])).total_seconds()) < 1
-    assert await runtime.services["scheduler"].reservations.start_due() == 0  # once
+    assert await runtime.services.get(SchedulerService).reservations.start_due() == 0  # once
 
 
 async def test_batch_reservations_and_cancel(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
@@ -229,8 +229,8 @@ async def test_grants_respect_quota_and_expire(
             .where(QueueEntry.id == e2["queueEntryId"])
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
-    assert await runtime.services["scheduler"].queue.grant_waiting() == 0  # past its wait: never granted
-    await runtime.services["scheduler"].queue.expire_overdue()
+    assert await runtime.services.get(SchedulerService).queue.grant_waiting() == 0  # past its wait: never granted
+    await runtime.services.get(SchedulerService).queue.expire_overdue()
     expired = data(await client.get(f"/scheduler/queue/{e2['queueEntryId']}", headers=admin))
     assert expired["status"] == "expired"
 
@@ -275,7 +275,7 @@ async def test_daily_release_fires_once_with_two_workers(
     settings = make_settings(runtime.settings.database_url, daily_release_time="23:59")
     other = build_runtime(settings)
     try:
-        jobs = [PolicyJobs(runtime.services["scheduler"]), PolicyJobs(other.services["scheduler"])]
+        jobs = [PolicyJobs(runtime.services.get(SchedulerService)), PolicyJobs(other.services.get(SchedulerService))]
         for job in jobs:
             job.settings = settings
         released = await asyncio.gather(*(job.daily_release(now=at) for job in jobs))
@@ -295,7 +295,7 @@ async def test_expiry_reminder_fires_once_and_rearms_on_extend(
     await create_users(client, admin, [{"userId": "u0"}])
     await create_devices(client, admin, 1)
     a = data(await allocate(client, admin, userId="u0", durationMinutes=5))
-    jobs = [PolicyJobs(runtime.services["scheduler"]) for _ in range(2)]
+    jobs = [PolicyJobs(runtime.services.get(SchedulerService)) for _ in range(2)]
     sent = await asyncio.gather(*(j.send_expiry_reminders() for j in jobs))
     assert sum(sent) == 1
     assert await jobs[0].send_expiry_reminders() == 0

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from batchops.core.runtime import Runtime
+from batchops.scheduler.service import SchedulerService
 from tests.billing.conftest import topup
 from tests.helpers import create_devices, create_users, data
 
@@ -64,7 +65,7 @@ async def test_a_fitting_request_behind_many_that_cannot_be_served_is_granted_in
     # "full" is now at its quota, "gone" suspended: their requests wait, they cannot be served
     await create_users(client, admin, [{"userId": "full", "maxDevices": 1}, {"userId": "gone", "status": "suspended"}])
     await release(client, admin, held)
-    assert await runtime.services["scheduler"].queue.grant_waiting() == 1
+    assert await runtime.services.get(SchedulerService).queue.grant_waiting() == 1
     assert await status(client, admin, fits) == "granted"
     assert {await status(client, admin, e) for e in ahead} == {"waiting"}
 
@@ -82,7 +83,7 @@ async def test_requests_of_users_without_balance_do_not_starve_one_that_can_pay(
         await enqueue(client, admin, user, 1, 9)
     (rich,) = await enqueue(client, admin, "rich", 1, 0)
     await release(client, admin, held)
-    assert await runtime.services["scheduler"].queue.grant_waiting() == 1
+    assert await runtime.services.get(SchedulerService).queue.grant_waiting() == 1
     assert await status(client, admin, rich) == "granted"
 
 
@@ -95,7 +96,7 @@ async def test_a_grant_pass_reads_the_queue_once_however_many_wait_ahead(
     await create_users(client, admin, [{"userId": u} for u in ("holder", "big", "first", "second")])
     await create_devices(client, admin, 2)
     held = [await allocate(client, admin, "holder") for _ in range(2)]
-    queue = runtime.services["scheduler"].queue
+    queue = runtime.services.get(SchedulerService).queue
     counts = []
     for user, unfittable in (("first", 0), ("second", 300)):
         await enqueue(client, admin, "big", unfittable, 9, devicePreferences={"cpu": 16})
@@ -119,5 +120,5 @@ async def test_a_user_with_room_for_one_more_device_holds_back_no_one_with_many_
     (last,) = await enqueue(client, admin, "last", 1, 0)
     for allocation_id in held:
         await release(client, admin, allocation_id)
-    assert await runtime.services["scheduler"].queue.grant_waiting() == 2
+    assert await runtime.services.get(SchedulerService).queue.grant_waiting() == 2
     assert await status(client, admin, last) == "granted"

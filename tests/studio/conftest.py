@@ -15,6 +15,7 @@ import pytest
 from batchops.assembly import build_runtime
 from batchops.core.clock import ManualClock, system_clock
 from batchops.core.runtime import Runtime
+from batchops.notifications.service import NotificationService
 from batchops.studio.engine import Engine
 from batchops.studio.simulated import SimulatedProvider
 from tests.conftest import auth
@@ -58,7 +59,7 @@ def make_engine(
     return Engine(
         runtime.db,
         provider,
-        runtime.services["notifications"],
+        runtime.services.get(NotificationService),
         runtime.push,
         clock=clock,
         time_scale=scale,

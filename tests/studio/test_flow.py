@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
+from batchops.billing.ledger import Ledger
 from batchops.core.runtime import Runtime
 from batchops.studio.engine import Engine
 from batchops.studio.models import SimJob
@@ -23,7 +24,7 @@ PRO_1080_15 = ("sora-2-pro", "1080p", 15)
 
 async def balance(runtime: Runtime, user_id: str) -> tuple[int, int]:
     async with runtime.db.transaction() as session:
-        b = (await runtime.services["ledger"].balances(session, [user_id], "CREDITS"))[user_id]
+        b = (await runtime.services.get(Ledger).balances(session, [user_id], "CREDITS"))[user_id]
     return b.balance, b.held
 
 

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 
 from batchops.core.clock import ManualClock
 from batchops.core.runtime import Runtime
+from batchops.notifications.service import NotificationService
 from batchops.studio.engine import Engine
 from batchops.studio.kie import KieProvider
 from tests.studio.conftest import KIE_CALLBACK_SECRET, run_until_idle, studio_user
@@ -148,7 +149,7 @@ def kie_engine(
         callback_url=CALLBACK if calls_back else None,
         callback_key=KIE_CALLBACK_SECRET,
     )
-    engine = Engine(runtime.db, provider, runtime.services["notifications"], runtime.push, clock=runtime.clock)
+    engine = Engine(runtime.db, provider, runtime.services.get(NotificationService), runtime.push, clock=runtime.clock)
     return engine, provider
 
 

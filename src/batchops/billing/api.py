@@ -26,14 +26,9 @@ from batchops.billing.service import BillingService
 from batchops.core.auth import check_service_token, service_token_scheme
 from batchops.core.responses import JSONResponse
 from batchops.core.routing import JsonBodyRoute
-from batchops.core.runtime import Runtime, get_runtime
+from batchops.core.runtime import Runtime, get_runtime, service_of
 from batchops.core.schemas import Envelope, Page, PageParams, cents_to_decimal, decimal_to_cents, ok
 from batchops.identity.api import AdminUser, CurrentUser, ensure_self_or_admin
-
-
-async def billing_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> BillingService:
-    service: BillingService = rt.services["billing"]
-    return service
 
 
 async def service_caller(
@@ -43,7 +38,7 @@ async def service_caller(
     check_service_token(token, rt.settings.service_token)
 
 
-Service = Annotated[BillingService, Depends(billing_service)]
+Service = Annotated[BillingService, Depends(service_of(BillingService))]
 
 # JsonBodyRoute: the usage bodies (up to 100 events) are validated straight from their bytes.
 internal = APIRouter(

@@ -14,12 +14,14 @@ from rich.console import Console
 
 from batchops import migrate as migrations
 from batchops.assembly import build_runtime
+from batchops.billing.service import BillingService
 from batchops.cli.errors import CliError, CliGroup, safe_url
 from batchops.cli.studio import app as studio_app
 from batchops.core.auth import create_token
 from batchops.core.errors import AppError
 from batchops.core.logging import configure_logging
 from batchops.core.runtime import Runtime
+from batchops.identity.service import IdentityService
 from batchops.settings import Settings, get_settings
 
 app = typer.Typer(cls=CliGroup, no_args_is_help=True)
@@ -183,7 +185,7 @@ def billing_replay() -> None:
             await rt.start()
         except Exception as exc:
             raise ReplayRefused(f"{type(exc).__name__}: {exc}") from exc
-        result: tuple[int, int] = await rt.services["billing"].replay()
+        result: tuple[int, int] = await rt.services.get(BillingService).replay()
         return result
 
     try:
@@ -209,7 +211,7 @@ def billing_reconcile(
     configure_logging("WARNING", settings.log_json)
 
     async def reconcile(rt: Runtime) -> tuple[list[Any], int]:
-        result: tuple[list[Any], int] = await rt.services["billing"].reconcile(fix=fix)
+        result: tuple[list[Any], int] = await rt.services.get(BillingService).reconcile(fix=fix)
         return result
 
     missing, charged = on_runtime(settings, reconcile)
@@ -246,11 +248,10 @@ def user_set_password(
     configure_logging("WARNING", settings.log_json)
 
     async def set_password(rt: Runtime) -> None:
-        await rt.services["identity"].set_password(user_id, password)
+        await rt.services.get(IdentityService).set_password(user_id, password)
 
     try:
         on_runtime(settings, set_password)
     except AppError as exc:
         raise CliError(exc.message) from exc
     typer.echo(f"password set for {user_id}")
-

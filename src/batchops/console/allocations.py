@@ -100,7 +100,7 @@ async def run_batch(
 async def run_in_parts(
     rt: Runtime, request: Request, actor: User, action: str, ids: list[str], minutes: int, reason: str | None
 ) -> dict[str, Any]:
-    scheduler: SchedulerService = rt.services["scheduler"]
+    scheduler = rt.services.get(SchedulerService)
     size = PART_SIZE[action]
     parts = [ids[i : i + size] for i in range(0, len(ids), size)]
     succeeded: list[str] = []

@@ -21,7 +21,7 @@ DEAD_LETTERS_SHOWN = 20
 
 
 def billing_of(request: Request) -> BillingService:
-    service: BillingService = runtime(request).services["billing"]
+    service = runtime(request).services.get(BillingService)
     return service
 
 

@@ -69,7 +69,7 @@ async def import_devices(
     parsed = parse_rows(
         await csv_text(devices_csv, devices_file), DeviceIn, DEVICE_COLUMNS, {"cpuCores", "memoryMB", "storageMB"}
     )
-    scheduler: SchedulerService = rt.services["scheduler"]
+    scheduler = rt.services.get(SchedulerService)
     created, failures = [], [(line, "BadRequestException", why) for line, why in parsed.problems]
     for start in range(0, len(parsed.models), BATCH_LIMIT):
         part = parsed.models[start : start + BATCH_LIMIT]
@@ -88,6 +88,6 @@ async def import_devices(
 
 @router.post("/devices/{device_id}/maintenance")
 async def maintenance(request: Request, device_id: str, _admin: Admin, on: Annotated[bool, Form()] = False) -> Response:
-    scheduler: SchedulerService = runtime(request).services["scheduler"]
+    scheduler = runtime(request).services.get(SchedulerService)
     device = await scheduler.set_maintenance(device_id, on)
     return render(request, "_device_row.html", device=device)

@@ -46,7 +46,7 @@ BATCH, QUICK = "batch_orders", "quick_batch_orders"
 
 
 def dining_of(request: Request) -> DiningService:
-    service: DiningService = runtime(request).services["dining"]
+    service = runtime(request).services.get(DiningService)
     return service
 
 
@@ -108,7 +108,7 @@ async def send_all(rt: Runtime, actor: User, plan: list[Sent], remark: str | Non
     """Each request admitted like an API call (one hit of its per-minute limit), then run by
     the service; a refused one and those after it are reported as not attempted. Every
     request is validated as the API would before the first is sent."""
-    service: DiningService = rt.services["dining"]
+    service = rt.services.get(DiningService)
     try:
         bodies = [request_body(sent, remark) for sent in plan]
     except ValidationError as exc:

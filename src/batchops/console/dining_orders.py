@@ -26,7 +26,7 @@ STATES = ("pending", "cancelled")
 
 
 def dining_of(request: Request) -> DiningService:
-    service: DiningService = runtime(request).services["dining"]
+    service = runtime(request).services.get(DiningService)
     return service
 
 

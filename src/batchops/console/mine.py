@@ -19,7 +19,7 @@ RELEASE_REASON = "released in the console"
 
 
 def scheduler_of(request: Request) -> SchedulerService:
-    service: SchedulerService = runtime(request).services["scheduler"]
+    service = runtime(request).services.get(SchedulerService)
     return service
 
 
@@ -34,7 +34,7 @@ async def mine(request: Request, user: SignedIn, paging: PagingParams) -> Respon
         user_id=user.id, status="reserved", offset=0, limit=50
     )
     queue, _ = await scheduler.queue.list_entries(user_id=user.id, status="waiting", offset=0, limit=50)
-    notifications: NotificationService = rt.services["notifications"]
+    notifications = rt.services.get(NotificationService)
     notes, _ = await notifications.list_for_user(user.id, unread_only=False, offset=0, limit=10)
     return render(
         request,

@@ -46,7 +46,7 @@ async def reservations(
         limit=paging.size,
     )
     timeline = [(device, [(r, *bar(r.start_at, r.end_at, day_start)) for r in rows]) for device, rows in devices]
-    scheduler: SchedulerService = rt.services["scheduler"]
+    scheduler = rt.services.get(SchedulerService)
     queue, waiting = await scheduler.queue.list_entries(user_id=None, status="waiting", offset=0, limit=50)
     return render(
         request,
@@ -66,7 +66,7 @@ async def reservations(
 
 @router.post("/reservations/{reservation_id}/cancel")
 async def cancel_reservation(request: Request, reservation_id: str, actor: Admin) -> Response:
-    scheduler: SchedulerService = runtime(request).services["scheduler"]
+    scheduler = runtime(request).services.get(SchedulerService)
     reservation = await scheduler.reservations.cancel(actor, reservation_id)
     _ = gettext_for(request)
     return render(request, "_flash.html", message=_("Reservation %(id)s cancelled") % {"id": reservation.id})
@@ -74,6 +74,6 @@ async def cancel_reservation(request: Request, reservation_id: str, actor: Admin
 
 @router.post("/queue/{entry_id}/cancel")
 async def cancel_queue_entry(request: Request, entry_id: str, actor: Admin) -> Response:
-    scheduler: SchedulerService = runtime(request).services["scheduler"]
+    scheduler = runtime(request).services.get(SchedulerService)
     entry = await scheduler.queue.cancel(actor, entry_id)
     return render(request, "_queue_row.html", entry=entry, position=None)

@@ -45,7 +45,7 @@ async def signin(
         response = render(request, "signin.html", status_code=429, next=safe_next(next), user_id=user_id, wait=wait)
         response.headers["Retry-After"] = str(wait)
         return response
-    identity: IdentityService = rt.services["identity"]
+    identity = rt.services.get(IdentityService)
     user = await identity.authenticate(user_id, password)
     if user is None:
         await throttle.failed(user_id, address)

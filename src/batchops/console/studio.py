@@ -38,7 +38,7 @@ Duration = Annotated[int, Form(ge=1, le=60)]
 
 
 def studio_of(request: Request) -> StudioService:
-    service: StudioService = runtime(request).services["studio"]
+    service = runtime(request).services.get(StudioService)
     return service
 
 
@@ -80,7 +80,7 @@ async def read_draft(prompts: str, rows_file: UploadFile | None, model: str, res
 
 async def credits_available(request: Request, user: User) -> tuple[int, int, int]:
     """(balance, held, available) of the user's CREDITS."""
-    billing: BillingService = runtime(request).services["billing"]
+    billing = runtime(request).services.get(BillingService)
     balance, _ = await billing.balance(user.id, CREDITS)
     return balance.balance, balance.held, balance.available
 

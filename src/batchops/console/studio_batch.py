@@ -31,7 +31,7 @@ BatchId = Annotated[str, Path(max_length=64)]
 
 
 def studio_of(request: Request) -> StudioService:
-    service: StudioService = runtime(request).services["studio"]
+    service = runtime(request).services.get(StudioService)
     return service
 
 

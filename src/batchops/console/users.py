@@ -32,7 +32,7 @@ BATCH_LIMIT = 1000  # POST /admin/users/batch takes 1-1000 users
 
 
 def identity_of(request: Request) -> IdentityService:
-    service: IdentityService = runtime(request).services["identity"]
+    service = runtime(request).services.get(IdentityService)
     return service
 
 

@@ -153,7 +153,7 @@ async def signed_in(request: Request) -> User:
     if not isinstance(user_id, str):
         raise NotSignedIn("Sign in required")
     rt = runtime(request)
-    identity: IdentityService = rt.services["identity"]
+    identity = rt.services.get(IdentityService)
     user = await identity.find(user_id)
     opened_with = request.session.get(SESSION_PASSWORD)
     if user is None or opened_with != password_fingerprint(rt.settings.console_secret, user.password_hash):

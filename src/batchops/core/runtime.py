@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar, cast
 
 from fastapi import Request
 
@@ -20,6 +20,29 @@ from batchops.core.ratelimit import RateLimiter
 from batchops.core.worker import Worker
 from batchops.settings import Settings
 
+T = TypeVar("T")
+
+
+class Services:
+    """The domain services of one runtime, found by their class: ``rt.services.get(BillingService)``
+    is typed, where a string-keyed dict needed a cast at every use. Filled by the startup
+    layer (``batchops.assembly``); core never names a domain's class."""
+
+    def __init__(self) -> None:
+        self.by_type: dict[type, object] = {}
+
+    def add(self, *services: object) -> None:
+        for service in services:
+            if type(service) in self.by_type:
+                raise ValueError(f"{type(service).__name__} is registered twice")
+            self.by_type[type(service)] = service
+
+    def get(self, kind: type[T]) -> T:
+        try:
+            return cast(T, self.by_type[kind])
+        except KeyError:
+            raise LookupError(f"no {kind.__name__} in this runtime (see batchops.assembly)") from None
+
 
 @dataclass
 class Runtime:
@@ -32,7 +55,7 @@ class Runtime:
     limiter: RateLimiter
     worker: Worker
     clock: Clock = system_clock  # every rule that reads the time asks this (tests move it)
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
     # Called by stop(): services' own clients (HTTP pools) registered by assembly.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -90,3 +113,14 @@ async def get_runtime(request: Request) -> Runtime:
     a thread hop per request (and per dependency built on it) for an attribute read."""
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+def service_of(kind: type[T]) -> Callable[[Request], Awaitable[T]]:
+    """A FastAPI dependency answering the runtime's ``kind`` service:
+    ``Annotated[BillingService, Depends(service_of(BillingService))]``."""
+
+    async def dependency(request: Request) -> T:
+        runtime: Runtime = request.app.state.runtime
+        return runtime.services.get(kind)
+
+    return dependency

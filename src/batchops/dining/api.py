@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 
 from batchops.core.batch import BatchResult
-from batchops.core.runtime import Runtime, get_runtime
+from batchops.core.runtime import Runtime, get_runtime, service_of
 from batchops.core.schemas import Envelope, IsoDate, Page, PageParams, cents_to_decimal, ok
 from batchops.dining.models import Department, Menu, Order
 from batchops.dining.ordering import OrderSpec, Placed, failure_message
@@ -42,12 +42,7 @@ QUICK_MESSAGE = "快速批量报餐提交完成"
 MealFilter = Literal["breakfast", "lunch", "dinner"]
 
 
-async def dining_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> DiningService:
-    service: DiningService = rt.services["dining"]
-    return service
-
-
-Service = Annotated[DiningService, Depends(dining_service)]
+Service = Annotated[DiningService, Depends(service_of(DiningService))]
 
 
 def ordering_admin(operation: str) -> Any:

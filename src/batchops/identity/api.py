@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from batchops.core.auth import bearer_scheme, check_client_ip, decode_token
 from batchops.core.errors import ForbiddenError, UnauthorizedError
-from batchops.core.runtime import Runtime, get_runtime
+from batchops.core.runtime import Runtime, get_runtime, service_of
 from batchops.core.schemas import Envelope, ok
 from batchops.identity.models import User
 from batchops.identity.schemas import UserOut, UsersBatchIn, UsersBatchOut
@@ -25,7 +25,7 @@ async def current_user(
     if credentials is None:
         raise UnauthorizedError("Missing bearer token")
     user_id = decode_token(credentials.credentials, rt.settings.jwt_secret)
-    identity: IdentityService = rt.services["identity"]
+    identity = rt.services.get(IdentityService)
     user = await identity.find(user_id)
     if user is None:
         raise UnauthorizedError("Unknown user")
@@ -49,17 +49,12 @@ def ensure_self_or_admin(caller: User, user_id: str) -> None:
         raise ForbiddenError("You may only act on your own resources")
 
 
-async def identity_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> IdentityService:
-    service: IdentityService = rt.services["identity"]
-    return service
-
-
 router = APIRouter(prefix="/admin/users", tags=["identity"])
 
 
 @router.post("/batch", response_model=Envelope[UsersBatchOut])
 async def upsert_users(
-    body: UsersBatchIn, _: AdminUser, service: Annotated[IdentityService, Depends(identity_service)]
+    body: UsersBatchIn, _: AdminUser, service: Annotated[IdentityService, Depends(service_of(IdentityService))]
 ) -> Envelope[UsersBatchOut]:
     users, created = await service.upsert_users(body.users)
     out = UsersBatchOut(
@@ -73,7 +68,7 @@ async def upsert_users(
 
 @router.get("/{user_id}", response_model=Envelope[UserOut])
 async def get_user(
-    user_id: str, _: AdminUser, service: Annotated[IdentityService, Depends(identity_service)]
+    user_id: str, _: AdminUser, service: Annotated[IdentityService, Depends(service_of(IdentityService))]
 ) -> Envelope[UserOut]:
     return ok(UserOut.model_validate(await service.get_user(user_id)))
 

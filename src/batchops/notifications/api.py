@@ -9,21 +9,17 @@ from pydantic import Field
 
 from batchops.core.auth import decode_token
 from batchops.core.errors import AppError
-from batchops.core.runtime import Runtime, get_runtime
+from batchops.core.runtime import Runtime, service_of
 from batchops.core.schemas import Envelope, Integer, Page, PageParams, StrictSchema, ok
 from batchops.identity.api import CurrentUser
+from batchops.identity.service import IdentityService
 from batchops.notifications.schemas import NotificationOut
 from batchops.notifications.service import NotificationService
 
 router = APIRouter(tags=["notifications"])
 
 
-async def notification_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> NotificationService:
-    service: NotificationService = rt.services["notifications"]
-    return service
-
-
-Service = Annotated[NotificationService, Depends(notification_service)]
+Service = Annotated[NotificationService, Depends(service_of(NotificationService))]
 
 
 NotificationId = Annotated[int, Integer(ge=1, le=2**31 - 1)]  # an INTEGER key on both engines
@@ -62,7 +58,7 @@ async def notifications_ws(websocket: WebSocket, token: str | None = None) -> No
             first = await asyncio.wait_for(websocket.receive_json(), timeout=10)
             token = first.get("token") if isinstance(first, dict) else None
         user_id = decode_token(token or "", rt.settings.jwt_secret)
-        user = await rt.services["identity"].find(user_id)
+        user = await rt.services.get(IdentityService).find(user_id)
         if user is None or user.status != "active":
             raise AppError("Unknown or inactive user")
     except (AppError, TimeoutError, ValueError, WebSocketDisconnect):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from batchops.core.batch import BatchResult
 from batchops.core.responses import JSONResponse
 from batchops.core.routing import JsonBodyRoute
-from batchops.core.runtime import Runtime, get_runtime
+from batchops.core.runtime import service_of
 from batchops.core.schemas import Envelope, Page, PageParams, ok
 from batchops.identity.api import AdminUser, CurrentUser, ensure_self_or_admin, rate_limited_admin
 from batchops.identity.models import User
@@ -64,12 +64,7 @@ from batchops.scheduler.service import (
 router = APIRouter(prefix="/scheduler", tags=["scheduler"], route_class=JsonBodyRoute)
 
 
-async def scheduler_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> SchedulerService:
-    service: SchedulerService = rt.services["scheduler"]
-    return service
-
-
-Service = Annotated[SchedulerService, Depends(scheduler_service)]
+Service = Annotated[SchedulerService, Depends(service_of(SchedulerService))]
 
 
 def completed(what: str, result: BatchResult[Any, Any]) -> str:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from batchops.core.errors import BadRequestError
-from batchops.core.runtime import Runtime, get_runtime
+from batchops.core.runtime import Runtime, get_runtime, service_of
 from batchops.core.schemas import Envelope, Page, PageParams, ok
 from batchops.core.text import NO_NUL, has_nul
 from batchops.identity.api import CurrentUser
@@ -30,12 +30,7 @@ from batchops.studio.service import StudioService
 router = APIRouter(prefix="/api/v1/workflow", tags=["studio"])
 
 
-async def studio_service(rt: Annotated[Runtime, Depends(get_runtime)]) -> StudioService:
-    service: StudioService = rt.services["studio"]
-    return service
-
-
-Service = Annotated[StudioService, Depends(studio_service)]
+Service = Annotated[StudioService, Depends(service_of(StudioService))]
 
 
 @router.post("/batch-generate", status_code=202, response_model=Envelope[BatchAccepted])
