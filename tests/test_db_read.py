@@ -12,11 +12,12 @@ from datetime import UTC, datetime
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, bindparam, create_engine, func, select, text
+from sqlalchemy import Column, Integer, MetaData, Table, create_engine, func, select, text
 
 from batchops.core.db import UTCDateTime, fetch_rows, in_list, table_of
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
+from batchops.identity.service import IdentityService
 from tests.conftest import SERVICE_TOKEN
 from tests.helpers import create_devices, create_users, data
 
@@ -77,16 +78,17 @@ async def test_fetch_rows_gives_what_sqlalchemy_gives_with_a_list_bound_as_one_p
     assert len({s for s in seen if "json_each" in s or "ANY" in s}) == 1, seen  # one SQL for any length
 
 
-async def test_read_first_leaves_later_transactions_transactional(runtime: Runtime) -> None:
-    """The caller lookup reads outside any transaction, straight from the driver."""
+async def test_the_caller_lookup_leaves_later_transactions_transactional(runtime: Runtime) -> None:
+    """The caller lookup (``Database.read``) reads outside any transaction; the connection
+    it gives back must not leave the next transaction in autocommit."""
     db = runtime.db
     async with db.transaction() as session:
         session.add(User(id="kept", name="kept"))
-    stmt = select(USERS).where(USERS.c.id == bindparam("id"))
+    identity = IdentityService(db)
     for i in range(25):  # more rounds than the pool has connections
-        row = await db.read_first(stmt, {"id": "kept"})
-        assert row is not None and row.name == "kept" and row.created_at.tzinfo is not None
-        assert await db.read_first(stmt, {"id": "nobody"}) is None
+        user = await identity.find("kept")
+        assert user is not None and user.name == "kept" and user.created_at.tzinfo is not None
+        assert await identity.find("nobody") is None
         await roll_back_a_write(runtime, f"rolled-back-{i}")
     assert await count_users(runtime) == 1
 

@@ -20,11 +20,11 @@ from batchops.assembly import build_runtime
 from batchops.billing.api import internal as billing_internal
 from batchops.billing.api import public as billing_public
 from batchops.console.app import create_console
-from batchops.core.errors import ErrorResponseDoc, error_body, install_error_handlers
+from batchops.core.errors import ErrorResponseDoc, ServiceUnavailableError, install_error_handlers
 from batchops.core.guard import GuardPolicy, RequestGuard
 from batchops.core.logging import configure_logging
-from batchops.core.responses import JSONResponse
 from batchops.core.runtime import Runtime
+from batchops.core.schemas import Envelope, Schema, ok
 from batchops.core.text import NO_NUL
 from batchops.dining.api import router as dining_router
 from batchops.identity.api import router as identity_router
@@ -35,6 +35,12 @@ from batchops.settings import Settings, get_settings
 from batchops.studio.api import router as studio_router
 
 log = structlog.get_logger(__name__)
+
+
+class Health(Schema):
+    status: str
+    database: str
+
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponseDoc, "description": name}
@@ -128,13 +134,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             return RedirectResponse("/console/", status_code=307)
 
     @app.get("/health", tags=["ops"])
-    async def health() -> JSONResponse:
+    async def health() -> Envelope[Health]:
         try:
             await asyncio.wait_for(rt.db.ping(), timeout=5)
         except Exception as exc:
             log.warning("health_db_unreachable", error=str(exc))
-            return JSONResponse(error_body("ServiceUnavailableException", "Database unreachable"), status_code=503)
-        return JSONResponse({"success": True, "data": {"status": "ok", "database": "ok"}, "message": "OK"})
+            raise ServiceUnavailableError("Database unreachable") from exc
+        return ok(Health(status="ok", database="ok"))
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
     async def metrics() -> Response:

@@ -291,12 +291,6 @@ class Database:
             async with AsyncSession(bind=conn, expire_on_commit=False, autoflush=False) as session:
                 yield session
 
-    async def read_first(self, stmt: Select[Any], params: dict[str, Any]) -> Any | None:
-        """The first row of a single Core read (see :meth:`read_rows`): the per-request
-        caller lookup, kept cheap."""
-        (rows,) = await self.read_rows((stmt, params))
-        return rows[0] if rows else None
-
     async def read_rows(self, *reads: tuple[Select[Any], dict[str, Any]]) -> list[list[Any]]:
         """The rows of each Core read (module-level statements with ``bindparam``s: see
         :func:`fetch_rows`), one after the other on one connection, in no transaction, as
@@ -307,8 +301,9 @@ class Database:
             return [await _fetch_raw(conn.sync_connection, adapted, stmt, params) for stmt, params in reads]
 
     async def ping(self) -> bool:
-        """The database answers (``/health``, which load balancers poll): one raw read."""
-        await self.read_rows((PING, {}))
+        """The database answers (``/health``, which load balancers poll)."""
+        async with self.read() as session:
+            await session.execute(PING)
         return True
 
     async def start(self) -> None:

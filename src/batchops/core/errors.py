@@ -13,12 +13,12 @@ import asyncpg  # type: ignore[import-untyped]
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from batchops.core.responses import JSONResponse
 from batchops.core.text import PATTERN_MESSAGES
 
 log = structlog.get_logger(__name__)

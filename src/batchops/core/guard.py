@@ -19,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batchops.core.auth import SERVICE_TOKEN_HEADER, bearer_token, check_service_token, decode_token
 from batchops.core.errors import AppError, BadRequestError, UnauthorizedError, error_body
-from batchops.core.responses import JSONResponse
 from batchops.core.text import has_nul
 
 PAYLOAD_TOO_LARGE = "PayloadTooLargeException"

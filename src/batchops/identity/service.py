@@ -7,13 +7,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, FromClause, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, FromClause, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
 
-from batchops.core.db import Database, is_postgres, table_of, utcnow
+from batchops.core.db import Database, is_postgres, utcnow
 from batchops.core.errors import BadRequestError, ForbiddenError, NotFoundError
 from batchops.identity.models import User
 from batchops.identity.passwords import hash_password, password_problem, verify_password
@@ -52,24 +51,14 @@ async def load_users(session: AsyncSession, user_ids: Iterable[str], *, lock: bo
     return {u.id: u for u in (await session.scalars(stmt)).all()}
 
 
-USERS = table_of(User)
-USER_BY_ID = select(USERS).where(USERS.c.id == bindparam("id"))
-
-
 class IdentityService:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     async def find(self, user_id: str) -> User | None:
-        """A user, detached (read on every request for its caller: kept cheap)."""
-        row = await self.db.read_first(USER_BY_ID, {"id": user_id})
-        if row is None:
-            return None
-        # Built from a Core row (an ORM session.get costs twice as much), then given its
-        # identity, so it is the detached instance session.get would have left behind.
-        user = User(**row._asdict())
-        make_transient_to_detached(user)
-        return user
+        """A user, detached (read on every request for its caller)."""
+        async with self.db.read() as session:
+            return await session.get(User, user_id)
 
     async def upsert_users(self, items: list[UserIn]) -> tuple[list[User], int]:
         """Create or update users in two statements; fields left out keep their value."""
