@@ -32,9 +32,8 @@ def test_the_compose_example_fits_its_postgresql() -> None:
     assert budget + processes <= max_connections - 3  # + a migration each at start; 3 for superusers
 
 
+@pytest.mark.postgres_only  # the connection budget is PostgreSQL's
 async def test_a_request_that_gets_no_connection_in_time_is_a_503_with_retry_after(database_url: str) -> None:
-    if database_url.startswith("sqlite"):
-        pytest.skip("the connection budget is PostgreSQL's")
     rt = build_runtime(make_settings(database_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout_seconds=0.2))
     try:
         await rt.services.get(IdentityService).ensure_admin("admin")

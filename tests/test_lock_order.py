@@ -16,11 +16,8 @@ from batchops.scheduler.service import PolicyJobs, SchedulerService
 from tests.billing.conftest import INTERNAL, topup, usage
 from tests.helpers import create_devices, create_users, data
 
-
-@pytest.fixture
-def postgres_only(runtime: Runtime) -> None:
-    if runtime.db.is_sqlite:
-        pytest.skip("row locks are PostgreSQL's (SQLite runs one writer at a time)")
+# row locks are PostgreSQL's (SQLite runs one writer at a time)
+pytestmark = pytest.mark.postgres_only
 
 
 @pytest.fixture
@@ -54,7 +51,6 @@ async def test_usage_ingestion_locks_the_account_before_the_hold(
     client: httpx.AsyncClient,
     admin: dict[str, str],
     runtime: Runtime,
-    postgres_only: None,
     billing_on: None,
     other: asyncpg.Connection,
 ) -> None:
@@ -83,7 +79,7 @@ async def test_usage_ingestion_locks_the_account_before_the_hold(
 
 
 async def test_expiry_reminders_skip_an_allocation_another_transaction_holds(
-    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, postgres_only: None, other: asyncpg.Connection
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, other: asyncpg.Connection
 ) -> None:
     await create_users(client, admin, [{"userId": "u1"}])
     await create_devices(client, admin, 1)

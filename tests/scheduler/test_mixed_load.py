@@ -28,11 +28,10 @@ def billing_on(runtime: Runtime) -> Iterator[None]:
     runtime.settings.billing_enforce_balance = False
 
 
+@pytest.mark.postgres_only  # SQLite runs one writer at a time
 async def test_sixteen_clients_mixing_every_batch_operation_get_no_5xx(
     client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, billing_on: None
 ) -> None:
-    if runtime.db.is_sqlite:
-        pytest.skip("SQLite runs one writer at a time: concurrent transactions are PostgreSQL's")
     await create_users(client, admin, [{"userId": u, "maxDevices": 4} for u in USERS])
     await create_devices(client, admin, DEVICES)
     for user in USERS:

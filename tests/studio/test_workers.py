@@ -48,11 +48,10 @@ async def final_count(runtime: Runtime) -> int:
     return int(n or 0)
 
 
+@pytest.mark.postgres_only  # scale-out is PostgreSQL's (DESIGN.md): not several workers on one SQLite file
 async def test_two_workers_one_killed_every_task_final_once(
     client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, tmp_path: Path
 ) -> None:
-    if runtime.db.is_sqlite:
-        pytest.skip("scale-out is PostgreSQL's job (DESIGN.md): not several workers on one SQLite file")
     user = await studio_user(client, admin, "u1", plan="enterprise", credits=100_000)
     for _ in range(2):
         await submit(client, user, {"rows": rows(*SPECS)})
