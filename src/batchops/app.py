@@ -86,9 +86,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             await identity.ensure_admin(settings.bootstrap_admin)
         stop = asyncio.Event()
         worker_task = asyncio.create_task(rt.worker.run_forever(stop)) if settings.embedded_worker else None
-        # The ~150k objects of start-up (modules, mappers, compiled statements) live as long
-        # as the process: out of the collector's way, a full collection no longer walks them
-        # (75 ms each, in the middle of some request). Garbage first, so none is kept forever.
+        # The objects of start-up (modules, mappers, compiled statements) live as long as the
+        # process: frozen out of the collector's way, so a full collection in the middle of
+        # some request does not walk them. Garbage first, so none is kept forever.
         gc.collect()
         gc.freeze()
         try:

@@ -94,21 +94,6 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-    def result_processor(self, dialect: Dialect, coltype: object) -> Callable[[Any], datetime | None] | None:
-        general = super().result_processor(dialect, coltype)
-        if dialect.name != "sqlite" or general is None:
-            return general
-
-        def process(value: Any) -> datetime | None:
-            # SQLite's naive UTC text made aware in one parse: 0.26 µs, where parsing and
-            # then datetime.replace(tzinfo=UTC) took 1.3 µs (100 allocations read 200).
-            try:
-                return datetime.fromisoformat(value + "+00:00")
-            except (TypeError, ValueError):  # None, or text of another shape
-                return general(value)
-
-        return process
-
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -329,9 +314,9 @@ class Checkpointer:
     ``every`` seconds, so no request does it.
 
     SQLite's default is to checkpoint inside the COMMIT that takes the WAL past 1,000
-    pages: copying them (and the fsync) cost that request 20-100 ms here, every few
-    large batches. A PASSIVE checkpoint never waits for, or blocks, readers and writers;
-    pages a reader still needs are left for the next round. Several processes may each
+    pages: copying them (and the fsync) stalled that request, every few large batches.
+    A PASSIVE checkpoint never waits for, or blocks, readers and writers; pages a reader
+    still needs are left for the next round. Several processes may each
     run one: SQLite lets one checkpoint at a time and the others find nothing to do."""
 
     def __init__(self, path: str, every: float = 0.25) -> None:
