@@ -169,11 +169,14 @@ async def admin(client: httpx.AsyncClient, runtime: Runtime) -> dict[str, str]:
 
 @pytest.fixture
 def statement_counter(runtime: Runtime) -> Callable[[], list[str]]:
-    """Record every SQL statement sent; call the returned function to read them."""
+    """Record every SQL statement of the work sent; call the returned function to read them.
+    Transaction control is not counted: SQLite's ``BEGIN IMMEDIATE`` goes through the
+    cursor, PostgreSQL's BEGIN does not."""
     statements: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
+        if statement != "BEGIN IMMEDIATE":
+            statements.append(statement)
 
     event.listen(runtime.db.engine.sync_engine, "before_cursor_execute", record)
     yield lambda: statements  # type: ignore[misc]

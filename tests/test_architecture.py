@@ -34,7 +34,7 @@ PRIVATE_OF_DEPENDENCIES = re.compile(
 IMPORTS_YET: set[str] = set()
 CORE_NAMES_YET = {"core/batch.py"}
 OVER_500_YET = {"core/db.py", "scheduler/service.py"}
-PRIVATE_NAMES_YET = {"core/db.py", "core/sqlite_driver.py"}
+PRIVATE_NAMES_YET = {"core/db.py"}
 
 
 def sources() -> list[Path]:

@@ -17,8 +17,7 @@ import json
 import sqlite3
 import uuid
 import zlib
-from collections import namedtuple
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,17 +53,19 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import DeclarativeBase, Session, SessionTransaction
+from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from batchops.core.sqlite_driver import BUSY_TIMEOUT_MS, Write, one_hop_dbapi
 from batchops.core.transactions import run_retrying
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-SqliteWrite = Write  # (sql, parameter tuples, rows it must affect or None): see sqlite_run_writes
+# One write of a batch: SQL, its rows of parameters, and the rows it must affect (else stop).
+SqliteWrite = tuple[str, list[tuple[Any, ...]], int | None]
+# How long a statement waits for another connection's write lock (in aiosqlite's thread).
+BUSY_TIMEOUT_MS = 30_000
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -210,9 +211,7 @@ class Database:
                 echo=echo,
                 json_serializer=dumps_json,
                 json_deserializer=from_json,
-                module=one_hop_dbapi(),  # statements on the loop unless they must wait (sqlite_driver)
-                # used by the loop and by aiosqlite's thread, one statement at a time
-                connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+                connect_args={"timeout": BUSY_TIMEOUT_MS / 1000},
                 pool_size=5,
                 max_overflow=10,
                 pool_timeout=pool_timeout,
@@ -277,13 +276,9 @@ class Database:
                 yield session
 
     async def read_rows(self, *reads: tuple[Select[Any], dict[str, Any]]) -> list[list[Any]]:
-        """The rows of each Core read (module-level statements with ``bindparam``s: see
-        :func:`fetch_rows`), one after the other on one connection, in no transaction, as
-        :meth:`read` would run them: each sees what was committed when it ran. No ORM
-        objects, one driver call (SQLite) or round trip (PostgreSQL) per read."""
-        async with self.engine.connect() as conn:  # no transaction: autocommit on both engines
-            adapted = (await conn.get_raw_connection()).dbapi_connection
-            return [await _fetch_raw(conn.sync_connection, adapted, stmt, params) for stmt, params in reads]
+        """The rows of each Core read, one after the other in one :meth:`read`."""
+        async with self.read() as session:
+            return [list((await session.execute(stmt, params)).all()) for stmt, params in reads]
 
     async def ping(self) -> bool:
         """The database answers (``/health``, which load balancers poll)."""
@@ -386,9 +381,12 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        if not conn.get_execution_options().get(READ_ONLY):  # Database.read(): sqlite3's autocommit
-            # Sent with the transaction's first statement, in the same driver call.
-            conn.connection.dbapi_connection.begin_with_next_statement("BEGIN IMMEDIATE")
+        # SQLAlchemy's documented recipe for SQLite transactions (pysqlite and aiosqlite),
+        # with IMMEDIATE: a writer takes the write lock when it begins, so two transactions
+        # never both read and then fail to upgrade (SQLITE_BUSY mid-transaction). Reads of
+        # Database.read() run in sqlite3's autocommit and take no lock.
+        if not conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 READ_ONLY = "batchops_read_only"
@@ -419,44 +417,16 @@ async def advisory_lock(session: AsyncSession, name: str, *, only_if: Select[Any
 
 async def pg_connection(session: AsyncSession) -> Any | None:
     """PostgreSQL: the asyncpg connection under ``session``, inside the session's
-    transaction; None on SQLite.
-
-    For the few bulk statements on hot paths (usage ingestion, ledger flushes): through
-    SQLAlchemy each statement costs ~0.3 ms of Python and every row's every parameter is
-    processed one by one; handed to asyncpg as one array per column it is one C-encoded
-    message. SQLAlchemy's adapter sends BEGIN lazily at its first statement, so start the
-    transaction here if nothing has run yet: raw statements must never run in autocommit."""
-    if session.get_bind().dialect.name != "postgresql":
+    transaction; None on SQLite. SQLAlchemy's adapter begins its transaction at the first
+    statement, so one is run first if none has: raw statements must never autocommit."""
+    conn = await session.connection()
+    if conn.dialect.name != "postgresql":
         return None
-    _, adapted = await _session_driver(session)
-    driver = adapted.driver_connection
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    if not driver.is_in_transaction():
+        await conn.execute(PING)
     assert driver.is_in_transaction()
     return driver
-
-
-async def _session_driver(session: AsyncSession) -> tuple[Any, Any]:
-    """(SQLAlchemy's sync ``Connection``, the adapted DBAPI connection) under ``session``,
-    in its transaction, kept for the transaction (each AsyncSession call costs a greenlet
-    switch). On PostgreSQL the transaction is begun here if nothing has run yet:
-    SQLAlchemy's adapter sends BEGIN lazily, and raw statements must never autocommit."""
-    found: tuple[Any, Any] | None = session.info.get(_DRIVER)
-    if found is None:
-        conn = await session.connection()
-        adapted: Any = (await conn.get_raw_connection()).dbapi_connection
-        if conn.dialect.name == "postgresql" and adapted._transaction is None:  # SQLAlchemy 2.1 (pinned)
-            await adapted._start_transaction()
-        found = session.info[_DRIVER] = (conn.sync_connection, adapted)
-    return found
-
-
-_DRIVER = "raw_driver"
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_driver(session: Session, transaction: SessionTransaction) -> None:
-    """A cached driver connection is valid for one transaction (the next may get another)."""
-    if transaction.parent is None:
-        session.info.pop(_DRIVER, None)
 
 
 @dataclass(frozen=True)
@@ -611,7 +581,7 @@ def _compiled(stmt: Executable, dialect: Dialect) -> _Compiled:
     return _Compiled(
         compiled.string,
         names,
-        tuple(b.type._cached_bind_processor(dialect) for b in binds),
+        tuple(b.type.bind_processor(dialect) for b in binds),
         tuple((b.value, defaults.get(n)) for n, b in zip(names, binds, strict=True)),
         tuple(_is_datetime(b.type) for b in binds),
     )
@@ -634,94 +604,26 @@ def driver_errors(statement: str) -> Iterator[None]:
 
 
 async def fetch_rows(session: AsyncSession, stmt: Select[Any], params: dict[str, Any]) -> list[Any]:
-    """The rows of a Core SELECT in the session's transaction, straight from the driver:
-    named tuples of the selected columns' keys, values processed as SQLAlchemy would
-    (UTC datetimes, JSON), without its Result machinery or a compile per call.
-
-    For the few hot reads of big batches: through ``session.execute`` a 100-row read
-    spends more in Python (compiled-cache lookup, parameter processing, result rows)
-    than SQLite takes to run it. The statement must bind no expanding (``IN``) list:
-    bind the list as one parameter (:func:`in_list`) so the SQL is the same at any size."""
-    return await _fetch_raw(*await _session_driver(session), stmt, params)
-
-
-async def _fetch_raw(sync: Any, adapted: Any, stmt: Select[Any], params: dict[str, Any]) -> list[Any]:
-    plan = _read_plan(stmt, sync.dialect)
-    args = plan.statement.parameter_rows([params])[0]
-    sql = plan.statement.sql
-    if sync._has_events or sync.engine._has_events:
-        sync.dispatch.before_cursor_execute(sync, None, sql, args, None, False)
-    if sync.dialect.name == "postgresql":
-        with driver_errors(sql):
-            raw = await adapted.driver_connection.fetch(sql, *args)
-    else:
-        try:
-            raw = await adapted.fetch(sql, args)
-        except sqlite3.Error as error:
-            raise DBAPIError.instance(sql, args, error, sqlite3.Error) from error
-    return plan.rows(raw)
-
-
-@dataclass(frozen=True)
-class _ReadPlan:
-    statement: _Compiled
-    row: Callable[..., Any]  # the named tuple of the selected columns
-    results: tuple[tuple[int, Callable[[Any], Any]], ...]  # (index, processor) of each processed column
-
-    def rows(self, raw: Iterable[Sequence[Any]]) -> list[Any]:
-        make = self.row._make  # type: ignore[attr-defined]
-        if not self.results:
-            return [make(r) for r in raw]
-        out = []
-        for r in raw:  # only the processed columns are touched: half the time of a per-value pass
-            values = list(r)
-            for i, process in self.results:
-                if values[i] is not None:
-                    values[i] = process(values[i])
-            out.append(make(values))
-        return out
-
-
-@lru_cache(maxsize=128)
-def _read_plan(stmt: Select[Any], dialect: Dialect) -> _ReadPlan:
-    columns = list(stmt.selected_columns)
-    processors = [c.type._cached_result_processor(dialect, None) for c in columns]
-    return _ReadPlan(
-        _compiled(stmt, dialect),
-        namedtuple("Row", [c.key for c in columns], rename=True),  # type: ignore[misc]
-        tuple((i, p) for i, p in enumerate(processors) if p is not None),
-    )
+    """The rows of a Core SELECT in the session's transaction."""
+    return list((await session.execute(stmt, params)).all())
 
 
 async def sqlite_run_writes(session: AsyncSession, writes: list[SqliteWrite]) -> list[int]:
-    """SQLite: ``writes`` in order, in the session's transaction and one driver call; the
-    rows each affected. Stops after a write that affected other than its expected count
-    (its caller decides what that means). Engine listeners (``before_cursor_execute``)
-    still see every statement; errors come as SQLAlchemy's, as from ``session.execute``."""
-    adapted = await _sqlite_driver(session, writes)
-    try:
-        counts: list[int] = await adapted.run_writes(writes)
-    except sqlite3.Error as error:
-        sql, params, _ = writes[getattr(error, "failed_write", 0)]
-        raise DBAPIError.instance(sql, params, error, sqlite3.Error, ismulti=True) from error
+    """SQLite: ``writes`` in order, in the session's transaction; the rows each affected.
+    Stops after a write that affected other than its expected count (its caller decides
+    what that means)."""
+    conn = await session.connection()
+    counts: list[int] = []
+    for sql, params, expected in writes:
+        counts.append((await conn.exec_driver_sql(sql, params)).rowcount)
+        if expected is not None and counts[-1] != expected:
+            break
     return counts
 
 
 async def sqlite_write_at_commit(session: AsyncSession, writes: list[SqliteWrite]) -> None:
-    """SQLite: ``writes`` run in the driver call of the session's COMMIT, after every other
-    statement (``OneHopConnection.write_at_commit``); a failed one fails the COMMIT
-    with SQLAlchemy's error, and nothing of the transaction is kept."""
-    (await _sqlite_driver(session, writes)).write_at_commit(writes)
-
-
-async def _sqlite_driver(session: AsyncSession, writes: list[SqliteWrite]) -> Any:
-    """The session's ``OneHopConnection``, once ``writes`` are shown to engine listeners
-    (``before_cursor_execute``: statement counts, logs), as SQLAlchemy would show them."""
-    sync, adapted = await _session_driver(session)
-    if sync._has_events or sync.engine._has_events:
-        for sql, params, _ in writes:
-            sync.dispatch.before_cursor_execute(sync, None, sql, params, None, True)
-    return adapted
+    """SQLite: ``writes`` in the session's transaction (rows nothing after them reads)."""
+    await sqlite_run_writes(session, writes)
 
 
 @dataclass(frozen=True)
@@ -756,7 +658,7 @@ def _sqlite_insert_plan(table: Table, given: tuple[str, ...], dialect: Dialect) 
         names=names,
         given=len(given),
         defaults=tuple(table.c[n].default for n in defaulted),
-        processors=tuple(t._cached_bind_processor(dialect) for t in types),
+        processors=tuple(t.bind_processor(dialect) for t in types),
         memo=tuple(_is_datetime(t) for t in types),
     )
 
