@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
 import httpx
 import pytest
@@ -43,6 +44,22 @@ def require_service(name: str, reason: str) -> None:
     if CI:
         pytest.fail(message + " (required when CI=true)")
     pytest.skip(message)
+
+
+# RabbitMQ, for the tests that follow events out of the service (skipped locally, required in CI)
+AMQP_URL = os.environ.get("BATCHOPS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+EXCHANGE = "batchops.events"
+DEADLINE = 10.0  # seconds an event may take to reach a consumer
+
+
+@pytest.fixture
+async def amqp() -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
+    try:
+        connection = await asyncio.wait_for(aio_pika.connect_robust(AMQP_URL), timeout=5)
+    except Exception as exc:
+        require_service("RabbitMQ", str(exc) or type(exc).__name__)
+    yield connection
+    await connection.close()
 
 
 async def _pg_reachable(url: str) -> str | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,22 +19,8 @@ from batchops.app import create_app
 from batchops.assembly import build_runtime
 from batchops.core.runtime import Runtime
 from batchops.identity.service import IdentityService
-from tests.conftest import auth, make_settings, require_service
+from tests.conftest import AMQP_URL, DEADLINE, EXCHANGE, auth, make_settings
 from tests.helpers import create_devices, create_users, data
-
-AMQP_URL = os.environ.get("BATCHOPS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-EXCHANGE = "batchops.events"
-DEADLINE = 10.0
-
-
-@pytest.fixture
-async def amqp() -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
-    try:
-        connection = await asyncio.wait_for(aio_pika.connect_robust(AMQP_URL), timeout=5)
-    except Exception as exc:
-        require_service("RabbitMQ", str(exc) or type(exc).__name__)
-    yield connection
-    await connection.close()
 
 
 @pytest.fixture

@@ -12,33 +12,17 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import httpx
-import pytest
 
 from batchops.billing.usage import USAGE_KIND
 from batchops.core.runtime import Runtime
 from tests.billing.test_billing_api import release_all
-from tests.conftest import JWT_SECRET, SERVICE_TOKEN, require_service
+from tests.conftest import AMQP_URL, DEADLINE, EXCHANGE, JWT_SECRET, SERVICE_TOKEN
 from tests.helpers import create_devices, create_users, execute, sql
-
-AMQP_URL = os.environ.get("BATCHOPS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-EXCHANGE = "batchops.events"
-DEADLINE = 10.0
-
-
-@pytest.fixture
-async def amqp() -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
-    try:
-        connection = await asyncio.wait_for(aio_pika.connect_robust(AMQP_URL), timeout=5)
-    except Exception as exc:
-        require_service("RabbitMQ", str(exc) or type(exc).__name__)
-    yield connection
-    await connection.close()
 
 
 async def replay_cli(database_url: str, amqp_url: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response
 
@@ -140,34 +140,30 @@ Prompts = Annotated[str, Form(max_length=MAX_TEXT)]
 RowsFile = Annotated[UploadFile | None, File()]
 
 
-@router.post("/studio/quote")
-async def quote_view(
-    request: Request,
-    user: SignedIn,
+async def draft_form(
     prompts: Prompts = "",
     rows_file: RowsFile = None,
     model: Model = "sora-2",
     resolution: Resolution = "720p",
     duration: Duration = 10,
-) -> Response:
-    draft = await read_draft(prompts, rows_file, model, resolution, duration)
+) -> Draft:
+    """The studio form's fields, read as a draft (the quote and the submit post the same form)."""
+    return await read_draft(prompts, rows_file, model, resolution, duration)
+
+
+DraftForm = Annotated[Draft, Depends(draft_form)]
+
+
+@router.post("/studio/quote")
+async def quote_view(request: Request, user: SignedIn, draft: DraftForm) -> Response:
     found, credits = await quote_of(request, user, draft)
     return render(request, "_studio_quote.html", **quote_context(draft, found, credits))
 
 
 @router.post("/studio/batches")
-async def submit(
-    request: Request,
-    user: SignedIn,
-    prompts: Prompts = "",
-    rows_file: RowsFile = None,
-    model: Model = "sora-2",
-    resolution: Resolution = "720p",
-    duration: Duration = 10,
-) -> Response:
+async def submit(request: Request, user: SignedIn, draft: DraftForm) -> Response:
     rt = runtime(request)
     _ = gettext_for(request)
-    draft = await read_draft(prompts, rows_file, model, resolution, duration)
     if draft.body is None or draft.problems or draft.row_problems:
         lines = draft.parsed.lines
         details = [
