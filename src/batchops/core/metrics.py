@@ -59,7 +59,6 @@ def batch_metrics(domain: str) -> BatchMetrics:
 OUTBOX_DELIVERED = Counter("outbox_delivered_total", "Outbox rows delivered", ["kind"])
 OUTBOX_FAILED = Counter("outbox_failed_total", "Outbox delivery attempts that failed", ["kind"])
 OUTBOX_DEAD = Counter("outbox_dead_lettered_total", "Outbox rows moved to the dead-letter state", ["kind"])
-OUTBOX_PENDING = Gauge("outbox_pending", "Outbox rows waiting for delivery", ["kind"])
 
 
 def declare_outbox_kind(kind: str) -> None:

@@ -257,17 +257,6 @@ class Outbox:
         age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
         return int(pending or 0), max(0.0, age), int(dead or 0)
 
-    async def counts(self) -> dict[tuple[str, str], int]:
-        async with self.db.transaction() as session:
-            rows = (
-                await session.execute(
-                    select(OutboxMessage.kind, OutboxMessage.status, func.count()).group_by(
-                        OutboxMessage.kind, OutboxMessage.status
-                    )
-                )
-            ).all()
-        return {(k, s): int(n) for k, s, n in rows}
-
     async def purge_delivered(self, older_than: timedelta) -> int:
         async with self.db.transaction() as session:
             result = await session.execute(

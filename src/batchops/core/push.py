@@ -36,9 +36,6 @@ class PushHub:
         if not self._queues[user_id]:
             del self._queues[user_id]
 
-    def is_connected(self, user_id: str) -> bool:
-        return bool(self._queues.get(user_id))
-
     # --- publishers ----------------------------------------------------------------
     async def publish(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         """Send ``(user_id, message)`` pairs; one Redis round trip for the lot."""
