@@ -32,8 +32,8 @@ def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
     scheduler = SchedulerService(rt, notifications)
     scheduler.queue = WaitQueue(scheduler)
     scheduler.reservations = ReservationService(scheduler)
-    ledger = Ledger()
-    billing = BillingService(rt.db, rt.outbox, settings, ledger)
+    ledger = Ledger(rt.clock)
+    billing = BillingService(rt.db, rt.outbox, settings, ledger, rt.clock)
     scheduler.billing = billing
     rt.closers.append(billing.close)
     rt.services.add(ledger, billing, IdentityService(rt.db), notifications, scheduler, DiningService(rt))

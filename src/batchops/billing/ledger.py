@@ -22,15 +22,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, select, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
-from batchops.core.db import SqliteWrite, insert_new, pg_connection, sqlite_statement, table_of, utcnow
+from batchops.core.clock import Clock, system_clock
+from batchops.core.db import insert_ignore, table_of
 from batchops.core.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from batchops.core.schemas import cents_to_decimal
-from batchops.core.writes import PgPart, PgStatement, SqlitePart, WriteSet, joining
 from batchops.identity.models import User
 
 CNY, CREDITS = "CNY", "CREDITS"
@@ -96,8 +95,8 @@ class _Account:
 
 @dataclass(slots=True)
 class _Hold:
-    """A ``billing_holds`` row as the book sees it: a plain object, not an ORM ``Hold``,
-    whose instrumented construction cost ~80 µs per allocation of a batch."""
+    """A ``billing_holds`` row as the book sees it: a plain object, not attached to the
+    session, so ``flush`` writes its changes once and the ORM never writes them again."""
 
     reference: str
     account_id: int
@@ -114,6 +113,7 @@ class Book:
 
     session: AsyncSession
     currency: str
+    clock: Clock = system_clock  # stamps the rows it writes (holds opened and closed, entries)
     accounts: dict[str, _Account] = field(default_factory=dict)
     holds: dict[str, _Hold] = field(default_factory=dict)
     new_holds: list[dict[str, Any]] = field(default_factory=list)
@@ -122,7 +122,7 @@ class Book:
     known_references: set[str] = field(default_factory=set)
 
     async def load(self, user_ids: Iterable[str], *, hold_references: Iterable[str] = (), lock: bool = True) -> Book:
-        """Read the accounts (creating missing ones) and the named holds: 2–4 queries.
+        """Read the accounts (creating missing ones), then the named holds (locked).
 
         ``lock``: keep the account rows locked until commit. Needed to *check* a
         balance (holds); not needed to capture or charge, which only subtract."""
@@ -130,60 +130,44 @@ class Book:
         if ids:
             missing = set(ids) - await self._read_accounts(ids, lock)
             if missing:
-                now = utcnow()
-                await insert_new(
+                now = self.clock()
+                await insert_ignore(
                     self.session,
                     Account,
                     [
                         {"user_id": u, "currency": self.currency, "balance": 0, "held": 0, "updated_at": now}
                         for u in sorted(missing)
                     ],
-                    conflict_on=["user_id", "currency"],
+                    key=["user_id", "currency"],
                 )
                 await self._read_accounts(sorted(missing), lock)
         refs = sorted(set(hold_references) - set(self.holds))
         if refs:
-            # Plain objects, not attached to the session: ``flush`` writes their changes
-            # once, instead of the ORM writing them a second time at commit.
-            pg = await pg_connection(self.session)
-            if pg is not None:
-                rows: Any = await pg.fetch(PG_HOLDS, refs)
-            else:
-                rows = (await self.session.execute(HOLDS_BY_REFERENCE, {"refs": refs})).mappings()
-            self.holds.update({r["reference"]: _Hold(**dict(r)) for r in rows})
+            rows = await self.session.execute(HOLDS_LOCKED, {"refs": refs})
+            self.holds.update({r.reference: _Hold(*r) for r in rows})
         return self
 
     async def load_known(self, user_ids: Iterable[str], *, hold_references: Iterable[str] = ()) -> set[str]:
         """Those of ``user_ids`` that are users, with their accounts (locked; missing ones
-        created) and the named holds (locked after them): one query on PostgreSQL when the
-        accounts exist. For callers that must tell unknown users apart anyway (usage
-        ingestion), instead of a users, an accounts and a holds query."""
-        ids, refs = sorted(set(user_ids)), sorted(set(hold_references) - set(self.holds))
-        pg = await pg_connection(self.session)
-        if pg is not None:
-            rows: Any = await pg.fetch(PG_USERS_ACCOUNTS_HOLDS, ids, self.currency, refs)
-        else:
-            rows = await self.session.execute(USERS_ACCOUNTS, {"ids": ids, "currency": self.currency}) if ids else []
+        created) and the named holds (locked after them). For callers that must tell
+        unknown users apart anyway (usage ingestion): one query finds the users and locks
+        their accounts, instead of one for each."""
+        ids = sorted(set(user_ids))
         known = set()
-        for user_id, account_id, balance, held, *hold in rows:
-            if hold and hold[0] is not None:
-                self.holds[hold[0]["reference"]] = _Hold(**dict(hold[0]))
-                continue
-            known.add(user_id)
-            if account_id is not None and user_id not in self.accounts:
-                self.accounts[user_id] = _Account(account_id, user_id, balance, held)
-        # missing accounts are created (no query if none); on SQLite, the holds read here
-        await self.load(known, hold_references=() if pg is not None else refs, lock=False)
+        if ids:
+            for user_id, account_id, balance, held in await self.session.execute(
+                USERS_ACCOUNTS, {"ids": ids, "currency": self.currency}
+            ):
+                known.add(user_id)
+                if account_id is not None and user_id not in self.accounts:
+                    self.accounts[user_id] = _Account(account_id, user_id, balance, held)
+        await self.load(known, hold_references=hold_references, lock=False)  # only the missing accounts
         return known
 
     async def _read_accounts(self, ids: list[str], lock: bool) -> set[str]:
-        pg = await pg_connection(self.session)
-        if pg is not None:
-            rows: Any = await pg.fetch(PG_ACCOUNTS_LOCKED if lock else PG_ACCOUNTS, ids, self.currency)
-        else:
-            stmt = ACCOUNTS_BY_USER.with_for_update() if lock else ACCOUNTS_BY_USER
-            rows = await self.session.execute(stmt, {"ids": ids, "currency": self.currency})
-        for account_id, user_id, balance, held in rows:
+        for account_id, user_id, balance, held in await self.session.execute(
+            ACCOUNTS_LOCKED if lock else ACCOUNTS_OF, {"ids": ids, "currency": self.currency}
+        ):
             self.accounts[user_id] = _Account(account_id, user_id, balance, held)
         return {u for u in ids if u in self.accounts}
 
@@ -214,7 +198,7 @@ class Book:
         if account.balance - account.held < amount:
             raise InsufficientBalance(self.currency, amount, account.balance - account.held)
         account.change(held=amount)
-        now = utcnow()
+        now = self.clock()
         self.holds[reference] = _Hold(reference, account.id, amount, OPEN, 0, now, None)
         self.new_holds.append(
             {
@@ -252,7 +236,7 @@ class Book:
         account = self._account_by_id(hold.account_id)
         charged = max(0, amount)
         account.change(balance=-charged, held=-hold.amount)
-        hold.status, hold.captured, hold.closed_at = CAPTURED, charged, utcnow()
+        hold.status, hold.captured, hold.closed_at = CAPTURED, charged, self.clock()
         self._changed(hold)
         self._entry(account, "capture", -charged, f"capture:{reference}", memo)
         return charged
@@ -263,7 +247,7 @@ class Book:
             return
         account = self._account_by_id(hold.account_id)
         account.change(held=-hold.amount)
-        hold.status, hold.closed_at = RELEASED, utcnow()
+        hold.status, hold.closed_at = RELEASED, self.clock()
         self._changed(hold)
         self._entry(account, "release", 0, f"release:{reference}", memo)
 
@@ -311,58 +295,67 @@ class Book:
                 "amount": amount,
                 "reference": reference,
                 "memo": memo,
-                "created_at": utcnow(),
+                "created_at": self.clock(),
             }
         )
 
     # --- one write ----------------------------------------------------------------------
-    async def flush(self, writes: WriteSet | None = None) -> None:
-        """Write every staged change: one statement on PostgreSQL, at most four on SQLite,
-        whatever the batch size (with ``writes``: added to the caller's, sent with them).
+    async def flush(self, writes: object = None) -> None:
+        """Write every staged change: at most four executemany statements, whatever the
+        batch size (new holds, changed holds, entries, accounts).
 
-        Accounts get relative updates in id order (no lost update without a lock, no
-        deadlock between two books), last: their row locks are then held only until the
-        commit that follows. Rows are Core executemany (no ORM bookkeeping)."""
-        now = utcnow()
+        Accounts get relative updates (``balance = balance + delta``: no lost update even
+        where they were read unlocked), in id order (two books touching the same accounts
+        never deadlock) and last (their row locks are held only until the commit that
+        follows). ``writes`` is accepted and ignored while callers still pass one
+        (issue 18 removes core.writes): the book writes at once."""
+        changes = self.take_changes()
+        if changes.new_holds:
+            await self.session.execute(insert(HOLDS), changes.new_holds)
+        if changes.changed_holds:
+            await self.session.execute(
+                HOLD_CHANGE, [{"b_" + k: v for k, v in h.items()} for h in changes.changed_holds]
+            )
+        if changes.entries:
+            await self.session.execute(insert(ENTRIES), changes.entries)
+        if changes.deltas:
+            now = self.clock()
+            await self.session.execute(
+                ACCOUNT_DELTA,
+                [
+                    {"b_id": d["id"], "b_balance": d["balance"], "b_held": d["held"], "b_now": now}
+                    for d in changes.deltas
+                ],
+            )
+
+    def take_changes(self) -> Changes:
+        """What the book has staged since its last flush (the account deltas in id
+        order), handed over to be written: the book starts afresh."""
         changed = sorted((a for a in self.accounts.values() if a.balance_delta or a.held_delta), key=lambda a: a.id)
-        deltas = [{"id": a.id, "balance": a.balance_delta, "held": a.held_delta} for a in changed]
-        async with joining(self.session, writes) as w:
-            if self.new_holds:
-                w.insert(HOLDS, self.new_holds)
-            if self.changed_holds:
-                w.update(HOLDS, list(self.changed_holds.values()), key="reference")
-            if self.entries:
-                w.insert(ENTRIES, self.entries)
-            if deltas:
-                w.add(*_account_deltas(deltas, now))
+        changes = Changes(
+            self.new_holds,
+            list(self.changed_holds.values()),
+            self.entries,
+            [{"id": a.id, "balance": a.balance_delta, "held": a.held_delta} for a in changed],
+        )
         self.new_holds, self.changed_holds, self.entries = [], {}, []
         for a in changed:
             a.balance_delta = a.held_delta = 0
+        return changes
 
 
-def _account_deltas(deltas: list[dict[str, Any]], now: datetime) -> tuple[PgPart, SqlitePart]:
-    """Relative updates of accounts. On PostgreSQL the accounts are locked first, in id
-    order (the ``SELECT … ORDER BY id FOR NO KEY UPDATE`` the update joins), as separate
-    updates in id order would be: two books touching the same accounts never deadlock."""
+@dataclass(frozen=True)
+class Changes:
+    """A book's staged rows: ``billing_holds`` to insert and to update (by reference),
+    ``billing_entries`` to insert, and each changed account's ``balance`` / ``held`` delta."""
 
-    def pg(stmt: PgStatement) -> str:
-        c = stmt.columns(ACCOUNTS, ("id", "balance", "held"), deltas)
-        locked = stmt.cte(f"SELECT id FROM {ACCOUNTS.name} WHERE id = ANY({c.params[0]}) ORDER BY id FOR NO KEY UPDATE")
-        return stmt.cte(
-            f"UPDATE {ACCOUNTS.name} a SET balance = a.balance + d.balance, held = a.held + d.held,"
-            f" updated_at = {stmt.param(now)} FROM {c.unnest} AS d(id, balance, held)"
-            f" WHERE a.id = d.id AND a.id IN (SELECT id FROM {locked}) RETURNING 1"
-        )
-
-    def sqlite(dialect: Dialect) -> SqliteWrite:
-        rows = [{"b_id": d["id"], "b_balance": d["balance"], "b_held": d["held"], "b_now": now} for d in deltas]
-        return sqlite_statement(ACCOUNT_DELTA, rows, dialect)
-
-    return pg, sqlite
+    new_holds: list[dict[str, Any]]
+    changed_holds: list[dict[str, Any]]
+    entries: list[dict[str, Any]]
+    deltas: list[dict[str, Any]]
 
 
-ACCOUNTS, HOLDS, ENTRIES = table_of(Account), table_of(Hold), table_of(LedgerEntry)
-USERS = table_of(User)
+ACCOUNTS, HOLDS, ENTRIES, USERS = table_of(Account), table_of(Hold), table_of(LedgerEntry), table_of(User)
 ACCOUNT_DELTA = (
     update(ACCOUNTS)
     .where(ACCOUNTS.c.id == bindparam("b_id"))
@@ -372,44 +365,54 @@ ACCOUNT_DELTA = (
         updated_at=bindparam("b_now"),
     )
 )
-ACCOUNTS_BY_USER = (
+HOLD_CHANGE = (
+    update(HOLDS)
+    .where(HOLDS.c.reference == bindparam("b_reference"))
+    .values(
+        amount=bindparam("b_amount"),
+        status=bindparam("b_status"),
+        captured=bindparam("b_captured"),
+        closed_at=bindparam("b_closed_at"),
+    )
+)
+
+
+# Locks follow core.transactions' order: accounts in id order, then holds in reference
+# order. Accounts are locked FOR NO KEY UPDATE on PostgreSQL (``key_share``): the
+# foreign-key checks of the holds and entries inserted beside them do not wait for it.
+# SQLite has no row locks: its transactions start with BEGIN IMMEDIATE (core.db).
+# Built once, with the lists as expanding parameters (``ids``, ``refs``): a statement
+# built per call would coerce every value of its IN list and compute a new cache key.
+ACCOUNTS_OF = (
     select(ACCOUNTS.c.id, ACCOUNTS.c.user_id, ACCOUNTS.c.balance, ACCOUNTS.c.held)
     .where(ACCOUNTS.c.user_id.in_(bindparam("ids", expanding=True)), ACCOUNTS.c.currency == bindparam("currency"))
     .order_by(ACCOUNTS.c.id)
 )
+ACCOUNTS_LOCKED = ACCOUNTS_OF.with_for_update(key_share=True)
+# Each of ``ids`` that is a user, with its account's id, balance and held (NULL without
+# one), the accounts locked: in a CTE, as PostgreSQL cannot lock the nullable side of an
+# outer join.
+LOCKED = ACCOUNTS_LOCKED.cte("locked")
 USERS_ACCOUNTS = (
-    select(USERS.c.id, ACCOUNTS.c.id, ACCOUNTS.c.balance, ACCOUNTS.c.held)
-    .select_from(
-        USERS.outerjoin(ACCOUNTS, and_(ACCOUNTS.c.user_id == USERS.c.id, ACCOUNTS.c.currency == bindparam("currency")))
-    )
+    select(USERS.c.id, LOCKED.c.id, LOCKED.c.balance, LOCKED.c.held)
+    .select_from(USERS.outerjoin(LOCKED, LOCKED.c.user_id == USERS.c.id))
     .where(USERS.c.id.in_(bindparam("ids", expanding=True)))
 )
-HOLDS_BY_REFERENCE = (
-    select(HOLDS)
+# The holds named, locked, in reference order, with the fields of ``_Hold`` in order.
+HOLDS_LOCKED = (
+    select(
+        HOLDS.c.reference,
+        HOLDS.c.account_id,
+        HOLDS.c.amount,
+        HOLDS.c.status,
+        HOLDS.c.captured,
+        HOLDS.c.created_at,
+        HOLDS.c.closed_at,
+    )
     .where(HOLDS.c.reference.in_(bindparam("refs", expanding=True)))
     .order_by(HOLDS.c.reference)
     .with_for_update()
 )
-# The same reads for PostgreSQL's driver: an array parameter instead of an expanded IN list.
-# Locks follow core.transactions' order: accounts in id order (NO KEY UPDATE: the foreign-key
-# checks of new holds and entries do not wait for it), then holds in reference order.
-PG_ACCOUNTS = (
-    "SELECT id, user_id, balance, held FROM billing_accounts"
-    " WHERE user_id = ANY($1::varchar[]) AND currency = $2 ORDER BY id"
-)
-PG_ACCOUNTS_LOCKED = PG_ACCOUNTS + " FOR NO KEY UPDATE"
-# Users, their accounts and the named holds in one round trip, the accounts locked before
-# the holds (the holds' one-time filter counts every locked account first); the holds
-# ride along as whole rows of their table's composite type.
-PG_USERS_ACCOUNTS_HOLDS = (
-    f"WITH a AS ({PG_ACCOUNTS_LOCKED}),"
-    " h AS (SELECT * FROM billing_holds WHERE reference = ANY($3::varchar[]) AND (SELECT count(*) FROM a) >= 0"
-    " ORDER BY reference FOR UPDATE)"
-    " SELECT u.id, a.id, a.balance, a.held, NULL::billing_holds FROM users u"
-    " LEFT JOIN a ON a.user_id = u.id WHERE u.id = ANY($1::varchar[])"
-    " UNION ALL SELECT NULL, NULL, NULL, NULL, ROW(h.*)::billing_holds FROM h"
-)
-PG_HOLDS = "SELECT * FROM billing_holds WHERE reference = ANY($1::varchar[]) ORDER BY reference FOR UPDATE"
 
 
 def available_balance(user_id: ColumnElement[str], currency: str) -> ColumnElement[int]:
@@ -425,10 +428,13 @@ class Ledger:
     """One-off operations in the caller's session (which the caller commits). Batch work
     (allocations, usage, studio tasks) uses a :class:`Book` directly."""
 
+    def __init__(self, clock: Clock = system_clock) -> None:
+        self.clock = clock
+
     async def topup(
         self, session: AsyncSession, user_id: str, currency: str, amount: int, reference: str, memo: Any = None
     ) -> bool:
-        book = await Book(session, currency).load([user_id])
+        book = await Book(session, currency, self.clock).load([user_id])
         await book.load_references([reference])
         done = book.topup(user_id, amount, reference, memo)
         await book.flush()

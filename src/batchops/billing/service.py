@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
@@ -28,12 +28,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.client import BillingClient, BillingRejected, BillingUnavailable
+from batchops.billing.ingest_pg import PgUsageWrites
 from batchops.billing.ledger import CNY, Balance, Book, Ledger, format_amount
 from batchops.billing.models import DeviceUsage, UsageRecord
 from batchops.billing.pricing import Pricing
 from batchops.billing.schemas import DeviceUsageIn
 from batchops.billing.usage import USAGE_KIND, UsageFact, record_usage
-from batchops.core.db import Database, insert_new, new_id
+from batchops.core.clock import Clock, system_clock
+from batchops.core.db import Database, insert_ignore, is_postgres, new_id
 from batchops.core.errors import AppError, ConflictError, NotFoundError, ServiceUnavailableError
 from batchops.core.metrics import batch_metrics
 from batchops.core.outbox import PENDING, Delivery, Outbox, OutboxMessage
@@ -86,9 +88,35 @@ class Unbilled:
     outbox_status: str | None
 
 
+class UsageWrites(Protocol):
+    """Ingestion's two writes: the usage rows (those whose ``allocation_id`` is new are
+    inserted; their ids returned) and the book's changes."""
+
+    async def insert_usage(self, session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]: ...
+
+    async def flush(self, book: Book) -> None: ...
+
+
+class SqlUsageWrites:
+    """The portable path: SQLAlchemy Core, as everywhere else."""
+
+    async def insert_usage(self, session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
+        return set(await insert_ignore(session, UsageRecord, rows, key=["allocation_id"], returning="allocation_id"))
+
+    async def flush(self, book: Book) -> None:
+        await book.flush()
+
+
+SQL_WRITES: UsageWrites = SqlUsageWrites()
+PG_WRITES: UsageWrites = PgUsageWrites()  # PostgreSQL's fast path (billing.ingest_pg: why)
+
+
 class BillingService:
-    def __init__(self, db: Database, outbox: Outbox, settings: Settings, ledger: Ledger) -> None:
+    def __init__(
+        self, db: Database, outbox: Outbox, settings: Settings, ledger: Ledger, clock: Clock = system_clock
+    ) -> None:
         self.db = db
+        self.clock = clock
         self.outbox = outbox
         self.settings = settings
         self.ledger = ledger
@@ -99,10 +127,10 @@ class BillingService:
     async def ingest(self, session: AsyncSession, events: list[DeviceUsageIn]) -> list[UsageOutcome]:
         """Charge every report not seen before, in a constant number of statements."""
         # The accounts, then the holds of every report of the batch (a duplicate's too:
-        # harmless, its insert below does nothing) are locked up front, in the same round
-        # trip as the users, in core.transactions' order: extend locks them in this order
-        # too, and usage locking holds first deadlocked with it.
-        book = Book(session, CNY)
+        # harmless, its insert below does nothing) are locked up front, in core.transactions'
+        # order: extend locks them in this order too, and usage locking holds first
+        # deadlocked with it.
+        book = Book(session, CNY, self.clock)
         users = await book.load_known(
             {e.user_id for e in events}, hold_references=[allocation_hold(e.allocation_id) for e in events]
         )
@@ -118,32 +146,30 @@ class BillingService:
             else:
                 cost = self.pricing.cost(e.duration_seconds, e.cpu_cores, e.memory_mb, e.storage_mb)
                 fresh[e.allocation_id] = (i, e, cost)
-        inserted = set(
-            await insert_new(
-                session,
-                UsageRecord,
-                [
-                    {
-                        "allocation_id": e.allocation_id,
-                        "user_id": e.user_id,
-                        "device_id": e.device_id,
-                        "tenant_id": e.tenant_id,
-                        "duration_seconds": e.duration_seconds,
-                        "cpu_cores": e.cpu_cores,
-                        "memory_mb": e.memory_mb,
-                        "storage_mb": e.storage_mb,
-                        "allocated_at": e.allocated_at,
-                        "released_at": e.released_at,
-                        "cost": cost,
-                        "currency": CNY,
-                    }
-                    # in key order, so two batches sharing reports wait on each other's
-                    # inserts in one order, never in a cycle
-                    for _, e, cost in sorted(fresh.values(), key=lambda f: f[1].allocation_id)
-                ],
-                conflict_on=["allocation_id"],
-                returning="allocation_id",
-            )
+        writes = PG_WRITES if is_postgres(session) else SQL_WRITES
+        now = self.clock()
+        inserted = await writes.insert_usage(
+            session,
+            [
+                {
+                    "allocation_id": e.allocation_id,
+                    "user_id": e.user_id,
+                    "device_id": e.device_id,
+                    "tenant_id": e.tenant_id,
+                    "duration_seconds": e.duration_seconds,
+                    "cpu_cores": e.cpu_cores,
+                    "memory_mb": e.memory_mb,
+                    "storage_mb": e.storage_mb,
+                    "allocated_at": e.allocated_at,
+                    "released_at": e.released_at,
+                    "cost": cost,
+                    "currency": CNY,
+                    "created_at": now,
+                }
+                # in key order, so two batches sharing reports wait on each other's
+                # inserts in one order, never in a cycle
+                for _, e, cost in sorted(fresh.values(), key=lambda f: f[1].allocation_id)
+            ],
         )
         for allocation_id, (i, e, cost) in fresh.items():
             if allocation_id not in inserted:
@@ -153,7 +179,7 @@ class BillingService:
             if book.capture(allocation_hold(allocation_id), cost) is None:  # never pre-authorised
                 book.charge(e.user_id, cost, f"usage:{allocation_id}")
             results[i] = UsageOutcome(allocation_id, "charged", cost)
-        await book.flush()
+        await writes.flush(book)
         done = [r for r in results if r is not None]
         counts = {s: sum(r.status == s for r in done) for s in ("charged", "duplicate", "failed")}
         log.info("billing_usage_ingested", **counts)
