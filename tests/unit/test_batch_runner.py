@@ -261,6 +261,18 @@ async def test_a_short_batch_pushes_only_its_end(db: Database) -> None:
     ]
 
 
+async def test_an_operation_named_as_a_batch_keeps_its_name_in_pushes(db: Database) -> None:
+    hub = FakeHub()
+    runner = BatchRunner(db, push=hub, progress_every_seconds=3600)  # type: ignore[arg-type]
+
+    async def prepare(session: AsyncSession) -> FakeWork:
+        return FakeWork(session, set())
+
+    for item, operation in enumerate(("quick_batch_orders", "batch_orders", "daily_release"), 100):
+        await runner.run(domain="unit", operation=operation, actor_id="admin", items=[item], prepare=prepare)
+    assert [m["operation"] for _, m in hub.sent] == ["quick_batch_orders", "batch_orders", "batch_daily_release"]
+
+
 async def test_pushes_need_a_caller_and_never_fail_the_batch(db: Database) -> None:
     hub = FakeHub()
     await run(db, [1, 2], set(), runner=BatchRunner(db, push=hub, progress_every_seconds=0), actor=None)  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.core.audit import AuditLog
@@ -37,7 +38,6 @@ from batchops.core.db import Database, table_of
 from batchops.core.errors import AppError
 from batchops.core.metrics import batch_metrics
 from batchops.core.push import PushHub
-from batchops.core.writes import insert_at_commit
 
 log = structlog.get_logger(__name__)
 AUDIT = table_of(AuditLog)
@@ -133,8 +133,9 @@ class _Progress:
 
     def __init__(self, hub: PushHub, actor_id: str, operation: str, total: int, every: float) -> None:
         self.hub, self.actor_id, self.total, self.every = hub, actor_id, total, every
-        # The seed names a batch by what it does (batch_allocate); dining's names say it already.
-        self.operation = operation if operation.startswith(("batch_", "quick_batch_")) else f"batch_{operation}"
+        # Seed 000 names a batch by what it does (batch_allocate); a name that says it is
+        # a batch already keeps it.
+        self.operation = operation if "batch" in operation.split("_") else f"batch_{operation}"
         self.last = time.perf_counter()
 
     def due(self) -> bool:
@@ -283,7 +284,7 @@ class BatchRunner:
         detail: dict[str, Any] | None,
     ) -> None:
         # A Core INSERT, not session.add() (the ORM unit of work costs more than the row),
-        # and the transaction's last write: on SQLite it goes with the COMMIT, in one driver call.
+        # as the transaction's last write: nothing in it reads the row.
         row = {
             "actor_id": actor_id,
             "domain": domain,
@@ -295,7 +296,7 @@ class BatchRunner:
             "execution_time_ms": result.execution_time_ms,
             "detail": detail or {},
         }
-        await insert_at_commit(session, AUDIT, [row])
+        await session.execute(insert(AUDIT), [row])
 
 
 def _elapsed_ms(started: float) -> int:

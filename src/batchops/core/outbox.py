@@ -19,13 +19,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Index, String, Text, delete, func, select, update
+from sqlalchemy import Index, String, Text, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from batchops.core.db import Base, Database, table_of, utcnow
 from batchops.core.metrics import OUTBOX_DEAD, OUTBOX_DELIVERED, OUTBOX_FAILED, declare_outbox_kind
-from batchops.core.writes import WriteSet, joining
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +49,9 @@ class OutboxMessage(Base):
     delivered_at: Mapped[datetime | None]
 
 
+OUTBOX = table_of(OutboxMessage)
+
+
 @dataclass(frozen=True)
 class OutboxItem:
     kind: str
@@ -72,9 +74,10 @@ class Delivery:
 Handler = Callable[[list[Delivery]], Awaitable[dict[int, str]]]
 
 
-async def enqueue(session: AsyncSession, items: Sequence[OutboxItem], writes: WriteSet | None = None) -> None:
-    """Add messages to the outbox in the caller's transaction: one INSERT (with
-    ``writes``: added to them, to be sent with the caller's other writes)."""
+async def enqueue(session: AsyncSession, items: Sequence[OutboxItem], writes: object = None) -> None:
+    """Add messages to the outbox in the caller's transaction: one executemany INSERT.
+    ``writes`` is accepted and ignored while callers still pass one (issue 18 removes
+    core.writes)."""
     if not items:
         return
     now = utcnow()
@@ -91,10 +94,9 @@ async def enqueue(session: AsyncSession, items: Sequence[OutboxItem], writes: Wr
         }
         for i in items
     ]
-    # Not the ORM bulk path: it would split rows with and without a dedup_key into
-    # separate INSERTs, and costs a per-row key analysis that dominated a batch of 100 releases.
-    async with joining(session, writes) as w:
-        w.insert(table_of(OutboxMessage), rows)
+    # Core, not the ORM bulk path: that would split rows with and without a dedup_key
+    # into separate INSERTs, and analyse each row's keys.
+    await session.execute(insert(OUTBOX), rows)
 
 
 def backoff_seconds(attempts: int, *, base: float = 2.0, cap: float = 300.0) -> float:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import String, or_, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
-from batchops.core.db import Base, Database, insert_new
+from batchops.core.db import Base, Database, insert_ignore
 
 
 class JobSchedule(Base):
@@ -41,7 +41,7 @@ async def claim_run(
     """
     next_run_at = now + interval
     async with db.transaction() as session:
-        await insert_new(session, JobSchedule, [{"name": name, "next_run_at": first_run_at}], conflict_on=["name"])
+        await insert_ignore(session, JobSchedule, [{"name": name, "next_run_at": first_run_at}], key=["name"])
         moved = await session.execute(
             update(JobSchedule)
             .where(

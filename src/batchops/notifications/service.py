@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.core.db import Database, on_commit, table_of, utcnow
 from batchops.core.push import PushHub
-from batchops.core.writes import WriteSet, joining
 from batchops.notifications.models import Notification
+
+NOTIFICATIONS = table_of(Notification)
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,10 @@ class NotificationService:
         self.db = db
         self.push = push
 
-    async def send(self, session: AsyncSession, notes: list[NewNotification], writes: WriteSet | None = None) -> None:
-        """Insert every notification in one statement (with ``writes``: added to them, to
-        be sent with the caller's other writes); push them together after commit."""
+    async def send(self, session: AsyncSession, notes: list[NewNotification], writes: object = None) -> None:
+        """Insert every notification in one executemany statement; push them together
+        after commit. ``writes`` is accepted and ignored while callers still pass one
+        (issue 18 removes core.writes)."""
         if not notes:
             return
         now = utcnow()
@@ -50,8 +52,7 @@ class NotificationService:
             }
             for n in notes
         ]
-        async with joining(session, writes) as w:
-            w.insert(table_of(Notification), rows)
+        await session.execute(insert(NOTIFICATIONS), rows)
         stamp = now.isoformat().replace("+00:00", "Z")
         messages = [
             (
