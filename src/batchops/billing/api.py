@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, Security
+from fastapi import APIRouter, Depends, Security
 
 from batchops.billing.ledger import CREDITS, Balance
 from batchops.billing.schemas import (
@@ -24,7 +24,6 @@ from batchops.billing.schemas import (
 )
 from batchops.billing.service import BillingService
 from batchops.core.auth import check_service_token, service_token_scheme
-from batchops.core.responses import JSONResponse
 from batchops.core.routing import JsonBodyRoute
 from batchops.core.runtime import Runtime, get_runtime, service_of
 from batchops.core.schemas import Envelope, Page, PageParams, cents_to_decimal, decimal_to_cents, ok
@@ -75,29 +74,24 @@ async def report_usage(body: DeviceUsageIn, service: Service) -> Envelope[UsageR
 
 
 @internal.post("/metering/device-usage/batch", response_model=Envelope[DeviceUsageBatchOut])
-async def report_usage_batch(body: DeviceUsageBatchIn, service: Service) -> Response:
-    """The seed's batch form. The body is the documented ``Envelope[DeviceUsageBatchOut]``,
-    written directly: building and re-checking 100 result models cost more than the
-    charging itself. ``cost`` is ``cents / 100``, the same float ``Money`` writes."""
+async def report_usage_batch(body: DeviceUsageBatchIn, service: Service) -> Envelope[DeviceUsageBatchOut]:
+    """The seed's batch form: ``{success, failed, errors}``, and one result per event in order."""
     outcomes = await service.report(body.events)
     errors = [f"{o.allocation_id}: {o.reason}" for o in outcomes if o.failure is not None]
     success = len(outcomes) - len(errors)
     results = [
-        {
-            "allocationId": o.allocation_id,
-            "status": o.status,
-            "cost": None if o.cost is None else o.cost / 100,
-            "error": None if o.failure is None else o.failure.name,
-            "reason": o.reason,
-        }
+        UsageResult(
+            allocation_id=o.allocation_id,
+            status=o.status,
+            cost=None if o.cost is None else cents_to_decimal(o.cost),
+            error=None if o.failure is None else o.failure.name,
+            reason=o.reason,
+        )
         for o in outcomes
     ]
-    return JSONResponse(
-        {
-            "success": True,
-            "data": {"success": success, "failed": len(errors), "errors": errors, "results": results},
-            "message": f"Batch billing report completed: {success} success, {len(errors)} failed",
-        }
+    return ok(
+        DeviceUsageBatchOut(success=success, failed=len(errors), errors=errors, results=results),
+        f"Batch billing report completed: {success} success, {len(errors)} failed",
     )
 
 
