@@ -9,7 +9,8 @@ from sqlalchemy import and_, func, or_, select
 
 from batchops.billing.ledger import CNY
 from batchops.billing.models import Account, LedgerEntry
-from batchops.core.db import Database, utcnow
+from batchops.core.clock import Clock
+from batchops.core.db import Database
 from batchops.identity.models import User
 
 
@@ -41,10 +42,10 @@ async def balances_page(
         return list(rows.all()), int(total or 0)
 
 
-async def charges_per_hour(db: Database, *, hours: int = 12, currency: str = CNY) -> list[int]:
+async def charges_per_hour(db: Database, *, clock: Clock, hours: int = 12, currency: str = CNY) -> list[int]:
     """What was charged (captures and direct charges, in minor units) in each of the last
-    ``hours`` hours, oldest first."""
-    since = utcnow().replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    ``hours`` hours by ``clock``, oldest first."""
+    since = clock().replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
     async with db.read() as session:
         rows = await session.execute(
             select(LedgerEntry.created_at, LedgerEntry.amount)

@@ -21,7 +21,7 @@ async def figures(rt: Runtime) -> dict[str, Any]:
     scheduler = await scheduler_overview(rt.db)
     pending, lag_seconds, dead = await rt.outbox.lag()
     failed, finished = await failure_rate(rt.db, clock=rt.clock)
-    charges = await charges_per_hour(rt.db)
+    charges = await charges_per_hour(rt.db, clock=rt.clock)
     nodes = await device_states(rt.db)
     states = ("available", "allocated", "maintenance", "offline")
     return {
