@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from batchops.billing.ledger import CNY, CREDITS, Balance, Book, InsufficientBalance, Ledger
 from batchops.billing.models import CAPTURED, OPEN, RELEASED, Account, Hold, LedgerEntry
+from batchops.core.clock import ManualClock
 from batchops.core.db import Database
 from batchops.core.errors import BadRequestError, ConflictError
 from tests.unit.sqlite_db import add_users, temp_database
@@ -225,6 +226,33 @@ async def test_load_known_tells_unknown_users_apart_and_creates_missing_accounts
         book.charge(user, 10, f"usage:{user}")
         await book.flush()
     assert (await stored(db, user))[:2] == (-10, 0)
+
+
+async def test_the_book_stamps_its_rows_by_the_clock_it_is_given(db: Database) -> None:
+    (user,) = await new_users(db)
+    await funded_book(db, user, 1000)
+    clock = ManualClock()
+    opened = clock()
+    async with db.transaction() as session:
+        book = await Book(session, CNY, clock).load([user])
+        book.hold(user, 300, "timed")
+        await book.flush()
+    closed = clock.advance(minutes=30)
+    async with db.transaction() as session:
+        book = await Book(session, CNY, clock).load([user], hold_references=["timed"])
+        book.capture("timed", 100)
+        await book.flush()
+    async with db.transaction() as session:
+        hold = (await session.scalars(select(Hold).where(Hold.reference == "timed"))).one()
+        stamps = dict(
+            (
+                await session.execute(
+                    select(LedgerEntry.kind, LedgerEntry.created_at).where(LedgerEntry.reference.like("%:timed"))
+                )
+            ).all()
+        )
+    assert (hold.created_at, hold.closed_at) == (opened, closed)
+    assert stamps == {"hold": opened, "capture": closed}
 
 
 async def test_ledger_topup_refuses_a_reference_reused_for_another_amount(db: Database) -> None:
