@@ -24,7 +24,6 @@ from batchops.billing.schemas import (
 )
 from batchops.billing.service import BillingService
 from batchops.core.auth import check_service_token, service_token_scheme
-from batchops.core.routing import JsonBodyRoute
 from batchops.core.runtime import Runtime, get_runtime, service_of
 from batchops.core.schemas import Envelope, Page, PageParams, cents_to_decimal, decimal_to_cents, ok
 from batchops.identity.api import AdminUser, CurrentUser, ensure_self_or_admin
@@ -39,12 +38,10 @@ async def service_caller(
 
 Service = Annotated[BillingService, Depends(service_of(BillingService))]
 
-# JsonBodyRoute: the usage bodies (up to 100 events) are validated straight from their bytes.
 internal = APIRouter(
     prefix="/api/internal",
     tags=["billing (internal)"],
     dependencies=[Depends(service_caller)],
-    route_class=JsonBodyRoute,
 )
 public = APIRouter(tags=["billing"])
 
