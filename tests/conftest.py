@@ -78,18 +78,20 @@ def _with_database(url: str, name: str) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked ``postgres_only`` (concurrent writers, row locks, several processes on
-    one database: PostgreSQL's job in DESIGN.md) has no SQLite variant: it is deselected
-    there, not skipped, so a skip in the report always means a missing service."""
-    sqlite_variants = [
-        item
-        for item in items
-        if item.get_closest_marker("postgres_only") is not None
-        and getattr(item, "callspec", None) is not None
-        and item.callspec.params.get("database_url") == "sqlite"  # type: ignore[attr-defined]
-    ]
-    if sqlite_variants:
-        config.hook.pytest_deselected(items=sqlite_variants)
-        items[:] = [item for item in items if item not in sqlite_variants]
+    one database: PostgreSQL's job in DESIGN.md) has no SQLite variant, and one marked
+    ``sqlite_only`` (SQLite's query plans) no PostgreSQL variant: they are deselected there,
+    not skipped, so a skip in the report always means a missing service."""
+    engine_of = {"postgres_only": "postgresql", "sqlite_only": "sqlite"}
+    elsewhere = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        engine = callspec.params.get("database_url") if callspec is not None else None
+        wanted = {engine_of[m.name] for m in item.iter_markers() if m.name in engine_of}
+        if engine is not None and wanted and engine not in wanted:
+            elsewhere.append(item)
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [item for item in items if item not in elsewhere]
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -104,10 +104,12 @@ class QueueEntry(Base):
         # the grant order itself (priority DESC, then age): LIMIT k reads k rows, no sort
         Index("ix_allocation_queue_grant_order", "status", text("priority DESC"), "enqueued_at", "id"),
         Index("ix_allocation_queue_expiry", "status", "expires_at"),
+        # a user's waiting entries (the grant pass counts those served before each candidate)
+        Index("ix_allocation_queue_user_status", "user_id", "status", "expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     duration_minutes: Mapped[int]
     min_cpu: Mapped[int | None]
     min_memory_mb: Mapped[int | None]
