@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from batchops.core.runtime import Runtime
-from batchops.scheduler.service import PolicyJobs, SchedulerService
+from batchops.scheduler.service import SchedulerService
 from tests.billing.conftest import INTERNAL, topup, usage
 from tests.helpers import create_devices, create_users, data
 
@@ -85,7 +85,7 @@ async def test_expiry_reminders_skip_an_allocation_another_transaction_holds(
     await create_devices(client, admin, 1)
     body = {"userId": "u1", "durationMinutes": 5}  # due for its reminder (10 minutes before)
     allocation_id = data(await client.post("/scheduler/devices/allocate", json=body, headers=admin))["allocationId"]
-    jobs = PolicyJobs(runtime.services.get(SchedulerService))
+    jobs = runtime.services.get(SchedulerService).policies
     async with other.transaction():  # as an extend or a release does
         await other.execute("SELECT 1 FROM allocations WHERE id = $1 FOR UPDATE", allocation_id)
         async with asyncio.timeout(10):  # never waits for it

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 
 from starlette.responses import JSONResponse as StarletteJSONResponse
 
+from batchops.core.clock import iso_utc as iso
 from batchops.core.responses import JSONResponse
 from batchops.scheduler.schemas import AllocationView
-from batchops.scheduler.service import iso
 
 
 def test_the_bytes_are_json_dumps_bytes() -> None:

@@ -13,9 +13,8 @@ from batchops.core.worker import PeriodicJob
 from batchops.dining.service import DiningService
 from batchops.identity.service import IdentityService
 from batchops.notifications.service import NotificationService
-from batchops.scheduler.reservations import ReservationService
-from batchops.scheduler.service import DEVICES_FREED_KIND, PolicyJobs, SchedulerService
-from batchops.scheduler.waitqueue import WaitQueue
+from batchops.scheduler.context import DEVICES_FREED_KIND
+from batchops.scheduler.service import SchedulerService
 from batchops.settings import Settings
 from batchops.studio import metrics as studio_metrics
 from batchops.studio.config import use_plans_file
@@ -29,16 +28,15 @@ from batchops.studio.simulated import SimulatedProvider
 def build_runtime(settings: Settings, clock: Clock = system_clock) -> Runtime:
     rt = create_runtime(settings, clock)
     notifications = NotificationService(rt.db, rt.push)
-    scheduler = SchedulerService(rt, notifications)
-    scheduler.queue = WaitQueue(scheduler)
-    scheduler.reservations = ReservationService(scheduler)
     ledger = Ledger(rt.clock)
     billing = BillingService(rt.db, rt.outbox, settings, ledger, rt.clock)
-    scheduler.billing = billing
+    scheduler = SchedulerService(
+        db=rt.db, batch=rt.batch, clock=rt.clock, settings=settings, notifications=notifications, billing=billing
+    )
     rt.closers.append(billing.close)
     rt.services.add(ledger, billing, IdentityService(rt.db), notifications, scheduler, DiningService(rt))
     rt.worker.add_job(PeriodicJob("scheduler.expire", settings.sweep_interval_seconds, scheduler.expire_due))
-    rt.worker.add_job(PeriodicJob("scheduler.tick", settings.scheduler_tick_seconds, PolicyJobs(scheduler).tick))
+    rt.worker.add_job(PeriodicJob("scheduler.tick", settings.scheduler_tick_seconds, scheduler.policies.tick))
     rt.worker.add_job(
         PeriodicJob("billing.check_unbilled", settings.billing_reconcile_interval_seconds, billing.check_unbilled)
     )

@@ -12,8 +12,8 @@ from sqlalchemy import insert
 
 from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
+from batchops.scheduler.loading import FIRST_FREE_DEVICES, FIRST_FREE_DEVICES_PG
 from batchops.scheduler.models import Device
-from batchops.scheduler.service import FIRST_FREE_DEVICES, FIRST_FREE_DEVICES_PG
 
 
 def fleet() -> list[dict[str, object]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -17,9 +18,18 @@ from batchops.core.db import utcnow
 from batchops.core.runtime import Runtime
 from batchops.notifications.models import Notification
 from batchops.scheduler.models import Allocation, QueueEntry, Reservation
-from batchops.scheduler.service import PolicyJobs, SchedulerService
+from batchops.scheduler.policies import PolicyJobs
+from batchops.scheduler.service import SchedulerService
+from batchops.settings import Settings
 from tests.conftest import auth, make_settings
 from tests.helpers import create_devices, create_users, data, error
+
+
+def with_settings(scheduler: SchedulerService, settings: Settings) -> PolicyJobs:
+    """The scheduler's policy jobs under other settings."""
+    return PolicyJobs(
+        replace(scheduler.ctx, settings=settings), scheduler.releaser, scheduler.reservations, scheduler.queue
+    )
 
 
 def iso(ts: datetime) -> str:
@@ -275,9 +285,10 @@ async def test_daily_release_fires_once_with_two_workers(
     settings = make_settings(runtime.settings.database_url, daily_release_time="23:59")
     other = build_runtime(settings)
     try:
-        jobs = [PolicyJobs(runtime.services.get(SchedulerService)), PolicyJobs(other.services.get(SchedulerService))]
-        for job in jobs:
-            job.settings = settings
+        jobs = [
+            with_settings(runtime.services.get(SchedulerService), settings),
+            other.services.get(SchedulerService).policies,
+        ]
         released = await asyncio.gather(*(job.daily_release(now=at) for job in jobs))
         assert sum(released) == 3
         assert await jobs[0].daily_release(now=at) == 0
@@ -295,7 +306,7 @@ async def test_expiry_reminder_fires_once_and_rearms_on_extend(
     await create_users(client, admin, [{"userId": "u0"}])
     await create_devices(client, admin, 1)
     a = data(await allocate(client, admin, userId="u0", durationMinutes=5))
-    jobs = [PolicyJobs(runtime.services.get(SchedulerService)) for _ in range(2)]
+    jobs = [runtime.services.get(SchedulerService).policies] * 2
     sent = await asyncio.gather(*(j.send_expiry_reminders() for j in jobs))
     assert sum(sent) == 1
     assert await jobs[0].send_expiry_reminders() == 0

@@ -1,4 +1,5 @@
-"""HTTP routes of the scheduler. No rules here: they live in ``service.py``."""
+"""HTTP routes of the scheduler. No rules here: they live in the operation modules
+behind ``service.SchedulerService``."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 
 from batchops.core.batch import BatchResult
-from batchops.core.responses import JSONResponse
-from batchops.core.routing import JsonBodyRoute
 from batchops.core.runtime import service_of
 from batchops.core.schemas import Envelope, Page, PageParams, ok
 from batchops.identity.api import AdminUser, CurrentUser, ensure_self_or_admin, rate_limited_admin
 from batchops.identity.models import User
-from batchops.scheduler.models import Allocation, QueueEntry, Reservation
+from batchops.scheduler.models import QueueEntry, Reservation
+from batchops.scheduler.outcomes import Allocated, Extended, Queued, Released
 from batchops.scheduler.schemas import (
     AllocateIn,
     AllocationDetail,
@@ -21,7 +21,6 @@ from batchops.scheduler.schemas import (
     AllocationRequest,
     AllocationStatus,
     AllocationSuccess,
-    AllocationView,
     BatchAllocateIn,
     BatchAllocateOut,
     BatchExtendIn,
@@ -49,19 +48,11 @@ from batchops.scheduler.schemas import (
     ReservationsBatchIn,
     ReservationsBatchOut,
     ReservationStatus,
+    UserFailure,
 )
-from batchops.scheduler.service import (
-    Allocated,
-    Extended,
-    QueriedAllocation,
-    Queued,
-    Released,
-    SchedulerService,
-    allocated_result,
-)
+from batchops.scheduler.service import SchedulerService
 
-# JsonBodyRoute: batch bodies (up to 100 items) are validated straight from their bytes.
-router = APIRouter(prefix="/scheduler", tags=["scheduler"], route_class=JsonBodyRoute)
+router = APIRouter(prefix="/scheduler", tags=["scheduler"])
 
 
 Service = Annotated[SchedulerService, Depends(service_of(SchedulerService))]
@@ -126,17 +117,6 @@ def extend_success(r: Extended) -> ExtendSuccess:
     )
 
 
-def allocation_view(a: Allocation | QueriedAllocation, device_name: str) -> AllocationView:
-    return AllocationView(
-        allocation_id=a.id,
-        device_id=a.device_id,
-        device_name=device_name,
-        status=a.status,
-        allocated_at=a.allocated_at,
-        expires_at=a.expires_at,
-    )
-
-
 def allocation_failures(result: BatchResult[str, Any]) -> list[AllocationFailure]:
     return [AllocationFailure(allocation_id=f.item, reason=f.reason, error=f.error) for f in result.failures]
 
@@ -170,55 +150,29 @@ async def list_devices(
 
 
 # --- batch operations --------------------------------------------------------------------------------
-# The three hot batch routes write their documented ``Envelope[...]`` body directly:
-# building a model per item and then re-checking them all against the response model
-# cost more than the batch's own work. Datetimes are written as pydantic writes them
-# (``…Z``, by ``iso`` or by core.responses); tests/scheduler/test_batch_bodies.py holds
-# the bodies to the models.
-def summary_out(result: BatchResult[Any, Any]) -> dict[str, int]:
-    return {
-        "successCount": result.success_count,
-        "failedCount": result.failed_count,
-        "totalCount": result.total_count,
-        "executionTimeMs": result.execution_time_ms,
-    }
-
-
-def envelope(data: dict[str, Any], message: str) -> JSONResponse:
-    return JSONResponse({"success": True, "data": data, "message": message})
-
-
 @router.post("/allocations/batch", response_model=Envelope[BatchAllocateOut])
 async def batch_allocate(
     body: BatchAllocateIn, service: Service, actor: User = rate_limited_admin("scheduler.allocate")
-) -> Response:
+) -> Envelope[BatchAllocateOut]:
     result = await service.batch_allocate(actor, body.requests, body.mode())
-    successes, queued = [], []
-    for r in result.results:
-        if isinstance(r, Allocated):
-            successes.append(allocated_result(r))
-        else:
-            queued.append({"userId": r.entry["user_id"], "queueEntryId": r.id, "position": r.position})
-    out = {
-        **summary_out(result),
-        "successes": successes,
-        "queued": queued,
-        "failures": [{"userId": f.item.user_id, "reason": f.reason, "error": f.error} for f in result.failures],
-    }
-    return envelope(out, completed("allocation", result))
+    out = BatchAllocateOut(
+        **result.summary(),
+        successes=[allocation_success(r) for r in result.results if isinstance(r, Allocated)],
+        queued=[queued_out(r) for r in result.results if isinstance(r, Queued)],
+        failures=[UserFailure(user_id=f.item.user_id, reason=f.reason, error=f.error) for f in result.failures],
+    )
+    return ok(out, completed("allocation", result))
 
 
 @router.post("/allocations/batch/release", response_model=Envelope[BatchReleaseOut])
 async def batch_release(
     body: BatchReleaseIn, service: Service, actor: User = rate_limited_admin("scheduler.release")
-) -> Response:
+) -> Envelope[BatchReleaseOut]:
     result = await service.batch_release(actor, body.allocation_ids, body.reason, body.mode())
-    out = {
-        **summary_out(result),
-        "successIds": [r.id for r in result.results],
-        "failures": [{"allocationId": f.item, "reason": f.reason, "error": f.error} for f in result.failures],
-    }
-    return envelope(out, completed("release", result))
+    out = BatchReleaseOut(
+        **result.summary(), success_ids=[r.id for r in result.results], failures=allocation_failures(result)
+    )
+    return ok(out, completed("release", result))
 
 
 @router.post("/allocations/batch/extend", response_model=Envelope[BatchExtendOut])
@@ -237,25 +191,12 @@ async def batch_extend(
 @router.post("/allocations/batch/query", response_model=Envelope[BatchQueryOut])
 async def batch_query(
     body: BatchQueryIn, service: Service, actor: User = rate_limited_admin("scheduler.query")
-) -> Response:
+) -> Envelope[BatchQueryOut]:
     result = await service.batch_query(actor, body.user_ids, body.active_only)
-    allocations = {
-        user_id: [
-            {
-                "allocationId": a.id,
-                "deviceId": a.device_id,
-                "deviceName": name,
-                "status": a.status,
-                "allocatedAt": a.allocated_at,  # written as pydantic writes them (core.responses)
-                "expiresAt": a.expires_at,
-            }
-            for a, name in rows
-        ]
-        for user_id, rows in result.results
-    }
+    allocations = dict(result.results)
     total = sum(len(v) for v in allocations.values())
-    out = {"allocations": allocations, "userCount": len(allocations), "totalAllocations": total}
-    return envelope(out, f"Found {total} allocations for {len(allocations)} users")
+    out = BatchQueryOut(allocations=allocations, user_count=len(allocations), total_allocations=total)
+    return ok(out, f"Found {total} allocations for {len(allocations)} users")
 
 
 # --- single-item forms ------------------------------------------------------------------------------
@@ -326,7 +267,7 @@ async def set_maintenance(device_id: str, body: MaintenanceIn, _: AdminUser, ser
 
 @router.get("/nodes", response_model=Envelope[list[NodeOut]])
 async def list_nodes(_: CurrentUser, service: Service) -> Envelope[list[NodeOut]]:
-    return ok([NodeOut(**n) for n in await service.list_nodes()])
+    return ok(await service.list_nodes())
 
 
 # --- reservations -------------------------------------------------------------------------------------

@@ -24,13 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import CNY, InsufficientBalance
 from batchops.core.batch import BatchMode, BatchResult
-from batchops.core.db import advisory_lock, new_id, utcnow
+from batchops.core.clock import iso_utc
+from batchops.core.db import advisory_lock, new_id
 from batchops.core.errors import AppError, BadRequestError, ConflictError, NotFoundError
-from batchops.core.events import event
 from batchops.core.outbox import enqueue
 from batchops.identity.models import User
 from batchops.identity.service import ensure_active, load_users
-from batchops.notifications.service import NewNotification
+from batchops.scheduler import texts
+from batchops.scheduler.allocate import AllocateWork
+from batchops.scheduler.context import ALLOCATE_LOCK, DOMAIN, Context, ensure_actor_may_act_for
+from batchops.scheduler.loading import node_loads, reserved_windows
 from batchops.scheduler.models import (
     ACTIVE,
     CANCELLED,
@@ -42,58 +45,32 @@ from batchops.scheduler.models import (
     Device,
     Reservation,
 )
+from batchops.scheduler.outcomes import Allocated, Ask
 from batchops.scheduler.placement import Candidate, Placement, Window
+from batchops.scheduler.release import Releaser
 from batchops.scheduler.schemas import ReservationIn
-from batchops.scheduler.service import (
-    ALLOCATE_LOCK,
-    DOMAIN,
-    Allocated,
-    AllocateWork,
-    Ask,
-    SchedulerService,
-    iso,
-    node_loads,
-    reserved_windows,
-)
 
 log = structlog.get_logger(__name__)
 
 
-def reservation_payload(r: Reservation | dict[str, Any]) -> dict[str, Any]:
-    row = (
-        r
-        if isinstance(r, dict)
-        else {k: getattr(r, k) for k in ("id", "user_id", "device_id", "start_at", "end_at", "status")}
-    )
-    return {
-        "reservationId": row["id"],
-        "userId": row["user_id"],
-        "deviceId": row["device_id"],
-        "startAt": iso(row["start_at"]),
-        "endAt": iso(row["end_at"]),
-        "status": row["status"],
-    }
-
-
 class ReserveWork:
-    def __init__(self, session: AsyncSession, service: ReservationService, actor: User) -> None:
+    def __init__(self, session: AsyncSession, ctx: Context, actor: User) -> None:
         self.session = session
-        self.service = service
+        self.ctx = ctx
         self.actor = actor
         self.users: dict[str, User] = {}
         self.placement = Placement([], {}, {})
         self.available: dict[str, int] | None = None  # CNY each user may still reserve against
-        self.now = utcnow()
+        self.now = ctx.clock()
 
     async def load(self, requests: Sequence[ReservationIn]) -> ReserveWork:
         session = self.session
-        scheduler = self.service.scheduler
         await advisory_lock(session, ALLOCATE_LOCK)
         self.users = await load_users(session, [r.user_id for r in requests])
-        if scheduler.rt.settings.billing_enforce_balance:
+        if self.ctx.settings.billing_enforce_balance:
             # seed 001 P1 #4 余额预检查: no device window for a user who could not pay for it
             # (the hold itself is taken when the reservation starts)
-            self.available = await scheduler.billing.available_balances(session, list(self.users))
+            self.available = await self.ctx.billing.available_balances(session, list(self.users))
         starts = [r.start_at for r in requests]
         ends = [r.start_at + timedelta(minutes=r.duration_minutes) for r in requests]
         start, end = min(starts), max(ends)
@@ -114,12 +91,12 @@ class ReserveWork:
         return self
 
     async def handle(self, request: ReservationIn) -> dict[str, Any]:
-        self.service.scheduler.ensure_actor_may_act_for(self.actor, request.user_id)
+        ensure_actor_may_act_for(self.actor, request.user_id)
         user = ensure_active(self.users.get(request.user_id))
         start = request.start_at
         if start <= self.now:
             raise BadRequestError("startAt must be in the future")
-        max_days = self.service.scheduler.rt.settings.reservation_max_days_ahead
+        max_days = self.ctx.settings.reservation_max_days_ahead
         if start > self.now + timedelta(days=max_days):
             raise BadRequestError(f"startAt may be at most {max_days} days ahead")
         end = start + timedelta(minutes=request.duration_minutes)
@@ -134,7 +111,7 @@ class ReserveWork:
         if device is None:
             raise BadRequestError("No device available for the requested window")
         if self.available is not None:
-            cost, left = self.service.scheduler.estimate(device, request.duration_minutes), self.available[user.id]
+            cost, left = self.ctx.estimate(device, request.duration_minutes), self.available[user.id]
             if cost > left:
                 raise InsufficientBalance(CNY, cost, left)
             self.available[user.id] = left - cost  # the batch's next reservations of this user
@@ -161,30 +138,19 @@ class ReserveWork:
                 await session.execute(insert(Reservation), results)
         except IntegrityError as exc:  # the constraint: another process reserved the window first
             raise ConflictError("The device is already reserved for an overlapping window") from exc
-        await enqueue(session, [event("scheduler.reservation.created", reservation_payload(r)) for r in results])
-        await self.service.scheduler.notifications.send(
-            session,
-            [
-                NewNotification(
-                    user_id=r["user_id"],
-                    type="scheduler.reservation.created",
-                    title="📅 设备预约成功",
-                    content=f"已为您预约设备，开始时间 {iso(r['start_at'])}，时长 {r['duration_minutes']} 分钟。",
-                    data=reservation_payload(r),
-                )
-                for r in results
-            ],
-        )
+        await enqueue(session, texts.reservation_created_events(results, iso_utc(self.now)))
+        await self.ctx.notifications.send(session, texts.reservation_created_notes(results))
 
 
 class ReservationService:
-    def __init__(self, scheduler: SchedulerService) -> None:
-        self.scheduler = scheduler
-        self.db = scheduler.db
+    def __init__(self, ctx: Context, releaser: Releaser) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
+        self.releaser = releaser
 
     async def create(self, actor: User, request: ReservationIn) -> dict[str, Any]:
         async def unit(session: AsyncSession) -> dict[str, Any]:
-            work = await ReserveWork(session, self, actor).load([request])
+            work = await ReserveWork(session, self.ctx, actor).load([request])
             row = await work.handle(request)
             await work.flush([row])
             return row
@@ -195,9 +161,9 @@ class ReservationService:
         self, actor: User, requests: list[ReservationIn], mode: BatchMode
     ) -> BatchResult[ReservationIn, dict[str, Any]]:
         async def prepare(session: AsyncSession) -> ReserveWork:
-            return await ReserveWork(session, self, actor).load(requests)
+            return await ReserveWork(session, self.ctx, actor).load(requests)
 
-        return await self.scheduler.rt.batch.run(
+        return await self.ctx.batch.run(
             domain=DOMAIN, operation="reserve", actor_id=actor.id, items=requests, prepare=prepare, mode=mode
         )
 
@@ -206,7 +172,7 @@ class ReservationService:
             reservation = await session.get(Reservation, reservation_id)
         if reservation is None:
             raise NotFoundError("Reservation not found")
-        self.scheduler.ensure_actor_may_act_for(actor, reservation.user_id)
+        ensure_actor_may_act_for(actor, reservation.user_id)
         return reservation
 
     async def list_reservations(
@@ -233,16 +199,17 @@ class ReservationService:
             reservation = await session.get(Reservation, reservation_id, with_for_update=True)
             if reservation is None:
                 raise NotFoundError("Reservation not found")
-            self.scheduler.ensure_actor_may_act_for(actor, reservation.user_id)
+            ensure_actor_may_act_for(actor, reservation.user_id)
             if reservation.status != RESERVED:
                 raise ConflictError(f"Reservation is not active (status: {reservation.status})")
             reservation.status = CANCELLED
-            await enqueue(session, [event("scheduler.reservation.cancelled", reservation_payload(reservation))])
+            row = {k: getattr(reservation, k) for k in ("id", "user_id", "device_id", "start_at", "end_at", "status")}
+            await enqueue(session, [texts.reservation_cancelled_event(row, iso_utc(self.ctx.clock()))])
         return reservation
 
     async def start_due(self, limit: int = 200) -> int:
         """Turn reservations whose ``startAt`` has come into allocations."""
-        await self.scheduler.expire_due()  # free the devices whose allocations have ended first
+        await self.releaser.expire_due()  # free the devices whose allocations have ended first
 
         started, failed = await self.db.run(lambda session: self._start_due(session, limit))
         if started or failed:
@@ -250,7 +217,7 @@ class ReservationService:
         return started
 
     async def _start_due(self, session: AsyncSession, limit: int) -> tuple[int, int]:
-        now = utcnow()
+        now = self.ctx.clock()
         is_due = (Reservation.status == RESERVED, Reservation.start_at <= now)
         # the allocate lock first (core.transactions' order), and only if a reservation is due
         if not await advisory_lock(session, ALLOCATE_LOCK, only_if=select(Reservation.id).where(*is_due).limit(1)):
@@ -268,7 +235,7 @@ class ReservationService:
         )
         if not due:
             return 0, 0
-        work = await AllocateWork(session, self.scheduler, None).load_devices(locked=True)
+        work = await AllocateWork(session, self.ctx, None).load_devices(locked=True)
         await work.load_users([r.user_id for r in due])
         started: list[tuple[Reservation, Allocated]] = []
         failed: list[tuple[Reservation, str]] = []
@@ -294,15 +261,11 @@ class ReservationService:
         changes = [{"id": r.id, "status": FULFILLED, "allocation_id": a.id} for r, a in started]
         changes += [{"id": r.id, "status": FAILED, "failure_reason": reason} for r, reason in failed]
         await session.execute(update(Reservation), changes)
-        await self.scheduler.notifications.send(
+        await self.ctx.notifications.send(
             session,
             [
-                NewNotification(
-                    user_id=r.user_id,
-                    type="scheduler.reservation.failed",
-                    title="⚠️ 预约未能开始",
-                    content=f"您在 {iso(r.start_at)} 的设备预约未能开始：{reason}",
-                    data={"reservationId": r.id, "reason": reason},
+                texts.reservation_failed_note(
+                    user_id=r.user_id, reservation_id=r.id, start_at=r.start_at, reason=reason
                 )
                 for r, reason in failed
             ],

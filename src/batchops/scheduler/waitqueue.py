@@ -11,25 +11,25 @@ events and notifications are the same.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, FromClause, Select, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, FromClause, Select, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import CNY, available_balance
-from batchops.core.db import advisory_lock, table_of, utcnow
+from batchops.core.db import advisory_lock, table_of
 from batchops.core.errors import AppError, ConflictError, NotFoundError
-from batchops.core.events import event
-from batchops.core.outbox import Delivery, enqueue
-from batchops.core.writes import WriteSet
+from batchops.core.outbox import Delivery
 from batchops.identity.models import User
 from batchops.identity.service import may_act
-from batchops.notifications.service import NewNotification
+from batchops.scheduler import texts
+from batchops.scheduler.allocate import AllocateWork
+from batchops.scheduler.context import ALLOCATE_LOCK, Context, ensure_actor_may_act_for
 from batchops.scheduler.models import ACTIVE, CANCELLED, EXPIRED, GRANTED, WAITING, Allocation, QueueEntry
-from batchops.scheduler.service import ALLOCATE_LOCK, Allocated, AllocateWork, Ask, Queued, SchedulerService
+from batchops.scheduler.outcomes import Allocated, Ask
 
 log = structlog.get_logger(__name__)
 
@@ -55,55 +55,9 @@ def ahead_clause(entry: QueueEntry) -> ColumnElement[bool]:
 
 
 class WaitQueue:
-    def __init__(self, scheduler: SchedulerService) -> None:
-        self.scheduler = scheduler
-        self.db = scheduler.db
-
-    async def write_entries(self, session: AsyncSession, queued: list[Queued]) -> None:
-        """Insert new entries and give each its position (two statements for any number)."""
-        waiting = Counter(
-            {
-                int(p): int(n)
-                for p, n in await session.execute(
-                    select(QueueEntry.priority, func.count())
-                    .where(QueueEntry.status == WAITING)
-                    .group_by(QueueEntry.priority)
-                )
-            }
-        )
-        for q in queued:  # the batch's entries are younger than every waiting one, in batch order
-            priority = q.entry["priority"]
-            q.position = sum(n for p, n in waiting.items() if p >= priority) + 1
-            waiting[priority] += 1
-        await session.execute(insert(QueueEntry), [q.entry for q in queued])
-        await enqueue(
-            session,
-            [
-                event(
-                    "scheduler.queue.entered",
-                    {
-                        "queueEntryId": q.id,
-                        "userId": q.entry["user_id"],
-                        "priority": q.entry["priority"],
-                        "position": q.position,
-                    },
-                )
-                for q in queued
-            ],
-        )
-        await self.scheduler.notifications.send(
-            session,
-            [
-                NewNotification(
-                    user_id=q.entry["user_id"],
-                    type="scheduler.queue.entered",
-                    title="⏳ 已进入排队",
-                    content=f"暂无可用设备，您的请求已排队，当前位置 {q.position}。",
-                    data={"queueEntryId": q.id, "position": q.position},
-                )
-                for q in queued
-            ],
-        )
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
 
     async def position(self, session: AsyncSession, entry: QueueEntry) -> int | None:
         if entry.status != WAITING:
@@ -141,7 +95,7 @@ class WaitQueue:
             entry = await session.get(QueueEntry, entry_id)
             if entry is None:
                 raise NotFoundError("Queue entry not found")
-            self.scheduler.ensure_actor_may_act_for(actor, entry.user_id)
+            ensure_actor_may_act_for(actor, entry.user_id)
             return entry, await self.position(session, entry)
 
     async def cancel(self, actor: User, entry_id: str) -> QueueEntry:
@@ -149,7 +103,7 @@ class WaitQueue:
             entry = await session.get(QueueEntry, entry_id, with_for_update=True)
             if entry is None:
                 raise NotFoundError("Queue entry not found")
-            self.scheduler.ensure_actor_may_act_for(actor, entry.user_id)
+            ensure_actor_may_act_for(actor, entry.user_id)
             if entry.status != WAITING:
                 raise ConflictError(f"Queue entry is not waiting (status: {entry.status})")
             entry.status, entry.reason = CANCELLED, "cancelled by user"
@@ -163,7 +117,7 @@ class WaitQueue:
     async def expire_overdue(self) -> None:
         """Entries past their wait become expired (the worker's tick; a grant skips them anyway)."""
         async with self.db.transaction() as session:
-            await self._expire(session, utcnow())
+            await self._expire(session, self.ctx.clock())
 
     async def grant_waiting(self) -> int:
         """Grant what fits, by priority then age; entries past their wait are left to expire."""
@@ -173,11 +127,11 @@ class WaitQueue:
         return granted
 
     async def _grant(self, session: AsyncSession) -> int:
-        live = (QueueEntry.status == WAITING, QueueEntry.expires_at > utcnow())
+        live = (QueueEntry.status == WAITING, QueueEntry.expires_at > self.ctx.clock())
         # The allocation lock, only if someone waits (usually no one): one round trip.
         if not await advisory_lock(session, ALLOCATE_LOCK, only_if=select(QueueEntry.id).where(*live).limit(1)):
             return 0
-        work = await AllocateWork(session, self.scheduler, None).load_devices(locked=True)
+        work = await AllocateWork(session, self.ctx, None).load_devices(locked=True)
         free = len(work.placement.by_id)
         if not free:
             return 0
@@ -196,27 +150,17 @@ class WaitQueue:
             granted.append((entry, result))
         if not granted:
             return 0
-        writes = WriteSet(session)
         await work.flush(
             [r for _, r in granted],
             also_notify=[
-                NewNotification(
-                    user_id=e.user_id,
-                    type="scheduler.queue.granted",
-                    title="🎉 排队请求已分配设备",
-                    content=f"您排队的请求已分配到设备 {r.device.name}，使用时长 {e.duration_minutes} 分钟。",
-                    data={"queueEntryId": e.id, "allocationId": r.id, "deviceId": r.device.id},
-                )
+                texts.granted_note(user_id=e.user_id, entry_id=e.id, duration_minutes=e.duration_minutes, allocated=r)
                 for e, r in granted
             ],
-            writes=writes,
         )
-        writes.update(
-            table_of(QueueEntry),
-            [{"id": e.id, "allocation_id": r.id} for e, r in granted],
-            values={"status": GRANTED, "granted_at": work.now},
+        await session.execute(
+            update(QueueEntry),
+            [{"id": e.id, "allocation_id": r.id, "status": GRANTED, "granted_at": work.now} for e, r in granted],
         )
-        await writes.execute()
         return len(granted)
 
     def grantable(self, work: AllocateWork, limit: int) -> Select[QueueEntry]:
@@ -270,8 +214,8 @@ class WaitQueue:
         """Whether an entry fits one of the free sizes (and, billing enforced, its user can
         pay for it there: the cost is at least minutes x hourly price / 60)."""
         sizes = work.placement.free_sizes()
-        enforce = self.scheduler.rt.settings.billing_enforce_balance
-        pricing = self.scheduler.billing.pricing
+        enforce = self.ctx.settings.billing_enforce_balance
+        pricing = self.ctx.billing.pricing
 
         def servable(e: FromClause) -> ColumnElement[bool]:
             available = available_balance(e.c.user_id, CNY)
@@ -289,7 +233,7 @@ class WaitQueue:
 
         return servable
 
-    async def _expire(self, session: AsyncSession, now: Any) -> None:
+    async def _expire(self, session: AsyncSession, now: datetime) -> None:
         expired = (
             await session.execute(
                 update(QueueEntry)
@@ -299,16 +243,6 @@ class WaitQueue:
             )
         ).all()
         if expired:
-            await self.scheduler.notifications.send(
-                session,
-                [
-                    NewNotification(
-                        user_id=user_id,
-                        type="scheduler.queue.expired",
-                        title="⌛ 排队已超时",
-                        content="您的排队请求在最长等待时间内未能分配到设备，已取消。",
-                        data={"queueEntryId": entry_id},
-                    )
-                    for entry_id, user_id in expired
-                ],
+            await self.ctx.notifications.send(
+                session, [texts.queue_expired_note(user_id=user_id, entry_id=entry_id) for entry_id, user_id in expired]
             )
