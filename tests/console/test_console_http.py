@@ -196,7 +196,7 @@ async def test_a_console_batch_runs_like_the_apis_audited_and_pushed_in_parts_of
         ("batch_release", 100, 100),
         ("batch_release", 20, 20),
     ]
-    left, _ = await allocation_ids(runtime.db, AllocationFilter(status="allocated"), limit=10)
+    left, _ = await allocation_ids(runtime.db, AllocationFilter(status="allocated"), clock=runtime.clock, limit=10)
     assert left == []
 
 

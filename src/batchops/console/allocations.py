@@ -50,7 +50,7 @@ async def allocations(
 ) -> Response:
     rt = runtime(request)
     chosen = allocation_filter(user, device, status, expiring)
-    rows, total = await allocation_page(rt.db, chosen, offset=paging.offset, limit=paging.size)
+    rows, total = await allocation_page(rt.db, chosen, clock=rt.clock, offset=paging.offset, limit=paging.size)
     return render(
         request,
         "allocations.html",
@@ -81,7 +81,7 @@ async def run_batch(
     rt = runtime(request)
     if scope == "filter":
         chosen = allocation_filter(f_user, f_device, f_status, f_expiring)
-        selected, matching = await allocation_ids(rt.db, chosen, limit=MAX_SELECTION)
+        selected, matching = await allocation_ids(rt.db, chosen, clock=rt.clock, limit=MAX_SELECTION)
         if matching > MAX_SELECTION:
             raise BadRequestError(f"{matching} allocations match: at most {MAX_SELECTION} at once; narrow the filter")
     else:

@@ -28,7 +28,11 @@ async def mine(request: Request, user: SignedIn, paging: PagingParams) -> Respon
     rt = runtime(request)
     scheduler = scheduler_of(request)
     allocations, total = await allocation_page(
-        rt.db, AllocationFilter(user_id=user.id, status="allocated"), offset=paging.offset, limit=paging.size
+        rt.db,
+        AllocationFilter(user_id=user.id, status="allocated"),
+        clock=rt.clock,
+        offset=paging.offset,
+        limit=paging.size,
     )
     reservations, _ = await scheduler.reservations.list_reservations(
         user_id=user.id, status="reserved", offset=0, limit=50
@@ -51,7 +55,8 @@ async def mine(request: Request, user: SignedIn, paging: PagingParams) -> Respon
 
 async def _row(request: Request, user_id: str, allocation_id: str) -> Response:
     chosen = AllocationFilter(user_id=user_id, allocation_id=allocation_id)
-    rows, _ = await allocation_page(runtime(request).db, chosen, offset=0, limit=1)
+    rt = runtime(request)
+    rows, _ = await allocation_page(rt.db, chosen, clock=rt.clock, offset=0, limit=1)
     return render(request, "_my_allocation_row.html", a=rows[0] if rows else None)
 
 

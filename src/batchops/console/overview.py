@@ -18,7 +18,7 @@ REFRESH_SECONDS = 10
 
 
 async def figures(rt: Runtime) -> dict[str, Any]:
-    scheduler = await scheduler_overview(rt.db)
+    scheduler = await scheduler_overview(rt.db, clock=rt.clock)
     pending, lag_seconds, dead = await rt.outbox.lag()
     failed, finished = await failure_rate(rt.db, clock=rt.clock)
     charges = await charges_per_hour(rt.db, clock=rt.clock)

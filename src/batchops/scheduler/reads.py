@@ -10,7 +10,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, case, func, select
 
-from batchops.core.db import Database, utcnow
+from batchops.core.clock import Clock
+from batchops.core.db import Database
 from batchops.scheduler.models import (
     ACTIVE,
     ALLOCATED,
@@ -112,8 +113,10 @@ async def device_choices(db: Database) -> tuple[list[str], list[tuple[int, int]]
         return sorted(n for n in nodes if n), sorted((int(c), int(m)) for c, m in sizes)
 
 
-async def allocation_page(db: Database, f: AllocationFilter, *, offset: int, limit: int) -> tuple[list[Any], int]:
-    where = f.where(utcnow())
+async def allocation_page(
+    db: Database, f: AllocationFilter, *, clock: Clock, offset: int, limit: int
+) -> tuple[list[Any], int]:
+    where = f.where(clock())
     count = select(func.count()).select_from(Allocation).where(*where)
     rows = (
         select(*ALLOCATION_COLUMNS)
@@ -126,9 +129,9 @@ async def allocation_page(db: Database, f: AllocationFilter, *, offset: int, lim
     return await _page(db, count, rows)
 
 
-async def allocation_ids(db: Database, f: AllocationFilter, *, limit: int) -> tuple[list[str], int]:
+async def allocation_ids(db: Database, f: AllocationFilter, *, clock: Clock, limit: int) -> tuple[list[str], int]:
     """The ids of the allocations that match (at most ``limit``, oldest first) and how many match."""
-    where = f.where(utcnow())
+    where = f.where(clock())
     async with db.read() as session:
         total = await session.scalar(select(func.count()).select_from(Allocation).where(*where))
         ids = await session.scalars(
@@ -166,10 +169,10 @@ async def device_states(db: Database) -> list[dict[str, Any]]:
         ]
 
 
-async def scheduler_overview(db: Database, *, soon_minutes: int = 60, hours: int = 12) -> dict[str, Any]:
+async def scheduler_overview(db: Database, *, clock: Clock, soon_minutes: int = 60, hours: int = 12) -> dict[str, Any]:
     """Active allocations, waiting requests, the reservations starting soon and the
     allocations made per hour over the last ``hours`` (oldest first)."""
-    now = utcnow()
+    now = clock()
     since = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
     async with db.read() as session:
         active = await session.scalar(select(func.count()).select_from(Allocation).where(Allocation.status == ACTIVE))
