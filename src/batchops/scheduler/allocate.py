@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import Book, InsufficientBalance
@@ -43,6 +43,12 @@ from batchops.scheduler.placement import Bucket, Candidate, Placement, Placement
 from batchops.scheduler.schemas import AllocationRequest
 
 NO_DEVICE = "No available devices"
+# Built once (hot): the chosen devices, if still free; fewer rows than chosen is a conflict.
+CLAIM_DEVICES = (
+    update(DEVICES)
+    .where(DEVICES.c.id.in_(bindparam("ids", expanding=True)), DEVICES.c.status == AVAILABLE)
+    .values(status=ALLOCATED, updated_at=bindparam("now"))
+)
 
 
 def check_user_can_allocate(user: User | None, active: int) -> User:
@@ -204,11 +210,7 @@ class AllocateWork:
 
     async def _write_allocations(self, results: list[Allocated], also_notify: Sequence[NewNotification]) -> None:
         """Claim the devices, insert the allocations, hold their cost, announce them."""
-        claimed = await self.session.execute(
-            update(DEVICES)
-            .where(DEVICES.c.id.in_([r.device.id for r in results]), DEVICES.c.status == AVAILABLE)
-            .values(status=ALLOCATED, updated_at=self.now)
-        )
+        claimed = await self.session.execute(CLAIM_DEVICES, {"ids": [r.device.id for r in results], "now": self.now})
         if claimed.rowcount != len(results):  # type: ignore[attr-defined]
             raise ConflictError("A chosen device was taken concurrently; retry the request")
         await self.session.execute(insert(ALLOCATIONS), [r.allocation for r in results])

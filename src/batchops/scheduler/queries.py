@@ -49,15 +49,16 @@ class QueryWork:
         """The allocations of every user at once, as the response shows them."""
         stmt = QUERY_ACTIVE_ALLOCATIONS if active_only else QUERY_ALLOCATIONS
         grouped: dict[str, list[AllocationView]] = defaultdict(list)
-        for row in await self.session.execute(stmt, {"users": sorted(set(user_ids))}):
-            grouped[row.user_id].append(
+        rows = await self.session.execute(stmt, {"users": sorted(set(user_ids))})
+        for allocation_id, device_id, user_id, status, allocated_at, expires_at, device_name in rows:
+            grouped[user_id].append(
                 AllocationView(
-                    allocation_id=row.id,
-                    device_id=row.device_id,
-                    device_name=row.name,
-                    status=row.status,
-                    allocated_at=row.allocated_at,
-                    expires_at=row.expires_at,
+                    allocation_id=allocation_id,
+                    device_id=device_id,
+                    device_name=device_name,
+                    status=status,
+                    allocated_at=allocated_at,
+                    expires_at=expires_at,
                 )
             )
         self.by_user = dict(grouped)

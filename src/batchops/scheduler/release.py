@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.usage import UsageFact
@@ -22,6 +22,18 @@ from batchops.scheduler.models import ACTIVE, ALLOCATED, AVAILABLE, RELEASED, Al
 from batchops.scheduler.outcomes import LoadedAllocation, Released
 
 log = structlog.get_logger(__name__)
+
+# Built once (hot): every release of a batch ends at one instant, for one reason.
+RELEASE_ALLOCATIONS = (
+    update(ALLOCATIONS)
+    .where(ALLOCATIONS.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status=RELEASED, released_at=bindparam("now"), release_reason=bindparam("reason"))
+)
+FREE_DEVICES = (
+    update(DEVICES)
+    .where(DEVICES.c.id.in_(bindparam("ids", expanding=True)), DEVICES.c.status == ALLOCATED)
+    .values(status=AVAILABLE, updated_at=bindparam("now"))
+)
 
 
 def usage_fact(r: Released) -> UsageFact:
@@ -69,16 +81,9 @@ class ReleaseWork:
         if not results:
             return
         session = self.session
-        await session.execute(
-            update(ALLOCATIONS)
-            .where(ALLOCATIONS.c.id.in_([r.id for r in results]))
-            .values(status=RELEASED, released_at=self.now, release_reason=self.reason)
-        )
-        await session.execute(
-            update(DEVICES)
-            .where(DEVICES.c.id.in_([r.loaded.device.id for r in results]), DEVICES.c.status == ALLOCATED)
-            .values(status=AVAILABLE, updated_at=self.now)
-        )
+        ids = [r.id for r in results]
+        await session.execute(RELEASE_ALLOCATIONS, {"ids": ids, "now": self.now, "reason": self.reason})
+        await session.execute(FREE_DEVICES, {"ids": [r.loaded.device.id for r in results], "now": self.now})
         await self.ctx.billing.record_usage(session, [usage_fact(r) for r in results])
         await enqueue(session, [*texts.released_events(results, iso_utc(self.now)), DEVICES_FREED])
         await self.ctx.notifications.send(session, texts.released_notes(results))
