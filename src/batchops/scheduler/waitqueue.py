@@ -11,12 +11,12 @@ events and notifications are the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, FromClause, Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, FromClause, Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import CNY, available_balance
@@ -52,6 +52,77 @@ def served_before(a: Any, b: Any) -> ColumnElement[bool]:
 def ahead_clause(entry: QueueEntry) -> ColumnElement[bool]:
     """Waiting entries served before ``entry``."""
     return and_(QueueEntry.status == WAITING, served_before(QueueEntry, entry))
+
+
+# A free size an entry may take: (cpu cores, memory MB, hourly price in millifen, or
+# None when billing is not enforced).
+Offers = tuple[tuple[int, int, int | None], ...]
+
+
+def servable(e: FromClause, offers: Offers) -> ColumnElement[bool]:
+    """Whether an entry fits one of the free sizes (and, billing enforced, its user can
+    pay for it there: the cost is at least minutes x hourly price / 60)."""
+    available = available_balance(e.c.user_id, CNY)
+    fits_one = []
+    for cpu, memory, millifen in offers:
+        fits = and_(
+            or_(e.c.min_cpu.is_(None), e.c.min_cpu <= cpu),
+            or_(e.c.min_memory_mb.is_(None), e.c.min_memory_mb <= memory),
+        )
+        if millifen is not None:
+            fits = and_(fits, e.c.duration_minutes * millifen <= available * 60_000)
+        fits_one.append(fits)
+    return or_(*fits_one)
+
+
+@lru_cache(maxsize=64)
+def grantable(offers: Offers) -> Select[QueueEntry]:
+    """The first ``:limit`` entries waiting at ``:now``, in service order, that one of the
+    free sizes could serve (one SELECT, locked). Built once per set of free sizes: the
+    fleet has few, and a pass runs after every release.
+
+    What can be judged per entry is judged here, so requests that cannot be served
+    (no free device is big enough, the user is suspended or at quota, or cannot pay
+    on any free size) never crowd out one that can, however many wait ahead of it: a
+    user with room for r more devices offers only their first r servable entries. The
+    grant-order index is read in order and filtered, so the usual pass reads ``limit``
+    rows. What is left to ``AllocateWork`` (a device taken by an earlier grant of the
+    pass, a reserved window) is why a pass looks ``LOOKAHEAD`` entries per free device."""
+    entries, users, allocations = table_of(QueueEntry), table_of(User), table_of(Allocation)
+    earlier = entries.alias("earlier")
+    now = bindparam("now", type_=entries.c.expires_at.type)
+    active = (
+        select(func.count())
+        .select_from(allocations)
+        .where(allocations.c.user_id == entries.c.user_id, allocations.c.status == ACTIVE)
+        .scalar_subquery()
+    )
+    servable_ahead = (
+        select(func.count())
+        .select_from(earlier)
+        .where(
+            earlier.c.user_id == entries.c.user_id,
+            earlier.c.status == WAITING,
+            earlier.c.expires_at > now,
+            served_before(earlier.c, entries.c),
+            servable(earlier, offers),
+        )
+        .scalar_subquery()
+    )
+    return (
+        select(QueueEntry)
+        .join(users, users.c.id == QueueEntry.user_id)
+        .where(
+            QueueEntry.status == WAITING,
+            QueueEntry.expires_at > now,
+            may_act(users),
+            servable(entries, offers),
+            users.c.max_devices - active > servable_ahead,  # quota room for this one too
+        )
+        .order_by(QueueEntry.priority.desc(), QueueEntry.enqueued_at, QueueEntry.id)
+        .limit(bindparam("limit"))
+        .with_for_update(of=QueueEntry, skip_locked=True)
+    )
 
 
 class WaitQueue:
@@ -135,7 +206,8 @@ class WaitQueue:
         free = len(work.placement.by_id)
         if not free:
             return 0
-        entries = list((await session.scalars(self.grantable(work, min(GRANT_BATCH, LOOKAHEAD * free)))).all())
+        params = {"now": work.now, "limit": min(GRANT_BATCH, LOOKAHEAD * free)}
+        entries = list((await session.scalars(grantable(self.offers(work)), params)).all())
         await work.load_users([e.user_id for e in entries])
         granted: list[tuple[QueueEntry, Allocated]] = []
         for entry in entries:
@@ -163,75 +235,14 @@ class WaitQueue:
         )
         return len(granted)
 
-    def grantable(self, work: AllocateWork, limit: int) -> Select[QueueEntry]:
-        """The first ``limit`` waiting entries, in service order, that one of the free
-        devices could serve now (one SELECT, locked).
-
-        What can be judged per entry is judged here, so requests that cannot be served
-        (no free device is big enough, the user is suspended or at quota, or cannot pay
-        on any free size) never crowd out one that can, however many wait ahead of it: a
-        user with room for r more devices offers only their first r servable entries. The
-        grant-order index is read in order and filtered, so the usual pass reads ``limit``
-        rows. What is left to ``AllocateWork`` (a device taken by an earlier grant of the
-        pass, a reserved window) is why a pass looks ``LOOKAHEAD`` entries per free device."""
-        entries, users, allocations = table_of(QueueEntry), table_of(User), table_of(Allocation)
-        earlier = entries.alias("earlier")
-        servable = self._servable(work)
-        active = (
-            select(func.count())
-            .select_from(allocations)
-            .where(allocations.c.user_id == entries.c.user_id, allocations.c.status == ACTIVE)
-            .scalar_subquery()
-        )
-        servable_ahead = (
-            select(func.count())
-            .select_from(earlier)
-            .where(
-                earlier.c.user_id == entries.c.user_id,
-                earlier.c.status == WAITING,
-                earlier.c.expires_at > work.now,
-                served_before(earlier.c, entries.c),
-                servable(earlier),
-            )
-            .scalar_subquery()
-        )
-        return (
-            select(QueueEntry)
-            .join(users, users.c.id == QueueEntry.user_id)
-            .where(
-                QueueEntry.status == WAITING,
-                QueueEntry.expires_at > work.now,
-                may_act(users),
-                servable(entries),
-                users.c.max_devices - active > servable_ahead,  # quota room for this one too
-            )
-            .order_by(QueueEntry.priority.desc(), QueueEntry.enqueued_at, QueueEntry.id)
-            .limit(limit)
-            .with_for_update(of=QueueEntry, skip_locked=True)
-        )
-
-    def _servable(self, work: AllocateWork) -> Callable[[FromClause], ColumnElement[bool]]:
-        """Whether an entry fits one of the free sizes (and, billing enforced, its user can
-        pay for it there: the cost is at least minutes x hourly price / 60)."""
-        sizes = work.placement.free_sizes()
+    def offers(self, work: AllocateWork) -> Offers:
+        """The free sizes, each with its hourly price when billing is enforced."""
         enforce = self.ctx.settings.billing_enforce_balance
         pricing = self.ctx.billing.pricing
-
-        def servable(e: FromClause) -> ColumnElement[bool]:
-            available = available_balance(e.c.user_id, CNY)
-            offers = []
-            for cpu, memory, storage in sizes:
-                fits = and_(
-                    or_(e.c.min_cpu.is_(None), e.c.min_cpu <= cpu),
-                    or_(e.c.min_memory_mb.is_(None), e.c.min_memory_mb <= memory),
-                )
-                if enforce:
-                    millifen = pricing.hourly_millifen(cpu, memory, storage)
-                    fits = and_(fits, e.c.duration_minutes * millifen <= available * 60_000)
-                offers.append(fits)
-            return or_(*offers)
-
-        return servable
+        return tuple(
+            (cpu, memory, pricing.hourly_millifen(cpu, memory, storage) if enforce else None)
+            for cpu, memory, storage in work.placement.free_sizes()
+        )
 
     async def _expire(self, session: AsyncSession, now: datetime) -> None:
         expired = (
