@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, FromClause, Select, and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, FromClause, Integer, Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from batchops.billing.ledger import CNY, available_balance
@@ -120,7 +120,7 @@ def grantable(offers: Offers) -> Select[QueueEntry]:
             users.c.max_devices - active > servable_ahead,  # quota room for this one too
         )
         .order_by(QueueEntry.priority.desc(), QueueEntry.enqueued_at, QueueEntry.id)
-        .limit(bindparam("limit"))
+        .limit(bindparam("limit", type_=Integer))
         .with_for_update(of=QueueEntry, skip_locked=True)
     )
 
