@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 
 from batchops.core.clock import ManualClock
 from batchops.core.runtime import Runtime
@@ -13,11 +14,11 @@ from tests.helpers import create_devices, create_users, data
 
 
 async def test_allocate_extend_and_expiry_follow_the_runtime_clock(
-    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime
+    client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scheduler = runtime.services["scheduler"]
     clock = ManualClock(datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
-    scheduler.ctx.clock = clock
+    monkeypatch.setattr(scheduler.ctx, "clock", clock)  # the runtime is shared: restored after the test
     await create_users(client, admin, [{"userId": "u1"}])
     await create_devices(client, admin, 1)
 
