@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, create_engine, func, select, text
 
-from batchops.core.db import UTCDateTime, fetch_rows, in_list, table_of
+from batchops.core.db import UTCDateTime, table_of
 from batchops.core.runtime import Runtime
 from batchops.identity.models import User
 from batchops.identity.service import IdentityService
@@ -54,30 +54,6 @@ async def test_a_read_sees_what_was_committed(runtime: Runtime) -> None:
     assert user is not None and user.name == "kept"
 
 
-async def test_fetch_rows_gives_what_sqlalchemy_gives_with_a_list_bound_as_one_parameter(
-    runtime: Runtime, statement_counter: Callable[[], list[str]]
-) -> None:
-    """``fetch_rows`` + ``in_list``: the driver's rows, processed as SQLAlchemy processes
-    them (UTC datetimes, JSON), for an empty, a one-value and a long list (ids with
-    quotes and non-ASCII: the list travels as JSON on SQLite), with one SQL text for all."""
-    ids = [f"u{i}" for i in range(40)] + ['quo"te', "it's", "用户"]
-    async with runtime.db.transaction() as session:
-        session.add_all(User(id=i, name=f"name of {i}", max_devices=len(i)) for i in ids)
-        await session.flush()
-        base = select(USERS.c.id, USERS.c.max_devices, USERS.c.created_at).where(USERS.c.status == "active")
-        stmt = base.where(in_list(USERS.c.id, "ids")).order_by(USERS.c.id)
-        for wanted in ([], ["it's"], [*ids, "nobody"]):
-            rows = await fetch_rows(session, stmt, {"ids": wanted})  # sees the transaction's own rows
-            expected = (await session.execute(base.where(USERS.c.id.in_(wanted)).order_by(USERS.c.id))).all()
-            assert [tuple(r) for r in rows] == [tuple(r) for r in expected]
-            assert (await session.execute(stmt, {"ids": wanted})).all() == expected  # also through SQLAlchemy
-            assert [r.id for r in rows] == sorted(wanted[: len(ids)]) if wanted else rows == []
-    first = rows[0]
-    assert first.created_at.tzinfo is not None and first.max_devices == len(first.id)
-    seen = statement_counter()
-    assert len({s for s in seen if "json_each" in s or "ANY" in s}) == 1, seen  # one SQL for any length
-
-
 async def test_the_caller_lookup_leaves_later_transactions_transactional(runtime: Runtime) -> None:
     """The caller lookup (``Database.read``) reads outside any transaction; the connection
     it gives back must not leave the next transaction in autocommit."""
@@ -91,6 +67,36 @@ async def test_the_caller_lookup_leaves_later_transactions_transactional(runtime
         assert await identity.find("nobody") is None
         await roll_back_a_write(runtime, f"rolled-back-{i}")
     assert await count_users(runtime) == 1
+
+
+def other_writer_can_begin(database_url: str) -> bool:
+    """Whether another connection takes SQLite's write lock right now (no waiting)."""
+    other = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as error:
+        assert "locked" in str(error)
+        return False
+    finally:
+        other.close()
+
+
+@pytest.mark.sqlite_only
+async def test_a_transaction_takes_the_write_lock_at_its_first_statement_and_a_read_takes_none(
+    runtime: Runtime,
+) -> None:
+    """SQLite's transactions begin IMMEDIATE (the 'begin' event of core.db), so a
+    read-check-write never fails to upgrade its lock half-way; ``Database.read()`` takes none."""
+    url = runtime.settings.database_url
+    async with runtime.db.transaction() as session:
+        await session.execute(select(func.count()).select_from(User))  # only a read, yet the lock is held
+        assert not await asyncio.to_thread(other_writer_can_begin, url)
+    assert await asyncio.to_thread(other_writer_can_begin, url)
+    async with runtime.db.read() as session:
+        await session.execute(select(func.count()).select_from(User))
+        assert await asyncio.to_thread(other_writer_can_begin, url)
 
 
 def test_utc_datetimes_read_back_aware_whatever_text_sqlite_holds() -> None:

@@ -300,15 +300,14 @@ class Book:
         )
 
     # --- one write ----------------------------------------------------------------------
-    async def flush(self, writes: object = None) -> None:
+    async def flush(self) -> None:
         """Write every staged change: at most four executemany statements, whatever the
         batch size (new holds, changed holds, entries, accounts).
 
         Accounts get relative updates (``balance = balance + delta``: no lost update even
         where they were read unlocked), in id order (two books touching the same accounts
         never deadlock) and last (their row locks are held only until the commit that
-        follows). ``writes`` is accepted and ignored while callers still pass one
-        (issue 18 removes core.writes): the book writes at once."""
+        follows)."""
         changes = self.take_changes()
         if changes.new_holds:
             await self.session.execute(insert(HOLDS), changes.new_holds)

@@ -13,33 +13,22 @@ Correctness under concurrency comes from the database:
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, ClassVar, TypeVar, cast
 
-import asyncpg  # type: ignore[import-untyped]
 import structlog
 from pydantic_core import from_json, to_json
 from sqlalchemy import (
-    ARRAY,
     JSON,
-    Boolean,
-    ColumnDefault,
-    ColumnElement,
     DateTime,
-    Executable,
     MetaData,
     Select,
-    String,
     Table,
-    bindparam,
     event,
     func,
     literal_column,
@@ -50,20 +39,15 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.sql.visitors import InternalTraversal
-from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlalchemy.types import TypeDecorator
 
 from batchops.core.transactions import run_retrying
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-# One write of a batch: SQL, its rows of parameters, and the rows it must affect (else stop).
-SqliteWrite = tuple[str, list[tuple[Any, ...]], int | None]
 # How long a statement waits for another connection's write lock (in aiosqlite's thread).
 BUSY_TIMEOUT_MS = 30_000
 
@@ -97,56 +81,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
-
-
-class _ValueList(TypeDecorator[list[Any]]):
-    """A list bound as ONE parameter: a JSON array on SQLite (read back by ``json_each``),
-    an array on PostgreSQL."""
-
-    impl = String
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        return dialect.type_descriptor(ARRAY(String()) if dialect.name == "postgresql" else String())
-
-    def process_bind_param(self, value: list[Any] | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        return list(value) if dialect.name == "postgresql" else json.dumps(list(value))
-
-
-class InList(ColumnElement[bool]):
-    """``column IN (a list bound as one parameter)``: the SQL is the same for any number of
-    values (one cached plan, one prepared statement), where an expanding ``IN`` renders a
-    placeholder per value. Made by :func:`in_list`."""
-
-    inherit_cache = True
-    type = Boolean()
-    _is_implicitly_boolean = True  # a comparison: SQLite must not get "… = 1" appended
-    _traverse_internals = [  # noqa: RUF012 - SQLAlchemy's own declaration style
-        ("column", InternalTraversal.dp_clauseelement),
-        ("values", InternalTraversal.dp_clauseelement),
-    ]
-
-    def __init__(self, column: ColumnElement[Any], name: str) -> None:
-        self.column = column
-        self.values = bindparam(name, type_=_ValueList())
-
-
-def in_list(column: ColumnElement[Any], name: str) -> InList:
-    """``column`` is one of the list given as parameter ``name``."""
-    return InList(column, name)
-
-
-@compiles(InList)
-def _in_list_postgresql(element: InList, compiler: Any, **kw: Any) -> str:
-    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(element.values, **kw)})"
-
-
-@compiles(InList, "sqlite")
-def _in_list_sqlite(element: InList, compiler: Any, **kw: Any) -> str:
-    column, values = compiler.process(element.column, **kw), compiler.process(element.values, **kw)
-    return f"{column} IN (SELECT value FROM json_each({values}))"
 
 
 class Base(DeclarativeBase):
@@ -274,11 +208,6 @@ class Database:
             await conn.execution_options(**options)
             async with AsyncSession(bind=conn, expire_on_commit=False, autoflush=False) as session:
                 yield session
-
-    async def read_rows(self, *reads: tuple[Select[Any], dict[str, Any]]) -> list[list[Any]]:
-        """The rows of each Core read, one after the other in one :meth:`read`."""
-        async with self.read() as session:
-            return [list((await session.execute(stmt, params)).all()) for stmt, params in reads]
 
     async def ping(self) -> bool:
         """The database answers (``/health``, which load balancers poll)."""
@@ -413,254 +342,6 @@ async def advisory_lock(session: AsyncSession, name: str, *, only_if: Select[Any
     if is_postgres(session):
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
     return True
-
-
-async def pg_connection(session: AsyncSession) -> Any | None:
-    """PostgreSQL: the asyncpg connection under ``session``, inside the session's
-    transaction; None on SQLite. SQLAlchemy's adapter begins its transaction at the first
-    statement, so one is run first if none has: raw statements must never autocommit."""
-    conn = await session.connection()
-    if conn.dialect.name != "postgresql":
-        return None
-    driver: Any = (await conn.get_raw_connection()).driver_connection
-    if not driver.is_in_transaction():
-        await conn.execute(PING)
-    assert driver.is_in_transaction()
-    return driver
-
-
-@dataclass(frozen=True)
-class PgColumns:
-    """Columns of a table as PostgreSQL array parameters (``unnest($1::T1[], $2::T2[], …)``):
-    their type casts and SQLAlchemy's own bind processing (UTC datetimes, JSON) per value."""
-
-    names: tuple[str, ...]
-    params: tuple[str, ...]
-    processors: tuple[Callable[[Any], Any] | None, ...]
-
-    @property
-    def unnest(self) -> str:
-        return f"unnest({', '.join(self.params)})"
-
-    def arrays(self, rows: list[dict[str, Any]], constants: dict[str, Any] | None = None) -> list[list[Any]]:
-        """One list per column; a column named in ``constants`` has that value in every row."""
-        out = []
-        for name, process in zip(self.names, self.processors, strict=True):
-            values = [constants[name]] * len(rows) if constants and name in constants else [r[name] for r in rows]
-            out.append([None if v is None else process(v) for v in values] if process else values)
-        return out
-
-
-@lru_cache(maxsize=256)
-def pg_columns(table: Table, names: tuple[str, ...], dialect: Dialect, start: int = 1) -> PgColumns:
-    types = [table.c[n].type for n in names]
-    return PgColumns(
-        names,
-        tuple(f"${i}::{t.compile(dialect=dialect)}[]" for i, t in enumerate(types, start)),
-        tuple(t.bind_processor(dialect) for t in types),
-    )
-
-
-def python_defaults(table: Table, given: tuple[str, ...]) -> dict[str, Any]:
-    """Values of the Python-side column defaults (``default=utcnow``) of the columns not
-    ``given``: computed once for a batch, where SQLAlchemy would compute them per row."""
-    return {
-        c.name: c.default.arg(None) if c.default.is_callable else c.default.arg
-        for c in table.c
-        if c.name not in given and isinstance(c.default, ColumnDefault)
-    }
-
-
-async def insert_new(
-    session: AsyncSession,
-    model: type[Base],
-    rows: list[dict[str, Any]],
-    *,
-    conflict_on: list[str],
-    returning: str | None = None,
-) -> list[Any]:
-    """Insert rows, silently skipping those whose ``conflict_on`` key already exists
-    (``ON CONFLICT DO NOTHING``, one statement on both engines). With ``returning``
-    (a column name), the values of the rows actually inserted: the winners of a race."""
-    if not rows:
-        return []
-    table = table_of(model)
-    pg = await pg_connection(session)
-    if pg is not None:
-        # Python-side column defaults (``default=utcnow``), which SQLAlchemy would fill in: once per batch.
-        given = tuple(rows[0])
-        defaults = python_defaults(table, given)
-        cols = pg_columns(table, given + tuple(defaults), session.get_bind().dialect)
-        sql = (
-            f"INSERT INTO {table.name} ({', '.join(cols.names)}) SELECT * FROM {cols.unnest}"
-            f" ON CONFLICT ({', '.join(conflict_on)}) DO NOTHING"
-        )
-        with driver_errors(sql):
-            if returning is None:
-                await pg.execute(sql, *cols.arrays(rows, defaults))
-                return []
-            return [r[0] for r in await pg.fetch(f"{sql} RETURNING {returning}", *cols.arrays(rows, defaults))]
-    # SQLite: the executemany form, so the compiled statement is cached.
-    stmt = sqlite_insert(table).on_conflict_do_nothing(index_elements=conflict_on)
-    if returning is None:
-        await session.execute(stmt, rows)
-        return []
-    return list((await session.execute(stmt.returning(table.c[returning]), rows)).scalars().all())
-
-
-def sqlite_insert_write(table: Table, rows: list[dict[str, Any]], dialect: Dialect) -> SqliteWrite:
-    """SQLite: INSERT ``rows`` (dicts with the same keys) as one executemany of ready-made
-    tuples, for :func:`sqlite_run_writes` (``core.writes`` uses it; on PostgreSQL rows go
-    as arrays instead).
-
-    Through ``session.execute(insert(table), rows)`` SQLAlchemy spends a few µs per
-    parameter (its parameter dicts, then each value's processor one by one), more than
-    sqlite3 takes to write the row; here each column's processor is looked up once, and a
-    value repeated down a column (the batch's ``now``) is processed once. Python-side
-    column defaults are evaluated once per batch, as :func:`insert_new` does."""
-    plan = _sqlite_insert_plan(table, tuple(rows[0]), dialect)
-    return plan.sql, plan.parameters(rows), None
-
-
-def sqlite_statement(stmt: Executable, rows: list[dict[str, Any]], dialect: Dialect) -> SqliteWrite:
-    """SQLite: a Core statement whose parameters are all ``bindparam``s (a module-level
-    constant: it is compiled once) as one executemany of ``rows``, for
-    :func:`sqlite_run_writes`. A parameter missing from a row takes its bindparam's value;
-    Python-side column defaults (``onupdate=utcnow``) are evaluated once for all rows."""
-    plan = _compiled(stmt, dialect)
-    return plan.sql, plan.parameter_rows(rows), None
-
-
-def _processed(
-    values: list[Any], process: Callable[[Any], Any] | None, memo: bool, *, none_is_null: bool = False
-) -> list[Any]:
-    """A column's values through its bind processor; ``memo``: each distinct value once (a
-    batch's datetimes repeat down a column: its "now", a shared expiry); ``none_is_null``:
-    None stays SQL NULL (a JSON column's processor would write the JSON text ``null``)."""
-    if process is None:
-        return values
-    if memo:
-        seen: dict[Any, Any] = {}
-        return [seen[v] if v in seen else seen.setdefault(v, process(v)) for v in values]
-    if none_is_null:
-        return [None if v is None else process(v) for v in values]
-    return [process(v) for v in values]
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    """A statement compiled once for a positional dialect (SQLite's ``?``, asyncpg's ``$n``)."""
-
-    sql: str
-    names: tuple[str, ...]  # the positional parameters, in order
-    processors: tuple[Callable[[Any], Any] | None, ...]
-    fallbacks: tuple[tuple[Any, ColumnDefault | None], ...]  # a bindparam's value, or a column default
-    memo: tuple[bool, ...]  # datetimes: process each distinct one once
-
-    def parameter_rows(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        """One tuple per row: a parameter missing from a row takes its bindparam's value;
-        column defaults (``onupdate=utcnow``) are evaluated once for all rows."""
-        fallback = [v if d is None else d.arg(None) if d.is_callable else d.arg for v, d in self.fallbacks]
-        columns = [
-            _processed([row.get(name, value) for row in rows], process, memo, none_is_null=True)
-            for name, value, process, memo in zip(self.names, fallback, self.processors, self.memo, strict=True)
-        ]
-        return list(zip(*columns, strict=True)) if columns else [() for _ in rows]
-
-
-@lru_cache(maxsize=256)
-def _compiled(stmt: Executable, dialect: Dialect) -> _Compiled:
-    compiled: Any = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
-    names = tuple(compiled.positiontup or ())
-    defaults = {c.key: c.onupdate for c in compiled.update_prefetch} | {
-        c.key: c.default for c in compiled.insert_prefetch
-    }
-    binds = [compiled.binds[n] for n in names]
-    if any(b.expanding for b in binds):  # its SQL would depend on the list's length
-        raise ValueError("bind a list as one parameter (db.in_list), not as an expanding IN")
-    return _Compiled(
-        compiled.string,
-        names,
-        tuple(b.type.bind_processor(dialect) for b in binds),
-        tuple((b.value, defaults.get(n)) for n, b in zip(names, binds, strict=True)),
-        tuple(_is_datetime(b.type) for b in binds),
-    )
-
-
-def _is_datetime(type_: TypeEngine[Any]) -> bool:
-    return isinstance(type_, (UTCDateTime, DateTime))
-
-
-@contextmanager
-def driver_errors(statement: str) -> Iterator[None]:
-    """A raw asyncpg statement's errors as SQLAlchemy's, as ``session.execute`` raises them
-    (callers catch ``IntegrityError`` to retry or to answer 409, whichever path wrote)."""
-    try:
-        yield
-    except asyncpg.IntegrityConstraintViolationError as error:
-        raise IntegrityError(statement, None, error) from error
-    except asyncpg.PostgresError as error:
-        raise DBAPIError(statement, None, error) from error
-
-
-async def fetch_rows(session: AsyncSession, stmt: Select[Any], params: dict[str, Any]) -> list[Any]:
-    """The rows of a Core SELECT in the session's transaction."""
-    return list((await session.execute(stmt, params)).all())
-
-
-async def sqlite_run_writes(session: AsyncSession, writes: list[SqliteWrite]) -> list[int]:
-    """SQLite: ``writes`` in order, in the session's transaction; the rows each affected.
-    Stops after a write that affected other than its expected count (its caller decides
-    what that means)."""
-    conn = await session.connection()
-    counts: list[int] = []
-    for sql, params, expected in writes:
-        counts.append((await conn.exec_driver_sql(sql, params)).rowcount)
-        if expected is not None and counts[-1] != expected:
-            break
-    return counts
-
-
-async def sqlite_write_at_commit(session: AsyncSession, writes: list[SqliteWrite]) -> None:
-    """SQLite: ``writes`` in the session's transaction (rows nothing after them reads)."""
-    await sqlite_run_writes(session, writes)
-
-
-@dataclass(frozen=True)
-class _SqliteInsert:
-    sql: str
-    names: tuple[str, ...]  # the given keys, then the defaulted columns
-    given: int
-    defaults: tuple[Any, ...]  # ColumnDefault of each defaulted column
-    processors: tuple[Callable[[Any], Any] | None, ...]
-    memo: tuple[bool, ...]  # hashable values (datetimes): process each distinct one once
-
-    def parameters(self, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        defaults = [d.arg(None) if d.is_callable else d.arg for d in self.defaults]
-        columns = [
-            _processed(
-                [r[name] for r in rows] if i < self.given else [defaults[i - self.given]] * len(rows), process, memo
-            )
-            for i, (name, process, memo) in enumerate(zip(self.names, self.processors, self.memo, strict=True))
-        ]
-        return list(zip(*columns, strict=True))
-
-
-@lru_cache(maxsize=256)
-def _sqlite_insert_plan(table: Table, given: tuple[str, ...], dialect: Dialect) -> _SqliteInsert:
-    defaulted = tuple(c.name for c in table.c if c.name not in given and isinstance(c.default, ColumnDefault))
-    names = given + defaulted
-    quote = dialect.identifier_preparer
-    types = [table.c[n].type for n in names]
-    return _SqliteInsert(
-        sql=f"INSERT INTO {quote.format_table(table)} ({', '.join(quote.quote(n) for n in names)}) "
-        f"VALUES ({', '.join('?' * len(names))})",
-        names=names,
-        given=len(given),
-        defaults=tuple(table.c[n].default for n in defaulted),
-        processors=tuple(t.bind_processor(dialect) for t in types),
-        memo=tuple(_is_datetime(t) for t in types),
-    )
 
 
 # --- the shared write and list helpers every domain uses -------------------------------------

@@ -74,10 +74,8 @@ class Delivery:
 Handler = Callable[[list[Delivery]], Awaitable[dict[int, str]]]
 
 
-async def enqueue(session: AsyncSession, items: Sequence[OutboxItem], writes: object = None) -> None:
-    """Add messages to the outbox in the caller's transaction: one executemany INSERT.
-    ``writes`` is accepted and ignored while callers still pass one (issue 18 removes
-    core.writes)."""
+async def enqueue(session: AsyncSession, items: Sequence[OutboxItem]) -> None:
+    """Add messages to the outbox in the caller's transaction: one executemany INSERT."""
     if not items:
         return
     now = utcnow()

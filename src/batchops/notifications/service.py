@@ -33,10 +33,9 @@ class NotificationService:
         self.db = db
         self.push = push
 
-    async def send(self, session: AsyncSession, notes: list[NewNotification], writes: object = None) -> None:
+    async def send(self, session: AsyncSession, notes: list[NewNotification]) -> None:
         """Insert every notification in one executemany statement; push them together
-        after commit. ``writes`` is accepted and ignored while callers still pass one
-        (issue 18 removes core.writes)."""
+        after commit."""
         if not notes:
             return
         now = utcnow()
