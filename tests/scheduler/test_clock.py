@@ -10,13 +10,14 @@ import pytest
 
 from batchops.core.clock import ManualClock
 from batchops.core.runtime import Runtime
+from batchops.scheduler.service import SchedulerService
 from tests.helpers import create_devices, create_users, data
 
 
 async def test_allocate_extend_and_expiry_follow_the_runtime_clock(
     client: httpx.AsyncClient, admin: dict[str, str], runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scheduler = runtime.services["scheduler"]
+    scheduler = runtime.services.get(SchedulerService)
     clock = ManualClock(datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
     monkeypatch.setattr(scheduler.ctx, "clock", clock)  # the runtime is shared: restored after the test
     await create_users(client, admin, [{"userId": "u1"}])
