@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -101,3 +104,18 @@ class LogRecorder:
 
     def __getattr__(self, level: str) -> Any:
         return lambda event, **fields: self.events.append({"event": event, "level": level, **fields})
+
+
+def wait_until_healthy(process: subprocess.Popen[bytes], port: int, log: Path, *, within: float) -> None:
+    """Poll a ``batchops serve`` started as a subprocess until ``/health`` answers 200; fail
+    with its log if it exits or is not up ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"not healthy within {within} s:\n{log.read_text()}"
+        time.sleep(0.1)  # the poll's interval, not a guess at readiness

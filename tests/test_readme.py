@@ -11,12 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import typer
 
 from batchops.cli import app
 from batchops.settings import Settings
+from tests.helpers import wait_until_healthy
 
 ROOT = Path(__file__).parents[1]
 README = (ROOT / "README.md").read_text()
@@ -106,16 +106,7 @@ def test_every_readme_example_works_after_make_run(tmp_path: Path) -> None:
             start_new_session=True,  # its own process group: make and the server it starts stop together
         )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_until_healthy(server, port, log_path, within=180)
         started = log_path.read_text()
         assert "admin token: " in started
         assert f"database: sqlite:///{tmp_path / 'data' / 'batchops' / 'batchops.db'}" in started

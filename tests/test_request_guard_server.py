@@ -22,6 +22,7 @@ import pytest
 
 from batchops.core.auth import create_token
 from tests.conftest import JWT_SECRET, SERVICE_TOKEN
+from tests.helpers import wait_until_healthy
 
 HUNDRED_MB = 100 * 1024 * 1024
 CHUNK = 256 * 1024
@@ -68,16 +69,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:  # bounded poll until it answers
-            assert process.poll() is None, (tmp / "server.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "batchops serve did not start"
-            time.sleep(0.1)
+        wait_until_healthy(process, port, tmp / "server.log", within=60)
         yield Server(process, port)
     finally:
         process.terminate()
@@ -155,7 +147,6 @@ def post_huge(server: Server, path: str, headers: dict[str, str], *, chunked: bo
         while len(rest) < length:
             rest += sock.recv(65536)
     finally:
-        time.sleep(0)  # let the sampler see the state right after the answer
         done.set()
         sock.close()
         for thread in threads:
